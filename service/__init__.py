@@ -1,0 +1,1 @@
+"""TSM video-classification inference service."""

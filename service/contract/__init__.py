@@ -1,0 +1,1 @@
+"""What training and serving share: manifest schema, sampling and preprocessing (no Paddle)."""

@@ -1,0 +1,140 @@
+"""The one model-repository manifest schema, written by training and read by the service.
+
+A published version lives in ``model_repo/<name>/<version>/`` and holds the inference
+model (``model.json`` or ``model.pdmodel`` plus ``model.pdiparams``), ``labels.txt`` and
+``manifest.json`` validated by :class:`Manifest`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.txt"
+MODEL_PREFIX = "model"
+SCHEMA_VERSION = 1
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+SamplingRule = Literal["paddlevideo_test", "paddlevideo_predict"]
+"""``paddlevideo_test``: PaddleVideo's valid/test Sampler (select_left=True), centre of each
+segment, all zeros when frames <= num_seg. ``paddlevideo_predict``: ``tools/predict.py``'s
+helper (select_left=False), ``(d-1)//2 + i*d`` or ``i % L`` for short clips."""
+
+
+def is_valid_name(name: str) -> bool:
+    """True when ``name`` is safe as a model folder name (no separators, no dot-dot)."""
+    return bool(_NAME_RE.fullmatch(name)) and ".." not in name
+
+
+class Preprocessing(BaseModel):
+    """Test-time sampling and preprocessing, everything needed to rebuild the input tensor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_seg: int = Field(8, ge=1, le=64)
+    sampling: SamplingRule = "paddlevideo_test"
+    short_side: int = Field(256, ge=8, le=4096)
+    fixed_ratio: bool = False
+    """True: resize to short_side x int(short_side*4/3) whatever the aspect (predict.py)."""
+    crop_size: int = Field(224, ge=8, le=4096)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Preprocessing:
+        if self.crop_size > self.short_side:
+            raise ValueError(f"crop_size {self.crop_size} exceeds short_side {self.short_side}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std entries must be positive")
+        return self
+
+
+class ModelIO(BaseModel):
+    """Names and layout of the inference model's input and output tensors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_name: str = "data_batch_0"
+    output_name: str = "fetch_name_0"
+    input_layout: Literal["NTCHW"] = "NTCHW"
+    input_shape: tuple[int, int, int, int, int] = (-1, 8, 3, 224, 224)
+    """-1 is the dynamic batch axis."""
+
+
+class Manifest(BaseModel):
+    """Everything the service needs to load, check and feed one published model version."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    labels: list[str] = Field(min_length=1)
+    preprocessing: Preprocessing
+    io: ModelIO = ModelIO()
+    model_file: str = "model.json"
+    params_file: str = "model.pdiparams"
+    backbone: str = "ResNetTSM-50"
+    depth: int = 50
+    base_width: int = 64
+    shift: bool = True
+    data_format: Literal["NCHW", "NHWC"] = "NCHW"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    dataset: str = ""
+    config: dict[str, object] = Field(default_factory=dict)
+    source: str = ""
+    source_sha256: str = ""
+    paddle_version: str = ""
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.io.input_shape[1] != self.preprocessing.num_seg:
+            raise ValueError("io.input_shape[1] must equal preprocessing.num_seg")
+        crop = self.preprocessing.crop_size
+        if tuple(self.io.input_shape[2:]) != (3, crop, crop):
+            raise ValueError("io.input_shape must be [N, num_seg, 3, crop_size, crop_size]")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def write(self, folder: Path) -> None:
+        """Write ``manifest.json`` and ``labels.txt`` (one name per line) into ``folder``."""
+        (folder / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")
+        (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in self.labels))
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        """Read and validate ``folder/manifest.json``; raises ValueError/OSError if unusable."""
+        return cls.model_validate_json((folder / MANIFEST_FILE).read_text())
+
+
+def read_label_list(path: Path) -> list[str]:
+    """Read a label list: PaddleVideo's ``<id> <name>`` lines or plain one-name-per-line.
+
+    Ids, when present, must run 0, 1, 2... in order; a wrong id names the line.
+    """
+    labels: list[str] = []
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        head, _, rest = line.partition(" ")
+        if rest and head.isdigit():
+            if int(head) != len(labels):
+                raise ValueError(f"{path}:{lineno}: expected id {len(labels)}, got {head}")
+            line = rest.strip()
+        labels.append(line)
+    if not labels:
+        raise ValueError(f"{path}: no labels")
+    return labels

@@ -1,0 +1,53 @@
+"""The manifest schema: round trip, consistency checks and label lists."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.contract.manifest import Manifest, ModelIO, Preprocessing, is_valid_name, read_label_list
+
+LABELS = Path(__file__).parents[2] / "training" / "labels" / "kinetics400_label_list.txt"
+
+
+def _manifest(**kw: object) -> Manifest:
+    base: dict[str, object] = {"name": "demo", "version": 1, "labels": ["a", "b"], "preprocessing": Preprocessing()}
+    base.update(kw)
+    return Manifest(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    m = _manifest(metrics={"top1": 0.9})
+    m.write(tmp_path)
+    assert Manifest.read(tmp_path) == m
+    assert (tmp_path / "labels.txt").read_text() == "a\nb\n"
+
+
+def test_input_shape_must_agree_with_preprocessing() -> None:
+    with pytest.raises(ValidationError, match="num_seg"):
+        _manifest(io=ModelIO(input_shape=(-1, 4, 3, 224, 224)))
+    with pytest.raises(ValidationError, match="crop_size"):
+        _manifest(io=ModelIO(input_shape=(-1, 8, 3, 112, 112)))
+
+
+def test_rejects_unsafe_names_and_duplicate_labels() -> None:
+    for bad in ["../x", "a/b", "", ".hidden", "a..b"]:
+        assert not is_valid_name(bad)
+    with pytest.raises(ValidationError):
+        _manifest(name="../etc")
+    with pytest.raises(ValidationError, match="unique"):
+        _manifest(labels=["a", "a"])
+
+
+def test_kinetics_label_list() -> None:
+    labels = read_label_list(LABELS)
+    assert len(labels) == 400
+    assert labels[0] == "abseiling" and labels[161] == "hurling_(sport)"
+    assert labels[196] == "massaging_person's_head"
+
+
+def test_label_list_wrong_id_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "l.txt"
+    path.write_text("0 a\n2 b\n")
+    with pytest.raises(ValueError, match=r"l.txt:2: expected id 1"):
+        read_label_list(path)

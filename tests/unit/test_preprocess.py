@@ -1,0 +1,54 @@
+"""Test-time preprocessing against hand-computed values."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.contract.manifest import Preprocessing
+from service.contract.preprocess import center_crop, normalize, preprocess_clip, scale_size
+
+
+@pytest.mark.parametrize(
+    ("size", "fixed", "expected"),
+    [
+        ((320, 240), False, (341, 256)),  # int(256*320/240) = 341
+        ((240, 320), False, (256, 341)),
+        ((1280, 720), False, (455, 256)),  # int(256*1280/720) = 455.1 -> 455
+        ((256, 400), False, (256, 400)),  # short side already 256: untouched
+        ((300, 300), False, (256, 256)),
+        ((1280, 720), True, (341, 256)),  # predict.py helper: long side fixed at 341
+        ((720, 1280), True, (256, 341)),
+    ],
+)
+def test_scale_size(size: tuple[int, int], fixed: bool, expected: tuple[int, int]) -> None:
+    assert scale_size(*size, 256, fixed) == expected
+
+
+def test_center_crop_uses_bankers_rounding_offsets() -> None:
+    img = Image.fromarray(np.arange(7 * 5, dtype=np.uint8).reshape(5, 7))
+    # (7-2)/2 = 2.5 -> round() = 2; (5-2)/2 = 1.5 -> 2
+    got = np.asarray(center_crop(img, 2))
+    np.testing.assert_array_equal(got, np.array([[16, 17], [23, 24]], dtype=np.uint8))
+
+
+def test_normalize_hand_computed() -> None:
+    frames = np.zeros((1, 1, 1, 3), dtype=np.uint8)
+    frames[0, 0, 0] = [255, 0, 128]
+    out = normalize(frames, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert out.shape == (1, 3, 1, 1) and out.dtype == np.float32
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    np.testing.assert_allclose(out[0, :, 0, 0], expected, rtol=1e-6)
+
+
+def test_preprocess_clip_shape_and_uniform_colour() -> None:
+    spec = Preprocessing(num_seg=2, short_side=32, crop_size=24)
+    frames = np.full((2, 48, 80, 3), (255, 0, 128), dtype=np.uint8)  # uniform: resize keeps values
+    out = preprocess_clip(frames, spec)
+    assert out.shape == (2, 3, 24, 24)
+    np.testing.assert_allclose(out[:, 0], (1 - 0.485) / 0.229, rtol=1e-6)
+    np.testing.assert_allclose(out[:, 1], -0.456 / 0.224, rtol=1e-6)
+
+
+def test_preprocess_clip_rejects_wrong_shape() -> None:
+    with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
+        preprocess_clip(np.zeros((2, 8, 8), dtype=np.uint8), Preprocessing())

@@ -1,0 +1,1 @@
+"""TSM training, evaluation, export and import of PaddleVideo models."""

@@ -1,0 +1,21 @@
+"""THE TSM network, defined once, with PaddleVideo's state-dict names."""
+
+from __future__ import annotations
+
+from training.tsm.backbone import ResNetTSM
+from training.tsm.head import TSMHead
+from training.tsm.recognizer import Recognizer2D
+from training.tsm.shift import DataFormat, temporal_shift
+
+__all__ = ["Recognizer2D", "ResNetTSM", "TSMHead", "build_tsm", "temporal_shift"]
+
+
+def build_tsm(depth: int = 50, num_classes: int = 400, num_seg: int = 8, shift: bool = True,
+              data_format: DataFormat = "NCHW", base_width: int = 64, drop_ratio: float = 0.5,
+              fc_weight_decay: float = 1e-4) -> Recognizer2D:
+    """TSM-ResNet (shift=False gives TSN with the same layers): [N, T, 3, H, W] -> logits [N, K]."""
+    if data_format not in ("NCHW", "NHWC"):
+        raise ValueError(f"data_format must be NCHW or NHWC, got {data_format!r}")
+    backbone = ResNetTSM(depth, num_seg, shift, data_format, base_width)
+    head = TSMHead(num_classes, backbone.out_channels, drop_ratio, 0.001, data_format, fc_weight_decay)
+    return Recognizer2D(backbone, head, num_seg, data_format)
