@@ -1,0 +1,120 @@
+"""Export a TSM network as a Paddle inference model and publish it into ``model_repo``.
+
+Publishing is atomic: the version is assembled in a hidden temporary folder beside the
+final one and renamed into place, so a reader never sees half a version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import paddle
+from paddle.static import InputSpec
+
+from service.contract.manifest import MODEL_PREFIX, Manifest, ModelIO, is_valid_name
+
+log = logging.getLogger(__name__)
+
+
+def save_inference_model(model: paddle.nn.Layer, prefix: Path, num_seg: int, crop_size: int) -> tuple[str, str]:
+    """``paddle.jit.save`` the eval-mode network with input [None, num_seg, 3, crop, crop].
+
+    Returns the (model file, params file) names written next to ``prefix``: Paddle 3 writes
+    ``<prefix>.json`` (PIR), Paddle 2 ``<prefix>.pdmodel``; both write ``<prefix>.pdiparams``.
+    """
+    was_training = model.training
+    model.eval()
+    spec = [InputSpec([None, num_seg, 3, crop_size, crop_size], "float32")]
+    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+    try:
+        paddle.jit.save(static, str(prefix))
+    finally:
+        if was_training:
+            model.train()
+    for suffix in (".json", ".pdmodel"):
+        if prefix.with_suffix(suffix).exists():
+            return prefix.name + suffix, prefix.name + ".pdiparams"
+    raise RuntimeError(f"paddle.jit.save wrote no model file next to {prefix}")
+
+
+def inference_io(folder: Path, model_file: str, params_file: str, num_seg: int, crop: int) -> ModelIO:
+    """Read the feed/fetch names from a Paddle Inference predictor built on the saved files."""
+    from paddle import inference
+
+    config = inference.Config(str(folder / model_file), str(folder / params_file))
+    config.disable_gpu()
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    return ModelIO(
+        input_name=predictor.get_input_names()[0],
+        output_name=predictor.get_output_names()[0],
+        input_shape=(-1, num_seg, 3, crop, crop),
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    """Published versions (positive integer folder names) of one model, ascending."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def publish(repo: Path, staged: Path, manifest: Manifest) -> Path:
+    """Move a staged version folder into ``repo/<name>/<next version>`` atomically.
+
+    ``staged`` holds the model files; the manifest is (re)written there with the version it
+    finally gets, and the folder is renamed into place. Returns the published folder.
+    """
+    if not is_valid_name(manifest.name):
+        raise ValueError(f"invalid model name {manifest.name!r}")
+    model_dir = repo / manifest.name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+    shutil.move(str(staged), tmp)  # same filesystem from here on, so the rename below is atomic
+    try:
+        for _ in range(100):
+            version = max(existing_versions(model_dir), default=0) + 1
+            final = manifest.model_copy(update={"version": version})
+            final.write(tmp)
+            try:
+                os.rename(tmp, model_dir / str(version))
+            except OSError:  # another publisher took this number first
+                continue
+            log.info("published %s version %d at %s", manifest.name, version, model_dir / str(version))
+            return model_dir / str(version)
+        raise RuntimeError(f"could not find a free version number under {model_dir}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest) -> Path:
+    """Save ``model`` as an inference model, check its IO, and publish it with ``manifest``."""
+    spec = manifest.preprocessing
+    staging = repo / manifest.name
+    staging.mkdir(parents=True, exist_ok=True)
+    staged = staging / f".stage-{uuid.uuid4().hex}"
+    staged.mkdir()
+    try:
+        model_file, params_file = save_inference_model(model, staged / MODEL_PREFIX, spec.num_seg, spec.crop_size)
+        io = inference_io(staged, model_file, params_file, spec.num_seg, spec.crop_size)
+        manifest = manifest.model_copy(update={
+            "model_file": model_file, "params_file": params_file, "io": io, "paddle_version": paddle.__version__,
+        })
+        return publish(repo, staged, manifest)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
