@@ -13,12 +13,25 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import paddle
 from paddle.static import InputSpec
 
 from service.contract.manifest import MODEL_PREFIX, Manifest, ModelIO, is_valid_name
 
 log = logging.getLogger(__name__)
+
+
+def as_nchw(model: paddle.nn.Layer) -> paddle.nn.Layer:
+    """An NCHW twin of an NHWC network (same state dict). NHWC is a GPU-training speed-up;
+    Paddle Inference's oneDNN passes mis-handle NHWC convs, and TensorRT picks its own layout."""
+    if getattr(model, "data_format", "NCHW") != "NHWC":
+        return model
+    from training.tsm import build_tsm
+
+    twin = build_tsm(**{**model.arch, "data_format": "NCHW"})  # type: ignore[arg-type]
+    twin.set_state_dict(model.state_dict())
+    return twin
 
 
 def save_inference_model(model: paddle.nn.Layer, prefix: Path, num_seg: int, crop_size: int) -> tuple[str, str]:
@@ -42,19 +55,23 @@ def save_inference_model(model: paddle.nn.Layer, prefix: Path, num_seg: int, cro
     raise RuntimeError(f"paddle.jit.save wrote no model file next to {prefix}")
 
 
-def inference_io(folder: Path, model_file: str, params_file: str, num_seg: int, crop: int) -> ModelIO:
-    """Read the feed/fetch names from a Paddle Inference predictor built on the saved files."""
+def probe_inference_model(folder: Path, model_file: str, params_file: str, num_seg: int,
+                          crop: int) -> tuple[ModelIO, int]:
+    """Build a Paddle Inference predictor on the saved files: their feed/fetch names and class count."""
     from paddle import inference
 
     config = inference.Config(str(folder / model_file), str(folder / params_file))
     config.disable_gpu()
     config.disable_glog_info()
     predictor = inference.create_predictor(config)
-    return ModelIO(
-        input_name=predictor.get_input_names()[0],
-        output_name=predictor.get_output_names()[0],
-        input_shape=(-1, num_seg, 3, crop, crop),
-    )
+    io = ModelIO(input_name=predictor.get_input_names()[0], output_name=predictor.get_output_names()[0],
+                 input_shape=(-1, num_seg, 3, crop, crop))
+    handle = predictor.get_input_handle(io.input_name)
+    zeros = np.zeros((1, num_seg, 3, crop, crop), np.float32)
+    handle.reshape(list(zeros.shape))
+    handle.copy_from_cpu(zeros)
+    predictor.run()
+    return io, int(predictor.get_output_handle(io.output_name).copy_to_cpu().shape[-1])
 
 
 def sha256_file(path: Path) -> str:
@@ -109,10 +126,14 @@ def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest) -> Pa
     staged = staging / f".stage-{uuid.uuid4().hex}"
     staged.mkdir()
     try:
-        model_file, params_file = save_inference_model(model, staged / MODEL_PREFIX, spec.num_seg, spec.crop_size)
-        io = inference_io(staged, model_file, params_file, spec.num_seg, spec.crop_size)
+        model_file, params_file = save_inference_model(as_nchw(model), staged / MODEL_PREFIX, spec.num_seg,
+                                                       spec.crop_size)
+        io, outputs = probe_inference_model(staged, model_file, params_file, spec.num_seg, spec.crop_size)
+        if outputs != manifest.num_classes:
+            raise ValueError(f"the model outputs {outputs} classes but the manifest has {manifest.num_classes} labels")
         manifest = manifest.model_copy(update={
             "model_file": model_file, "params_file": params_file, "io": io, "paddle_version": paddle.__version__,
+            "data_format": "NCHW",
         })
         return publish(repo, staged, manifest)
     except BaseException:

@@ -18,4 +18,7 @@ def build_tsm(depth: int = 50, num_classes: int = 400, num_seg: int = 8, shift: 
         raise ValueError(f"data_format must be NCHW or NHWC, got {data_format!r}")
     backbone = ResNetTSM(depth, num_seg, shift, data_format, base_width)
     head = TSMHead(num_classes, backbone.out_channels, drop_ratio, 0.001, data_format, fc_weight_decay)
-    return Recognizer2D(backbone, head, num_seg, data_format)
+    model = Recognizer2D(backbone, head, num_seg, data_format)
+    model.arch = {"depth": depth, "num_classes": num_classes, "num_seg": num_seg, "shift": shift,
+                  "data_format": data_format, "base_width": base_width, "drop_ratio": drop_ratio}
+    return model

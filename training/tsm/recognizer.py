@@ -17,6 +17,7 @@ class Recognizer2D(nn.Layer):
         super().__init__()
         self.backbone, self.head = backbone, head
         self.num_seg, self.data_format = num_seg, data_format
+        self.arch: dict[str, object] = {}  # build_tsm's arguments, so the network can be rebuilt
 
     def forward(self, clips: paddle.Tensor) -> paddle.Tensor:
         height, width = clips.shape[-2], clips.shape[-1]

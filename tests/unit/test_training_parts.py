@@ -1,0 +1,104 @@
+"""Config loading, the train-time crop, the optimiser recipe and the AMP plan."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from training.checkpoint import build_model
+from training.config import CONFIG_DIR, load_config
+from training.optim import amp_plan, make_optimizer
+from training.transforms import crop_offsets, crop_size_pairs, multi_scale_crop, random_flip
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.preprocessing().num_seg == cfg.model.num_seg
+
+
+def test_k400_config_is_the_seed_recipe() -> None:
+    cfg = load_config("tsm_k400_frames")
+    assert (cfg.model.depth, cfg.model.num_classes, cfg.model.num_seg) == (50, 400, 8)
+    assert cfg.optimizer.boundaries == [20, 40] and cfg.optimizer.values == [0.02, 0.002, 0.0002]
+    assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay, cfg.optimizer.clip_norm) == (0.9, 1e-4, 20.0)
+    assert (cfg.data.short_side, cfg.data.crop_size, cfg.data.batch_size, cfg.train.epochs) == (256, 224, 16, 50)
+
+
+def test_overrides_parse_yaml_values_and_validate() -> None:
+    cfg = load_config("tiny", ["train.epochs=3", "optimizer.values=[0.1, 0.01]", "model.data_format=NHWC"])
+    assert cfg.train.epochs == 3 and cfg.optimizer.values == [0.1, 0.01] and cfg.model.data_format == "NHWC"
+    with pytest.raises(ValidationError):
+        load_config("tiny", ["model.depth=42"])
+    with pytest.raises(ValidationError, match="one more entry"):
+        load_config("tiny", ["optimizer.values=[0.1]"])
+    with pytest.raises(ValidationError):
+        load_config("tiny", ["model.no_such_key=1"])
+    with pytest.raises(ValueError, match=r"key\.path=value"):
+        load_config("tiny", ["epochs"])
+
+
+def test_multiscale_crop_sizes_and_13_offsets() -> None:
+    # 340x256: base 256 -> [256, 224, 192, 168]; 224 stays 224; pairs with |i-j| <= 1
+    pairs = crop_size_pairs(340, 256, 224)
+    assert (256, 256) in pairs and (224, 256) in pairs and (168, 192) in pairs
+    assert (256, 192) not in pairs and len(pairs) == 10
+    # snapping: int(254*0.875) = 222 is within 3 px of 224
+    assert crop_size_pairs(254, 254, 224)[0:2] == [(254, 254), (224, 254)]
+    offsets = crop_offsets(340, 256, 224, 224)
+    assert len(offsets) == 13
+    assert offsets[:5] == [(0, 0), (116, 0), (0, 32), (116, 32), (58, 16)]
+    assert (29, 8) in offsets and (87, 24) in offsets
+
+
+def test_multiscale_crop_is_one_crop_per_clip() -> None:
+    frames = [Image.fromarray(np.full((120, 160, 3), i * 20, np.uint8)) for i in range(4)]
+    frames[0].putpixel((0, 0), (255, 0, 0))
+    out = multi_scale_crop(frames, 64, np.random.default_rng(3))
+    assert all(f.size == (64, 64) for f in out)
+    # uniform frames stay uniform and keep their own value: each frame got the same crop, no mixing
+    assert [int(np.asarray(f)[32, 32, 0]) for f in out[1:]] == [20, 40, 60]
+
+
+def test_flip_is_all_or_nothing() -> None:
+    frames = [Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4)) for _ in range(3)]
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(20):
+        out = random_flip(frames, rng, 0.5)
+        flipped = [np.asarray(f)[0, 0] == 3 for f in out]
+        assert len(set(flipped)) == 1
+        outcomes.add(flipped[0])
+    assert outcomes == {True, False}
+    assert random_flip(frames, rng, 0.0) is frames
+
+
+def test_optimizer_follows_paddlevideo_param_attrs() -> None:
+    cfg = load_config("tiny")
+    model = build_model(cfg)
+    optimizer, schedule = make_optimizer(cfg, model)
+    assert model.head.fc.weight.optimize_attr["learning_rate"] == 5.0
+    assert model.head.fc.bias.optimize_attr["learning_rate"] == 10.0
+    assert model.head.fc.bias.regularizer._coeff == 0.0
+    assert model.backbone.conv._batch_norm.weight.regularizer._coeff == 0.0
+    assert model.backbone.conv._conv.weight.regularizer is None  # takes the global L2
+    assert optimizer._grad_clip.clip_norm == cfg.optimizer.clip_norm
+    assert schedule() == 0.05
+    for _ in range(100):
+        schedule.step()
+    assert schedule() == 0.005
+
+
+def test_amp_plan(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = load_config("tiny", ["train.amp=true", "train.amp_level=O2"])
+    with caplog.at_level(logging.WARNING):
+        assert not amp_plan(cfg, has_gpu=False).enabled
+    assert "needs a CUDA GPU" in caplog.text
+    plan = amp_plan(cfg, has_gpu=True)
+    assert plan.enabled and plan.level == "O2"
+    assert (plan.init_loss_scaling, plan.incr_every_n_steps, plan.decr_every_n_nan_or_inf) == (65536.0, 2000, 1)
+    assert set(plan.custom_black_list) == {"reduce_mean", "conv3d"}
+    assert not amp_plan(load_config("tiny"), has_gpu=True).enabled

@@ -1,0 +1,141 @@
+"""``python -m training <command>``: dataset | train | evaluate | export | import-paddlevideo | demo | ensure-model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from service.contract.manifest import Preprocessing, read_label_list
+
+DEFAULT_REPO = "model_repo"
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="YAML file or a name in training/configs/")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. -o train.epochs=5 -o model.data_format=NHWC")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dataset", help="generate the synthetic motion dataset (real H.264 MP4s + list files)")
+    p.add_argument("--out", default="runs/demo/data")
+    p.add_argument("--train", type=int, default=480)
+    p.add_argument("--val", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a config (data-parallel under paddle.distributed.launch)")
+    _config_args(p)
+    p.add_argument("--validate", action="store_true", help="evaluate each epoch and keep the best checkpoint")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--resume", type=Path, help="a latest.pdparams to continue from")
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 and a confusion-matrix PNG on a list file")
+    _config_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--list", help="list file (default: data.valid_list)")
+
+    p = sub.add_parser("export", help="publish a checkpoint as an inference model into model_repo")
+    _config_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    p.add_argument("--name", help="model name (default: the config's name)")
+
+    p = sub.add_parser("import-paddlevideo", help="publish a PaddleVideo checkpoint or export into model_repo")
+    p.add_argument("source", type=Path, help="TSM_k400.pdparams, or TSM.json / TSM.pdmodel of an export")
+    p.add_argument("--labels", type=Path, default=Path(__file__).parent / "labels" / "kinetics400_label_list.txt")
+    p.add_argument("--name", default="tsm-k400")
+    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    p.add_argument("--dataset", default="Kinetics-400")
+    p.add_argument("--num-seg", type=int, default=8)
+    p.add_argument("--sampling", choices=["paddlevideo_test", "paddlevideo_predict"], default="paddlevideo_test")
+    p.add_argument("--fixed-ratio", action="store_true", help="predict.py's resize to 256x341")
+
+    p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> export (about 10 min on 2 cores)")
+    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")
+    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    return parser
+
+
+def _labels_for(cfg_labels: str, num_classes: int) -> list[str]:
+    return read_label_list(Path(cfg_labels)) if cfg_labels else [f"class_{i}" for i in range(num_classes)]
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imports are per command: `ensure-model` with a model present must not pay for Paddle.
+    if args.command == "ensure-model":
+        from training.demo import ensure_model
+
+        ensure_model(args.repo)
+        return 0
+    if args.command == "dataset":
+        from training.synthetic import generate_dataset
+
+        train_list, val_list = generate_dataset(Path(args.out), args.train, args.val, seed=args.seed)
+        print(f"wrote {train_list} and {val_list}")
+        return 0
+    if args.command == "demo":
+        from training.demo import run_demo
+
+        run_demo(args.repo, args.workdir, shift=not args.tsn, overrides=args.override)
+        return 0
+    if args.command == "import-paddlevideo":
+        from training.importers import import_checkpoint, import_inference_model
+
+        labels = read_label_list(args.labels)
+        spec = Preprocessing(num_seg=args.num_seg, sampling=args.sampling, fixed_ratio=args.fixed_ratio)
+        if args.source.suffix == ".pdparams":
+            folder = import_checkpoint(args.source, labels, args.repo, args.name, spec, args.dataset)
+        else:
+            folder = import_inference_model(args.source, labels, args.repo, args.name, spec, args.dataset)
+        print(f"published {folder}")
+        return 0
+
+    from training.config import load_config
+
+    overrides = list(args.override) + (["train.amp=true"] if getattr(args, "amp", False) else [])
+    cfg = load_config(args.config, overrides)
+    if args.command == "train":
+        from training.loop import train
+
+        result = train(cfg, validate=args.validate, resume=args.resume)
+        print(f"best {result.best_metrics} -> {result.best_checkpoint}; latest -> {result.latest_checkpoint}")
+        return 0
+    if args.command == "evaluate":
+        from training.workflows import evaluate_checkpoint
+
+        result = evaluate_checkpoint(cfg, args.checkpoint, args.list)
+        print(f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  ({result.count} clips, "
+              f"{len(result.skipped)} skipped)")
+        return 0
+    if args.command == "export":
+        from training.workflows import export_checkpoint
+
+        folder = export_checkpoint(cfg, args.checkpoint, args.repo, args.name or cfg.name)
+        print(f"published {folder}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        logging.getLogger("training").error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

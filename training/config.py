@@ -1,0 +1,123 @@
+"""Typed training config: defaults, then a YAML file, then ``key.path=value`` overrides.
+
+The resolved config is stored in every checkpoint and in the exported manifest, so a load
+rebuilds exactly the network that was trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.contract.manifest import Preprocessing, SamplingRule
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    depth: Literal[18, 34, 50, 101, 152] = 50
+    num_classes: int = Field(400, ge=1)
+    num_seg: int = Field(8, ge=1)
+    shift: bool = True
+    data_format: Literal["NCHW", "NHWC"] = "NCHW"
+    base_width: int = Field(64, ge=4)
+    drop_ratio: float = Field(0.5, ge=0.0, lt=1.0)
+    pretrained: str = ""
+    """ImageNet ResNet50_pretrain.pdparams or PaddleVideo TSM_k400.pdparams: backbone keys only."""
+
+
+class DataConfig(_Strict):
+    format: Literal["videos", "frames"] = "videos"
+    train_list: str = ""
+    valid_list: str = ""
+    data_prefix: str = ""
+    suffix: str = ""
+    labels: str = ""
+    """Label list file (``<id> <name>`` or one name per line); empty: class_<i>."""
+    batch_size: int = Field(16, ge=1)
+    test_batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(4, ge=0)
+    short_side: int = 256
+    crop_size: int = 224
+    sampling: SamplingRule = "paddlevideo_test"
+    scales: list[float] = Field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class OptimizerConfig(_Strict):
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    clip_norm: float = 20.0
+    boundaries: list[int] = Field(default_factory=lambda: [20, 40])
+    """Epochs at which the learning rate steps down (PiecewiseDecay, stepped per epoch)."""
+    values: list[float] = Field(default_factory=lambda: [0.02, 0.002, 0.0002])
+
+    @model_validator(mode="after")
+    def _piecewise(self) -> OptimizerConfig:
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError("optimizer.values needs exactly one more entry than optimizer.boundaries")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(50, ge=1)
+    save_interval: int = Field(10, ge=1)
+    amp: bool = False
+    amp_level: Literal["O1", "O2"] = "O1"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    max_steps_per_epoch: int = Field(0, ge=0)
+    """0: the whole list each epoch; >0 caps steps (quick experiments and tests)."""
+
+
+class Config(_Strict):
+    name: str = "tsm"
+    dataset: str = ""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+
+    def preprocessing(self) -> Preprocessing:
+        """The test-time preprocessing this config trains and evaluates with."""
+        d = self.data
+        return Preprocessing(num_seg=self.model.num_seg, sampling=d.sampling, short_side=d.short_side,
+                             crop_size=d.crop_size, mean=d.mean, std=d.std)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (a bare name is looked up in training/configs/) <- ``a.b=value`` overrides.
+
+    Override values are parsed as YAML scalars/lists (``train.epochs=3``, ``optimizer.values=[0.1,0.01]``).
+    """
+    tree: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        if not file.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
+            file = CONFIG_DIR / f"{path}.yaml"
+        tree = yaml.safe_load(file.read_text()) or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key.path=value")
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return Config.model_validate(tree)

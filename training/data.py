@@ -1,0 +1,102 @@
+"""Datasets and loaders: list file -> decoded, sampled, transformed clips in worker processes.
+
+A clip that can't be decoded is never replaced by another sample: the collate function
+drops it and the batch carries its path and error in ``skipped`` for the loop to report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+from PIL import Image
+
+from service.contract.preprocess import normalize, preprocess_clip
+from service.contract.sampling import test_indices, train_indices
+from service.decoding import DecodeError, read_frames
+from training.config import Config
+from training.listfile import Sample, parse_list
+from training.transforms import multi_scale_crop, random_flip
+
+Item = tuple[np.ndarray | None, int, str, str]  # (clip float32 [T,3,H,W] or None, label, path, error)
+
+
+def read_frame_dir(sample: Sample, indices: list[int]) -> np.ndarray:
+    """uint8 [T, H, W, 3] RGB from ``<dir>/img_{idx+1:05d}.jpg`` (1-based file numbers)."""
+    frames = []
+    for idx in indices:
+        file = sample.path / f"img_{idx + 1:05d}.jpg"
+        try:
+            with Image.open(file) as img:
+                frames.append(np.asarray(img.convert("RGB")))
+        except OSError as exc:
+            raise DecodeError(f"{file}: {exc}", "missing_frame") from exc
+    return np.stack(frames)
+
+
+class ClipDataset(paddle.io.Dataset):
+    """Samples of one list file, as training clips (random) or test clips (deterministic)."""
+
+    def __init__(self, cfg: Config, list_file: str, train: bool) -> None:
+        super().__init__()
+        self.cfg, self.train = cfg, train
+        d = cfg.data
+        self.samples = parse_list(Path(list_file), d.format, d.data_prefix, d.suffix, cfg.model.num_classes)
+        self.epoch = 0  # set by the loop each epoch; workers are re-created per epoch and see it
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _frames(self, sample: Sample, index: int) -> np.ndarray:
+        num_seg = self.cfg.model.num_seg
+        if self.train:
+            rng = np.random.default_rng([self.cfg.train.seed, self.epoch, index, 0])
+            pick = lambda count: train_indices(count, num_seg, rng)  # noqa: E731
+        else:
+            pick = lambda count: test_indices(count, num_seg, self.cfg.data.sampling)  # noqa: E731
+        if self.cfg.data.format == "frames":
+            if sample.num_frames < 1:
+                raise DecodeError(f"{sample.path}: the list says it has no frames", "no_frames")
+            return read_frame_dir(sample, list(pick(sample.num_frames)))
+        return read_frames(sample.path, pick)[0]
+
+    def _train_transform(self, frames: np.ndarray, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.cfg.train.seed, self.epoch, index, 1])
+        images = [Image.fromarray(f) for f in frames]
+        images = multi_scale_crop(images, self.cfg.data.crop_size, rng, self.cfg.data.scales)
+        images = random_flip(images, rng, self.cfg.data.flip_prob)
+        return normalize(np.stack([np.asarray(i) for i in images]), self.cfg.data.mean, self.cfg.data.std)
+
+    def __getitem__(self, index: int) -> Item:
+        sample = self.samples[index]
+        try:
+            frames = self._frames(sample, index)
+            clip = self._train_transform(frames, index) if self.train else preprocess_clip(
+                frames, self.cfg.preprocessing())
+        except (DecodeError, OSError, ValueError) as exc:
+            return None, sample.label, str(sample.path), str(exc) or type(exc).__name__
+        return clip, sample.label, str(sample.path), ""
+
+
+def collate_clips(items: list[Item]) -> dict[str, Any]:
+    """Stack good clips -> ``clips`` float32 [N, T, 3, H, W], ``labels`` int64 [N, 1]; list failures."""
+    good = [it for it in items if it[0] is not None]
+    skipped = [f"{path}: {err}" for _, _, path, err in items if err]
+    if not good:
+        return {"clips": np.zeros((0,), np.float32), "labels": np.zeros((0, 1), np.int64), "skipped": skipped}
+    clips = np.stack([it[0] for it in good]).astype(np.float32)  # type: ignore[misc]
+    labels = np.array([[it[1]] for it in good], dtype=np.int64)
+    return {"clips": clips, "labels": labels, "skipped": skipped}
+
+
+def make_loader(dataset: ClipDataset, batch_size: int, num_workers: int, shuffle: bool,
+                distributed: bool = False) -> paddle.io.DataLoader:
+    """A DataLoader with worker processes; a DistributedBatchSampler when running data-parallel."""
+    if distributed:
+        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, shuffle=shuffle, drop_last=shuffle)
+    else:
+        sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                collate_fn=collate_clips, use_shared_memory=False)

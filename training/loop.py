@@ -1,0 +1,147 @@
+"""The training job: epochs of SGD with validation, best/latest checkpoints, JSONL log and curves."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from tqdm import tqdm
+
+from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
+from training.config import Config
+from training.data import ClipDataset, make_loader
+from training.evaluate import EvalResult, evaluate
+from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
+from training.plots import plot_curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    best_checkpoint: Path | None
+    latest_checkpoint: Path
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def _log_line(path: Path, record: dict[str, float | str]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _autocast(plan: AmpPlan) -> contextlib.AbstractContextManager[object]:
+    if not plan.enabled:
+        return contextlib.nullcontext()
+    return paddle.amp.auto_cast(custom_black_list=set(plan.custom_black_list), level=plan.level)
+
+
+def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
+                 plan: AmpPlan, scaler: paddle.amp.GradScaler | None, cfg: Config, epoch: int,
+                 log_file: Path) -> dict[str, float]:
+    model.train()
+    losses: list[float] = []
+    hits = seen = 0
+    steps = len(loader) if cfg.train.max_steps_per_epoch == 0 else min(len(loader), cfg.train.max_steps_per_epoch)
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True,
+               disable=dist.get_rank() != 0)
+    for step, batch in enumerate(bar):
+        if step >= steps:
+            break
+        for item in batch["skipped"]:
+            log.warning("skipped undecodable clip %s", item)
+        if batch["labels"].shape[0] == 0:
+            continue
+        with _autocast(plan):
+            logits = model(batch["clips"])  # [N, K]
+            loss = paddle.nn.functional.cross_entropy(logits, batch["labels"])
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.minimize(optimizer, loss)
+        else:
+            loss.backward()
+            optimizer.step()
+        optimizer.clear_grad()
+        losses.append(float(loss))
+        hits += int((logits.argmax(axis=1).numpy() == batch["labels"].numpy()[:, 0]).sum())
+        seen += int(batch["labels"].shape[0])
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{hits / max(seen, 1):.3f}")
+        if dist.get_rank() == 0:
+            _log_line(log_file, {"kind": "step", "epoch": epoch + 1, "step": step, "loss": losses[-1],
+                                 "lr": optimizer.get_lr()})
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "train_top1": hits / max(seen, 1)}
+
+
+def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> TrainResult:
+    """Train ``cfg``; with ``validate`` keep the best checkpoint by validation top-1.
+
+    Runs data-parallel when started by ``paddle.distributed.launch`` (world size > 1).
+    """
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    distributed = dist.get_world_size() > 1
+    if distributed:
+        dist.init_parallel_env()
+    paddle.seed(cfg.train.seed + dist.get_rank())
+    model = build_model(cfg)
+    if cfg.model.pretrained and resume is None:
+        loaded, _ = load_weights(model, Path(cfg.model.pretrained), backbone_only=True)
+        log.info("initialised %d backbone tensors from %s", loaded, cfg.model.pretrained)
+    optimizer, schedule = make_optimizer(cfg, model)
+    start_epoch = 0
+    if resume is not None:
+        load_weights(model, resume)
+        if resume.with_suffix(".pdopt").exists():
+            optimizer.set_state_dict(paddle.load(str(resume.with_suffix(".pdopt"))))
+        start_epoch = int(read_meta(resume).get("epoch", 0))
+        schedule.last_epoch = start_epoch - 1
+        schedule.step()
+        log.info("resumed from %s at epoch %d", resume, start_epoch)
+    plan = amp_plan(cfg)
+    scaler = make_scaler(plan)
+    if plan.enabled and plan.level == "O2":
+        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", master_weight=True)
+    net = paddle.DataParallel(model) if distributed else model
+
+    train_set = ClipDataset(cfg, cfg.data.train_list, train=True)
+    train_loader = make_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, True, distributed)
+    val_loader = None
+    if validate and cfg.data.valid_list:
+        val_loader = make_loader(ClipDataset(cfg, cfg.data.valid_list, train=False), cfg.data.test_batch_size,
+                                 cfg.data.num_workers, False)
+    log_file = out / "metrics.jsonl"
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+    history: list[dict[str, float]] = []
+    best: dict[str, float] = {}
+    best_path: Path | None = None
+    latest = out / "latest.pdparams"
+    for epoch in range(start_epoch, cfg.train.epochs):
+        train_set.epoch = epoch
+        started = time.perf_counter()
+        record: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.get_lr()}
+        record |= _train_epoch(net, train_loader, optimizer, plan, scaler, cfg, epoch, log_file)
+        schedule.step()
+        record["seconds"] = time.perf_counter() - started
+        if val_loader is not None and dist.get_rank() == 0:
+            result: EvalResult = evaluate(model, val_loader, cfg.model.num_classes, desc="validate")
+            record |= result.as_dict()
+        history.append(record)
+        if dist.get_rank() != 0:
+            continue
+        _log_line(log_file, {"kind": "epoch", **record})
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
+        latest = save_checkpoint(out / "latest", model, cfg, epoch + 1, record, optimizer)
+        if (epoch + 1) % cfg.train.save_interval == 0:
+            save_checkpoint(out / f"epoch_{epoch + 1}", model, cfg, epoch + 1, record)
+        if "val_top1" in record and record["val_top1"] >= best.get("val_top1", -1.0):
+            best, best_path = record, save_checkpoint(out / "best", model, cfg, epoch + 1, record)
+        plot_curves(log_file, out / "curves.png")
+    return TrainResult(out, best_path, latest, best, history)

@@ -1,0 +1,68 @@
+"""Checkpoint-level jobs shared by the CLI and the demo: evaluate one, export one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from service.contract.manifest import Manifest, ModelIO, read_label_list
+from training.checkpoint import build_model, load_weights, read_meta
+from training.config import Config
+from training.data import ClipDataset, make_loader
+from training.evaluate import EvalResult, evaluate
+from training.export import export_to_repo, sha256_file
+from training.plots import plot_confusion
+
+log = logging.getLogger(__name__)
+
+
+def labels_of(cfg: Config) -> list[str]:
+    """Class names from ``data.labels``, or ``class_<i>`` when the config names no file."""
+    if cfg.data.labels:
+        labels = read_label_list(Path(cfg.data.labels))
+        if len(labels) != cfg.model.num_classes:
+            raise ValueError(f"{cfg.data.labels} has {len(labels)} labels, model.num_classes is "
+                             f"{cfg.model.num_classes}")
+        return labels
+    return [f"class_{i}" for i in range(cfg.model.num_classes)]
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = None,
+                        out_dir: Path | None = None) -> EvalResult:
+    """Evaluate with the shared test pipeline; writes ``confusion_matrix.png`` into ``out_dir``."""
+    model = build_model(cfg)
+    load_weights(model, checkpoint)
+    dataset = ClipDataset(cfg, list_file or cfg.data.valid_list, train=False)
+    loader = make_loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers, shuffle=False)
+    result = evaluate(model, loader, cfg.model.num_classes)
+    out = out_dir or Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(result.confusion, labels_of(cfg), out / "confusion_matrix.png",
+                   title=f"{cfg.name}: top-1 {result.top1:.3f} on {result.count} clips")
+    log.info("evaluated %s: top-1 %.4f, top-5 %.4f on %d clips", checkpoint, result.top1, result.top5, result.count)
+    return result
+
+
+def manifest_for(cfg: Config, checkpoint: Path, metrics: dict[str, float]) -> Manifest:
+    spec = cfg.preprocessing()
+    m = cfg.model
+    return Manifest(
+        name=cfg.name, version=1, labels=labels_of(cfg), preprocessing=spec,
+        io=ModelIO(input_shape=(-1, spec.num_seg, 3, spec.crop_size, spec.crop_size)),
+        backbone=f"ResNet{'TSM' if m.shift else 'TSN'}-{m.depth}", depth=m.depth, base_width=m.base_width,
+        shift=m.shift, data_format=m.data_format, metrics=metrics, dataset=cfg.dataset,
+        config=cfg.model_dump(mode="json"), source=checkpoint.name, source_sha256=sha256_file(checkpoint),
+    )
+
+
+def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | None = None,
+                      metrics: dict[str, float] | None = None) -> Path:
+    """Load ``checkpoint`` into the config's network and publish it into ``repo``."""
+    model = build_model(cfg)
+    load_weights(model, checkpoint)
+    found = metrics if metrics is not None else read_meta(checkpoint).get("metrics", {})
+    numeric = {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
+    manifest = manifest_for(cfg, checkpoint, numeric)
+    if name:
+        manifest = manifest.model_copy(update={"name": name})
+    return export_to_repo(model, repo, manifest)
