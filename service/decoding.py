@@ -7,7 +7,7 @@ pixels fed to the network are the same on both paths.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ class VideoInfo:
     width: int
     height: int
     backend: str
+    rotation: int = 0
+    """Display rotation applied to the frames, degrees counter-clockwise (0, 90, 180, 270)."""
 
     @property
     def duration_s(self) -> float:
@@ -85,15 +87,76 @@ def read_frames_pyav(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo
     return frames, info, indices
 
 
-def read_frames(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo, list[int]]:
-    """decord, then PyAV if decord fails; raises :class:`DecodeError` if neither can decode."""
+@dataclass(frozen=True)
+class VideoProbe:
+    """Container facts read without decoding the stream (duration in s, size in coded pixels)."""
+
+    width: int
+    height: int
+    duration_s: float
+    rotation: int
+
+
+def probe_video(path: Path) -> VideoProbe:
+    """Read size, duration and display rotation with PyAV (decodes at most one frame).
+
+    Phones store portrait videos as landscape frames plus a display matrix; decord 0.6
+    applies it, PyAV does not, so :func:`read_frames` rotates PyAV's frames itself.
+    """
+    import av
+
     try:
-        return read_frames_decord(path, pick)
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
+            stream = container.streams.video[0]
+            duration = 0.0
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000  # AV_TIME_BASE units
+            rotation = 0
+            for frame in container.decode(stream):
+                rotation = _quarter_turns(frame.rotation) * 90
+                break
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"{path.name}: the file is not a readable video ({exc})") from exc
+    return VideoProbe(int(width), int(height), duration, rotation)
+
+
+def _quarter_turns(degrees: float | int | None) -> int:
+    """Counter-clockwise display rotation in degrees -> quarter turns 0..3 (nearest)."""
+    return round((degrees or 0) / 90) % 4
+
+
+def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] rotated ``rotation`` degrees counter-clockwise (a multiple of 90)."""
+    turns = _quarter_turns(rotation)
+    if turns == 0:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2)))
+
+
+def read_frames(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """decord, then PyAV if decord fails; raises :class:`DecodeError` if neither can decode.
+
+    Frames come out upright: the container's display rotation is applied (``info.rotation``),
+    and ``info.width``/``info.height`` are the displayed size.
+    """
+    try:
+        frames, info, indices = read_frames_decord(path, pick)
     except DecodeError as first:
         try:
-            return read_frames_pyav(path, pick)
+            frames, info, indices = read_frames_pyav(path, pick)
         except DecodeError as second:
             raise second from first
+    rotation = probe_video(path).rotation
+    if rotation and info.backend == "pyav":  # decord 0.6 applies the display matrix itself
+        frames = rotate_frames(frames, rotation)
+    return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
 
 
 def read_clip(path: Path, spec: Preprocessing) -> tuple[np.ndarray, VideoInfo, list[int]]:

@@ -85,6 +85,13 @@ def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> Tra
 
     Runs data-parallel when started by ``paddle.distributed.launch`` (world size > 1).
     """
+    # Optimizer state is keyed by generated names (``conv2d_0.w_0_velocity_0``): a fresh naming
+    # scope per run makes a resumed run generate the names its checkpoint holds.
+    with paddle.utils.unique_name.guard():
+        return _train(cfg, validate, resume)
+
+
+def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     distributed = dist.get_world_size() > 1
@@ -117,6 +124,8 @@ def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> Tra
     if validate and cfg.data.valid_list:
         val_loader = make_loader(ClipDataset(cfg, cfg.data.valid_list, train=False), cfg.data.test_batch_size,
                                  cfg.data.num_workers, False)
+    log.info("rank %d of %d: %d training clips, %d steps per epoch", dist.get_rank(), dist.get_world_size(),
+             len(train_set), len(train_loader))
     log_file = out / "metrics.jsonl"
     (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     history: list[dict[str, float]] = []

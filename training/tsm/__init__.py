@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import paddle
+
 from training.tsm.backbone import ResNetTSM
 from training.tsm.head import TSMHead
 from training.tsm.recognizer import Recognizer2D
@@ -16,9 +18,12 @@ def build_tsm(depth: int = 50, num_classes: int = 400, num_seg: int = 8, shift: 
     """TSM-ResNet (shift=False gives TSN with the same layers): [N, T, 3, H, W] -> logits [N, K]."""
     if data_format not in ("NCHW", "NHWC"):
         raise ValueError(f"data_format must be NCHW or NHWC, got {data_format!r}")
-    backbone = ResNetTSM(depth, num_seg, shift, data_format, base_width)
-    head = TSMHead(num_classes, backbone.out_channels, drop_ratio, 0.001, data_format, fc_weight_decay)
-    model = Recognizer2D(backbone, head, num_seg, data_format)
+    # Fresh parameter names per build: optimizer state (.pdopt) is keyed by them, so a resumed
+    # run must name its parameters exactly as the run that saved it did.
+    with paddle.utils.unique_name.guard():
+        backbone = ResNetTSM(depth, num_seg, shift, data_format, base_width)
+        head = TSMHead(num_classes, backbone.out_channels, drop_ratio, 0.001, data_format, fc_weight_decay)
+        model = Recognizer2D(backbone, head, num_seg, data_format)
     model.arch = {"depth": depth, "num_classes": num_classes, "num_seg": num_seg, "shift": shift,
                   "data_format": data_format, "base_width": base_width, "drop_ratio": drop_ratio}
     return model

@@ -1,0 +1,52 @@
+"""The one place errors become HTTP responses: RFC 9457 problem JSON with a stable ``type``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.schemas import Problem
+from service.errors import BadParameterError, ServiceError
+from service.logs import request_id_var
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+_HTTP_TYPES = {404: "not-found", 405: "method-not-allowed"}
+
+
+def problem(error: ServiceError) -> Problem:
+    return Problem(type=error.type, title=error.title, status=error.status, detail=error.detail,
+                   request_id=request_id_var.get())
+
+
+def problem_response(error: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+    return JSONResponse(problem(error).model_dump(), status_code=error.status, headers=headers,
+                        media_type=PROBLEM_JSON)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return problem_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return problem_response(BadParameterError("; ".join(parts) or "invalid parameters"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = Problem(type=_HTTP_TYPES.get(exc.status_code, f"http-{exc.status_code}"), title=str(exc.detail),
+                       status=exc.status_code, detail=str(exc.detail), request_id=request_id_var.get())
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, media_type=PROBLEM_JSON,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem_response(ServiceError("an unexpected error occurred; it has been logged"))

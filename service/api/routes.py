@@ -1,0 +1,159 @@
+"""Classification routes (thin): receive the upload, lease a model version, run the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from service.api.deps import Authorized, RequestIdDep, Resources, ResourcesDep
+from service.api.errors import problem
+from service.api.schemas import BatchItem, BatchResponse, ClassifyResponse, Problem
+from service.errors import BadParameterError, ServiceError, UndecodableVideoError
+from service.pipeline import Deadline, classify_file
+from service.upload import Upload, receive_upload
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["classify"])
+
+_VIDEO_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The video."},
+        "top_k": {"type": "integer", "minimum": 1}, "model": {"type": "string"}, "version": {"type": "integer"}}}},
+    "video/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+_BATCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "top_k": {"type": "integer", "minimum": 1}, "model": {"type": "string"}, "version": {"type": "integer"}}}},
+}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": text} for code, text in {
+        400: "Bad parameters", 401: "Missing or wrong API key", 404: "Unknown model or version",
+        413: "Upload over the limit", 415: "Not a video", 422: "Video cannot be decoded",
+        429: "Too many requests", 503: "Overloaded or not ready", 504: "Deadline passed"}.items()}
+
+TopK = Annotated[int | None, Query(ge=1, le=10_000, description="How many classes to return (default 5).")]
+ModelName = Annotated[str | None, Query(max_length=64, description="Model name (default: the only/default).")]
+Version = Annotated[int | None, Query(ge=1, description="Model version (default: the serving one).")]
+
+
+@dataclass
+class _Outcome:
+    model: str = ""
+    version: str = ""
+    status: int = 200
+
+
+@contextmanager
+def _tracked(res: Resources) -> Iterator[_Outcome]:
+    """In-flight gauge, request counter and duration for one classification request."""
+    metrics, outcome, start = res.metrics, _Outcome(), time.perf_counter()
+    metrics.inflight.inc()
+    try:
+        yield outcome
+    except ServiceError as exc:
+        outcome.status = exc.status
+        if not isinstance(exc, UndecodableVideoError):  # decode failures have their own counter
+            metrics.rejected.labels(exc.type).inc()
+        raise
+    except Exception:
+        outcome.status = 500
+        raise
+    finally:
+        elapsed = time.perf_counter() - start
+        metrics.inflight.dec()
+        metrics.requests.labels(outcome.model, outcome.version, str(outcome.status)).inc()
+        metrics.request_duration.observe(elapsed)
+        log.info("classify model=%s version=%s status=%d in %.1f ms",
+                 outcome.model or "-", outcome.version or "-", outcome.status, elapsed * 1000)
+
+
+def _option(name: str, query: Any, upload: Upload) -> str | None:
+    if query is not None:
+        return str(query)
+    return upload.fields.get(name) or None
+
+
+def _int_option(name: str, query: int | None, upload: Upload) -> int | None:
+    raw = _option(name, query, upload)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise BadParameterError(f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _top_k(value: int | None, num_labels: int) -> int:
+    if value is None:
+        return min(5, num_labels)
+    if value > num_labels:
+        raise BadParameterError(f"top_k must be between 1 and {num_labels} (the model's label count), got {value}")
+    return value
+
+
+async def _receive(request: Request, res: Resources, fields: tuple[str, ...], max_files: int) -> Upload:
+    upload = await receive_upload(request, res.settings, fields, max_files)
+    res.metrics.observe_stage("upload", upload.seconds)
+    for item in upload.files:
+        res.metrics.upload_bytes.observe(item.size)
+    return upload
+
+
+@router.post("/classify", response_model=ClassifyResponse, dependencies=[Authorized], responses=_ERRORS,
+             openapi_extra=_VIDEO_BODY, summary="Classify one video (multipart field 'file' or raw body)")
+async def classify(request: Request, res: ResourcesDep, request_id: RequestIdDep, top_k: TopK = None,
+                   model: ModelName = None, version: Version = None) -> ClassifyResponse:
+    started = time.perf_counter()
+    deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
+    with _tracked(res) as outcome:
+        upload = await _receive(request, res, ("file",), 1)
+        try:
+            k = _int_option("top_k", top_k, upload)
+            want_version = _int_option("version", version, upload)
+            async with res.repository.lease(_option("model", model, upload), want_version) as mv:
+                outcome.model, outcome.version = mv.name, str(mv.version)
+                assert mv.manifest is not None
+                return await classify_file(str(upload.files[0].path), mv, res.pool, res.limits, res.metrics,
+                                           deadline, _top_k(k, mv.manifest.num_classes), request_id,
+                                           upload.seconds, started)
+        finally:
+            upload.cleanup()
+
+
+@router.post("/classify/batch", response_model=BatchResponse, dependencies=[Authorized], responses=_ERRORS,
+             openapi_extra=_BATCH_BODY, summary="Classify several videos; each file is answered on its own")
+async def classify_batch(request: Request, res: ResourcesDep, request_id: RequestIdDep, top_k: TopK = None,
+                         model: ModelName = None, version: Version = None) -> BatchResponse:
+    started = time.perf_counter()
+    deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
+    with _tracked(res) as outcome:
+        upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files)
+        try:
+            k = _int_option("top_k", top_k, upload)
+            async with res.repository.lease(_option("model", model, upload),
+                                            _int_option("version", version, upload)) as mv:
+                outcome.model, outcome.version = mv.name, str(mv.version)
+                assert mv.manifest is not None
+                k = _top_k(k, mv.manifest.num_classes)
+                results = await asyncio.gather(*(
+                    classify_file(str(f.path), mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
+                                  upload.seconds, started) for f in upload.files), return_exceptions=True)
+        finally:
+            upload.cleanup()
+        items = []
+        for f, result in zip(upload.files, results, strict=True):
+            if isinstance(result, ServiceError):
+                items.append(BatchItem(filename=f.filename, status=result.status, error=problem(result)))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                items.append(BatchItem(filename=f.filename, status=200, result=result))
+        return BatchResponse(request_id=request_id, results=items)

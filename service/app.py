@@ -1,0 +1,104 @@
+"""The app factory: ``create_app(settings)``; resources are opened in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import decode_worker
+from service.api import health, routes
+from service.api.deps import Resources
+from service.api.errors import install_error_handlers
+from service.batcher import BatchPolicy
+from service.contract.manifest import Manifest
+from service.decode_pool import DecodePool
+from service.decode_worker import DecodeLimits
+from service.logs import configure_logging, new_request_id, request_id_var
+from service.metrics import Metrics
+from service.predictor import Predictor, PredictorOptions, gpu_available
+from service.repository import ModelRepository, PredictorFactory
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class RequestIdMiddleware:
+    """Give each HTTP request an id (the client's ``X-Request-ID`` when sane), log with it, echo it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        client = headers.get(b"x-request-id", b"").decode("latin-1") or None
+        request_id = new_request_id(client)
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def default_factory(settings: ServiceSettings) -> PredictorFactory:
+    """Paddle Inference predictors built with the settings' device options (GPU looked up once)."""
+    options = PredictorOptions.from_settings(settings)
+    has_gpu = gpu_available() if settings.device != "cpu" else False
+
+    def build(version_dir: Path, manifest: Manifest) -> Predictor:
+        return Predictor(version_dir, manifest, options, has_gpu=has_gpu)
+
+    return build
+
+
+def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None = None,
+               predictor_factory: PredictorFactory | None = None,
+               decode_task: Callable[..., Any] = decode_worker.decode_task) -> FastAPI:
+    """Build the service; ``predictor_factory`` and ``decode_task`` are seams for tests."""
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = DecodePool(settings.decode_workers, settings.decode_timeout_s, settings.decode_memory_mb,
+                          task=decode_task)
+        pool.start()
+        policy = BatchPolicy(settings.max_batch_size, settings.max_queue_delay_ms, settings.queue_capacity)
+        repository = ModelRepository(
+            settings.model_repo, metrics, predictor_factory or default_factory(settings), policy,
+            pins=settings.model_versions, default_model=settings.default_model,
+            warmup_runs=settings.warmup_runs, poll_interval_s=settings.poll_interval_s)
+        limits = DecodeLimits(settings.max_video_duration_s, settings.max_video_pixels)
+        app.state.resources = Resources(settings, metrics, repository, pool, limits)
+        try:
+            await repository.start()
+            if not repository.ready():
+                log.warning("no model version is ready in %s; /readyz answers 503", settings.model_repo)
+            yield
+        finally:
+            await repository.close()
+            pool.close()
+
+    app = FastAPI(title="TSM video classification", version="0.1.0", lifespan=lifespan,
+                  description="Classify videos with TSM models from a model repository, with dynamic batching.")
+    install_error_handlers(app)
+    app.include_router(routes.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,157 @@
+"""Dynamic batching for one model version: every request owns a future.
+
+Clips are collected until ``max_batch_size`` clips wait or the oldest has waited
+``max_queue_delay_ms``, whichever comes first, then run as one batch in a dedicated
+inference thread (off the event loop). The queue is bounded: a clip over capacity is
+refused at once (503) rather than timing out later. A failed batch fails each of its
+futures; a batch whose output row count differs from its input fails them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import DeadlineExceededError, InferenceFailedError, NotReadyError, QueueFullError
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When a batch starts: ``max_batch_size`` clips or ``max_queue_delay_ms`` of waiting; ``queue_capacity`` clips."""
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 10.0
+    queue_capacity: int = 64
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's share of a batch: its output row, seconds queued and in inference, batch size."""
+
+    output: np.ndarray
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    clip: np.ndarray
+    future: asyncio.Future[BatchResult]
+    enqueued: float
+    deadline: float
+
+
+class DynamicBatcher:
+    """``run_batch(float32 [N, ...]) -> [N, K]`` is called with up to ``max_batch_size`` stacked clips."""
+
+    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], policy: BatchPolicy, name: str = "",
+                 on_batch: Callable[[int], None] | None = None,
+                 on_depth: Callable[[int], None] | None = None, executor: ThreadPoolExecutor | None = None) -> None:
+        self.policy, self.name = policy, name
+        self._run_batch = run_batch
+        self._on_batch, self._on_depth = on_batch, on_depth
+        self._pending: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        # One thread per version: the predictor was built and warmed up on it (oneDNN caches are per thread).
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tsm-infer-{name}")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    def submit(self, clip: np.ndarray, deadline: float) -> asyncio.Future[BatchResult]:
+        """Queue one clip (``deadline`` on the ``time.monotonic`` clock); raises QueueFullError when full."""
+        if self._closing:
+            raise NotReadyError(f"model version {self.name} is shutting down; retry", retry_after_s=1)
+        if len(self._pending) >= self.policy.queue_capacity:
+            raise QueueFullError(
+                f"{self.policy.queue_capacity} clips are already waiting for {self.name}; retry shortly",
+                retry_after_s=1)
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Item(clip, future, time.monotonic(), deadline))
+        self._report_depth()
+        self._wakeup.set()
+        return future
+
+    async def close(self) -> None:
+        """Stop taking clips, finish the queued ones, stop the inference thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._wait_for_batch()
+            items = self._take()
+            if items:
+                await self._run(items)
+
+    async def _wait_for_batch(self) -> None:
+        """Wait until the batch is full, the oldest clip's delay is spent, or we are closing."""
+        until = self._pending[0].enqueued + self.policy.max_queue_delay_ms / 1000
+        while len(self._pending) < self.policy.max_batch_size and not self._closing:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Item]:
+        """Pop up to a batch of live items; expired ones fail with 504, cancelled ones are dropped."""
+        now, items = time.monotonic(), []
+        while self._pending and len(items) < self.policy.max_batch_size:
+            item = self._pending.popleft()
+            if item.future.done():  # the request gave up (its deadline or a client disconnect)
+                continue
+            if now >= item.deadline:
+                item.future.set_exception(DeadlineExceededError("the request deadline passed while queued"))
+                continue
+            items.append(item)
+        self._report_depth()
+        return items
+
+    async def _run(self, items: list[_Item]) -> None:
+        batch = np.stack([item.clip for item in items])  # float32 [N, num_seg, 3, crop, crop]
+        start = time.monotonic()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"the model returned {len(outputs)} rows for a batch of {len(items)}")
+        except Exception as exc:
+            error = InferenceFailedError(f"inference failed for a batch of {len(items)}: {exc}", retry_after_s=1)
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        elapsed = time.monotonic() - start
+        if self._on_batch is not None:
+            self._on_batch(len(items))
+        for item, row in zip(items, outputs, strict=True):
+            if not item.future.done():
+                item.future.set_result(BatchResult(row, start - item.enqueued, elapsed, len(items)))
+
+    def _report_depth(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._pending))

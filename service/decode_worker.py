@@ -1,0 +1,94 @@
+"""What runs inside a decoder worker process: decode, sample and preprocess one video.
+
+Imported by the worker processes, so it must stay free of Paddle (a ~3 s import and a
+multi-threaded runtime we never want in a decoder) and of anything from the web layer.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.contract.manifest import Preprocessing
+from service.contract.preprocess import preprocess_clip
+from service.decoding import DecodeError, VideoInfo, probe_video, read_clip
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Refuse videos before decoding them: duration in seconds, frame area in pixels."""
+
+    max_duration_s: float
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """One preprocessed clip: float32 [num_seg, 3, crop, crop], the video facts and indices."""
+
+    clip: np.ndarray
+    info: VideoInfo
+    indices: list[int]
+
+
+class LimitExceeded(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
+    """The video is over a configured duration or frame-size limit."""
+
+
+def decode_task(path: str, spec: Preprocessing, limits: DecodeLimits) -> DecodedClip:
+    """The whole numeric path up to the network: ``read_clip`` then ``preprocess_clip``."""
+    video = Path(path)
+    probe = probe_video(video)
+    if probe.duration_s > limits.max_duration_s:
+        raise LimitExceeded(
+            f"the video lasts {probe.duration_s:.1f} s, over the limit of {limits.max_duration_s:g} s", "too_long")
+    if probe.width * probe.height > limits.max_pixels:
+        raise LimitExceeded(
+            f"frames of {probe.width}x{probe.height} exceed the limit of {limits.max_pixels} pixels", "too_large")
+    frames, info, indices = read_clip(video, spec)  # uint8 [num_seg, H, W, 3] RGB, upright
+    try:
+        clip = preprocess_clip(frames, spec)  # float32 [num_seg, 3, crop, crop]
+    except ValueError as exc:  # e.g. a frame smaller than the crop after scaling
+        raise DecodeError(f"{video.name}: the frames cannot be preprocessed ({exc})", "preprocess") from exc
+    return DecodedClip(clip, info, indices)
+
+
+def warm_imports() -> None:
+    """Import the decoders once at start so the first request doesn't pay for it."""
+    import av  # noqa: F401
+    import decord  # noqa: F401
+
+
+def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> None:
+    """Serve tasks from ``conn`` until it closes: reply ``("ok", result)`` or ``("error", kind, reason, text)``.
+
+    The address-space limit turns a runaway allocation into a MemoryError here (or, inside
+    native code, a dead process the pool replaces) instead of swapping the host.
+    """
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    warm_imports()
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if args is None:
+            return
+        try:
+            reply: tuple[Any, ...] = ("ok", task(*args))
+        except LimitExceeded as exc:
+            reply = ("error", "limit", exc.reason, str(exc))
+        except DecodeError as exc:
+            reply = ("error", "decode", exc.reason, str(exc))
+        except MemoryError:
+            reply = ("error", "decode", "out_of_memory", "decoding needed more memory than a worker may use")
+        except Exception as exc:  # any other decoder failure is still the file's, not the server's
+            reply = ("error", "decode", "undecodable", f"the video could not be decoded ({type(exc).__name__})")
+        conn.send(reply)

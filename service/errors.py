@@ -1,0 +1,86 @@
+"""One error base class with named subclasses; each maps to one HTTP status and one ``type``.
+
+Raised anywhere in the service (upload, decode pool, batcher, repository) and turned into an
+RFC 9457 problem body by the single handler in :mod:`service.api.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base: ``status`` and ``type`` are fixed per subclass; ``detail`` is a sentence for people."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+class BadParameterError(ServiceError):
+    status, type, title = 400, "bad-parameter", "Bad parameter"
+
+
+class UnauthorizedError(ServiceError):
+    status, type, title = 401, "unauthorized", "Missing or wrong API key"
+
+
+class ModelNotFoundError(ServiceError):
+    status, type, title = 404, "model-not-found", "Unknown model"
+
+
+class VersionNotFoundError(ServiceError):
+    status, type, title = 404, "version-not-found", "Unknown or not serving model version"
+
+
+class UploadTooLargeError(ServiceError):
+    status, type, title = 413, "upload-too-large", "Upload over the size limit"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status, type, title = 415, "unsupported-media-type", "Not a video"
+
+
+class UndecodableVideoError(ServiceError):
+    """422: the file is not a video we can decode (bad data, no video stream, no frames)."""
+
+    status, type, title = 422, "undecodable-video", "The video cannot be decoded"
+
+    def __init__(self, detail: str, reason: str = "undecodable") -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class VideoLimitExceededError(UndecodableVideoError):
+    status, type, title = 422, "video-limit-exceeded", "The video is too long or too large"
+
+
+class DecoderCrashedError(UndecodableVideoError):
+    status, type, title = 422, "decoder-crashed", "The decoder crashed on this video"
+
+
+class DecodeTimeoutError(UndecodableVideoError):
+    status, type, title = 422, "decode-timeout", "Decoding took too long"
+
+
+class QueueFullError(ServiceError):
+    status, type, title = 503, "queue-full", "Overloaded: the model's queue is full"
+
+
+class NotReadyError(ServiceError):
+    status, type, title = 503, "not-ready", "No model is ready to serve"
+
+
+class InferenceFailedError(ServiceError):
+    """503: the batch this request was in failed in the predictor (not the client's fault)."""
+
+    status, type, title = 503, "inference-failed", "Inference failed"
+
+
+class DeadlineExceededError(ServiceError):
+    status, type, title = 504, "deadline-exceeded", "The request deadline passed"

@@ -1,0 +1,198 @@
+"""Paddle Inference predictor for one model version: CPU (oneDNN), GPU (CUDA) or GPU + TensorRT.
+
+:func:`choose_backend` turns settings plus "is there a GPU" into a :class:`BackendChoice`
+(falling back to the CPU with a warning); :func:`build_config` makes the exact
+``paddle.inference.Config`` calls for that choice. Both are pure enough to test without a
+GPU: the config class is injectable, so tests record its calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.contract.manifest import Manifest
+from service.settings import Device, Precision, ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    """The predictor part of the settings (see :class:`ServiceSettings` for each field)."""
+
+    device: Device = "cpu"
+    precision: Precision = "fp32"
+    tensorrt: bool = False
+    gpu_id: int = 0
+    gpu_memory_mb: int = 1024
+    cpu_threads: int = 2
+    onednn: bool = True
+    trt_workspace_bytes: int = 1 << 30
+    trt_min_subgraph_size: int = 3
+    max_batch_size: int = 8
+    trt_cache_dir: Path | None = None
+
+    @classmethod
+    def from_settings(cls, s: ServiceSettings) -> PredictorOptions:
+        return cls(s.device, s.precision, s.tensorrt, s.gpu_id, s.gpu_memory_mb, s.cpu_threads, s.onednn,
+                   s.trt_workspace_bytes, s.trt_min_subgraph_size, s.max_batch_size, s.trt_cache_dir)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What actually runs: backend ``paddle`` or ``tensorrt``, device ``cpu``/``gpu:N``, precision."""
+
+    backend: str
+    device: str
+    precision: Precision
+    warnings: tuple[str, ...] = field(default=())
+
+
+def gpu_available() -> bool:
+    """True when this Paddle build has CUDA and sees at least one device."""
+    import paddle
+
+    try:
+        return bool(paddle.device.is_compiled_with_cuda()) and paddle.device.cuda.device_count() > 0
+    except Exception:  # a CUDA build on a machine without a driver raises here
+        return False
+
+
+def choose_backend(options: PredictorOptions, has_gpu: bool) -> BackendChoice:
+    """Settings + hardware -> the backend to build; without a GPU, the CPU in fp32 with a warning."""
+    wants_gpu = options.device == "gpu" or (options.device == "auto" and has_gpu)
+    if wants_gpu and has_gpu:
+        backend = "tensorrt" if options.tensorrt else "paddle"
+        return BackendChoice(backend, f"gpu:{options.gpu_id}", options.precision)
+    warnings: list[str] = []
+    if options.device == "gpu" or options.tensorrt:
+        warnings.append("no usable GPU found: falling back to the CPU (TensorRT off)")
+    if options.precision != "fp32":
+        warnings.append(f"precision {options.precision} needs a GPU: running fp32 on the CPU")
+    for text in warnings:
+        log.warning(text)
+    return BackendChoice("paddle", "cpu", "fp32", tuple(warnings))
+
+
+def trt_cache_dir(version_dir: Path, options: PredictorOptions, choice: BackendChoice) -> Path:
+    """Engine cache beside the version: ``<name>/.cache/<version>/trt-<precision>-b<N>-<device>``.
+
+    Hidden (the repository scan skips dot folders) and keyed by everything that changes the
+    engine, so a restart with the same settings loads the engines instead of rebuilding them.
+    """
+    root = options.trt_cache_dir or version_dir.parent / ".cache"
+    tag = f"trt-{choice.precision}-b{options.max_batch_size}-{choice.device.replace(':', '')}"
+    return root / version_dir.name / tag
+
+
+def build_config(version_dir: Path, manifest: Manifest, options: PredictorOptions, choice: BackendChoice,
+                 config_cls: Callable[[str, str], Any] | None = None) -> Any:
+    """The ``paddle.inference.Config`` for ``choice`` (``config_cls`` replaces the real class in tests).
+
+    Never calls ``enable_memory_optim()``: on Paddle 3.3.1 with a PIR model it makes
+    ``create_predictor`` fail.
+    """
+    from paddle import inference
+
+    cls = config_cls or inference.Config
+    config = cls(str(version_dir / manifest.model_file), str(version_dir / manifest.params_file))
+    if choice.device == "cpu":
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(options.cpu_threads)
+        if options.onednn:
+            config.enable_onednn()
+            config.set_onednn_cache_capacity(10)  # distinct input shapes kept (batch sizes 1..N)
+    else:
+        precision = _precision_type(choice.precision)
+        if choice.backend == "tensorrt":
+            config.enable_use_gpu(options.gpu_memory_mb, options.gpu_id)
+            _enable_tensorrt(config, version_dir, manifest, options, choice, precision)
+        else:
+            config.enable_use_gpu(options.gpu_memory_mb, options.gpu_id, precision)
+    config.switch_ir_optim(True)
+    config.disable_glog_info()
+    return config
+
+
+def _precision_type(precision: Precision) -> Any:
+    from paddle.inference import PrecisionType
+
+    return {"fp32": PrecisionType.Float32, "fp16": PrecisionType.Half, "int8": PrecisionType.Int8}[precision]
+
+
+def _enable_tensorrt(config: Any, version_dir: Path, manifest: Manifest, options: PredictorOptions,
+                     choice: BackendChoice, precision: Any) -> None:
+    """TensorRT subgraphs with a dynamic batch axis 1..max_batch_size (the network sees N*num_seg frames)."""
+    num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
+    config.enable_tensorrt_engine(
+        workspace_size=options.trt_workspace_bytes,
+        max_batch_size=options.max_batch_size * num_seg,
+        min_subgraph_size=options.trt_min_subgraph_size,
+        precision_mode=precision,
+        use_static=True,  # serialise engines into the optim cache dir: a restart reuses them
+        use_calib_mode=False,  # int8 expects a quantised (QAT/PTQ) model, no runtime calibration
+    )
+    name = manifest.io.input_name
+    config.set_trt_dynamic_shape_info(
+        {name: [1, num_seg, 3, crop, crop]},
+        {name: [options.max_batch_size, num_seg, 3, crop, crop]},
+        {name: [options.max_batch_size, num_seg, 3, crop, crop]},
+    )
+    cache = trt_cache_dir(version_dir, options, choice)
+    cache.mkdir(parents=True, exist_ok=True)
+    config.set_optim_cache_dir(str(cache))
+
+
+class Predictor:
+    """One Paddle Inference predictor; :meth:`run` maps float32 [N, T, 3, crop, crop] -> logits [N, K].
+
+    Paddle predictors are not thread-safe: calls are serialised with a lock (the batcher
+    already runs one batch at a time per version; the lock makes that a guarantee).
+    """
+
+    def __init__(self, version_dir: Path, manifest: Manifest, options: PredictorOptions,
+                 has_gpu: bool | None = None) -> None:
+        from paddle import inference
+
+        self.manifest = manifest
+        self.choice = choose_backend(options, gpu_available() if has_gpu is None else has_gpu)
+        config = build_config(version_dir, manifest, options, self.choice)
+        self._predictor = inference.create_predictor(config)
+        self._input = self._predictor.get_input_handle(manifest.io.input_name)
+        self._output_name = manifest.io.output_name
+        if self._output_name not in self._predictor.get_output_names():
+            raise ValueError(f"the model has no output {self._output_name!r}: {self._predictor.get_output_names()}")
+        self._lock = threading.Lock()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 [N, num_seg, 3, crop, crop] normalised RGB -> float32 logits [N, num_classes]."""
+        with self._lock:
+            self._input.reshape(list(batch.shape))
+            self._input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+            self._predictor.run()
+            return self._predictor.get_output_handle(self._output_name).copy_to_cpu()
+
+    def warm_up(self, runs: int, max_batch_size: int) -> int:
+        """Run zeros through the network (TensorRT builds its engines here); returns the output size."""
+        shape = tuple(self.manifest.io.input_shape[1:])
+        out = np.empty((0, 0))
+        for i in range(runs):
+            n = 1 if i % 2 == 0 else max_batch_size  # both ends of the dynamic batch range
+            out = self.run(np.zeros((n, *shape), dtype=np.float32))
+            if out.ndim != 2 or out.shape[0] != n:
+                raise ValueError(f"the model returned shape {out.shape} for a batch of {n}")
+        return int(out.shape[1])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 [N, K] logits -> probabilities [N, K], rows summing to 1 (max-shifted for stability)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -1,0 +1,253 @@
+"""The model repository: which versions serve, loading with checks, and hot swaps with drain.
+
+Layout ``<repo>/<name>/<version>/`` (positive integer versions); dot folders (the exporter's
+``.tmp-*``/``.stage-*``, our ``.cache``) are ignored. A version is loaded, checked (manifest,
+files, output size = label count) and warmed up on its own inference thread before it is
+swapped in; requests hold a lease on the version they resolved, so the old version finishes
+its in-flight requests before its batcher and predictor are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.batcher import BatchPolicy, DynamicBatcher
+from service.contract.manifest import Manifest, is_valid_name
+from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, VersionNotFoundError
+from service.metrics import Metrics
+from service.predictor import BackendChoice
+
+log = logging.getLogger(__name__)
+
+
+class State(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class PredictorLike(Protocol):
+    choice: BackendChoice
+
+    def run(self, batch: Any) -> Any: ...
+    def warm_up(self, runs: int, max_batch_size: int) -> int: ...
+
+
+PredictorFactory = Callable[[Path, Manifest], PredictorLike]
+
+
+@dataclass
+class ModelVersion:
+    """One version folder and its lifecycle; ``leases`` counts requests using it."""
+
+    name: str
+    version: int
+    path: Path
+    state: State = State.LOADING
+    manifest: Manifest | None = None
+    error: str | None = None
+    choice: BackendChoice | None = None
+    batcher: DynamicBatcher | None = None
+    leases: int = 0
+    since: float = field(default_factory=time.time)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "state": self.state.value, "error": self.error,
+            "since": self.since, "inflight": self.leases,
+            "backend": self.choice.backend if self.choice else None,
+            "device": self.choice.device if self.choice else None,
+            "precision": self.choice.precision if self.choice else None,
+            "warnings": list(self.choice.warnings) if self.choice else [],
+            "queue_depth": self.batcher.depth if self.batcher else 0,
+            "manifest": self.manifest.model_dump(mode="json") if self.manifest else None,
+        }
+
+
+def scan(root: Path) -> dict[str, list[int]]:
+    """``{model name: [versions ascending]}`` for every valid, non-hidden model folder."""
+    found: dict[str, list[int]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or model_dir.name.startswith(".") or not is_valid_name(model_dir.name):
+            continue
+        versions = sorted(int(p.name) for p in model_dir.iterdir()
+                          if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+        if versions:
+            found[model_dir.name] = versions
+    return found
+
+
+class ModelRepository:
+    """Serves one version per model (the highest, or the pinned one) and swaps in new ones."""
+
+    def __init__(self, root: Path, metrics: Metrics, factory: PredictorFactory, policy: BatchPolicy, *,
+                 pins: dict[str, int] | None = None, default_model: str | None = None,
+                 warmup_runs: int = 2, poll_interval_s: float = 0.0) -> None:
+        self.root, self.metrics, self.factory, self.policy = root, metrics, factory, policy
+        self.pins, self.default_model = pins or {}, default_model
+        self.warmup_runs, self.poll_interval_s = warmup_runs, poll_interval_s
+        self.serving: dict[str, ModelVersion] = {}
+        self.others: dict[tuple[str, int], ModelVersion] = {}  # loading, draining and failed versions
+        self._poll_task: asyncio.Task[None] | None = None
+        self._scan_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.poll_once()
+        if self.poll_interval_s > 0:
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever(), name="repo-poll")
+
+    async def close(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        for task in list(self._background):
+            await task
+        for mv in list(self.serving.values()):
+            await self._unload(mv)
+        self.serving.clear()
+
+    def ready(self) -> bool:
+        return any(mv.state is State.READY for mv in self.serving.values())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # a bad scan must never stop polling
+                log.exception("model repository scan failed")
+
+    async def poll_once(self) -> None:
+        """Load whatever should serve and doesn't yet: new models, new highest versions, pins."""
+        async with self._scan_lock:
+            for name, versions in (await asyncio.to_thread(scan, self.root)).items():
+                for version in self._candidates(name, versions):
+                    if await self._load_and_swap(name, version):
+                        break
+
+    def _candidates(self, name: str, versions: list[int]) -> list[int]:
+        """Versions worth trying, best first: the pin, else newer-than-serving ones not failed before."""
+        current = self.serving.get(name)
+        if name in self.pins:
+            pinned = self.pins[name]
+            wanted = [pinned] if pinned in versions else []
+        else:
+            wanted = sorted(versions, reverse=True)
+        return [v for v in wanted
+                if (current is None or v > current.version or (name in self.pins and v != current.version))
+                and (name, v) not in self.others]
+
+    async def _load_and_swap(self, name: str, version: int) -> bool:
+        mv = ModelVersion(name, version, self.root / name / str(version))
+        self.others[(name, version)] = mv
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tsm-infer-{name}-{version}")
+        try:
+            predictor = await asyncio.get_running_loop().run_in_executor(executor, self._load, mv)
+        except Exception as exc:
+            executor.shutdown(wait=False)
+            mv.state, mv.error = State.FAILED, f"{type(exc).__name__}: {exc}"
+            self.metrics.model_loads.labels(name, "failed").inc()
+            log.error("refused %s version %d: %s", name, version, mv.error)
+            return False
+        mv.batcher = DynamicBatcher(predictor.run, self.policy, f"{name}-{version}",
+                                    on_batch=self.metrics.batch_size.observe,
+                                    on_depth=lambda _depth: self._report_depth(name), executor=executor)
+        mv.batcher.start()
+        mv.state, mv.since = State.READY, time.time()
+        del self.others[(name, version)]
+        old, self.serving[name] = self.serving.get(name), mv  # the atomic switch for new requests
+        self.metrics.model_loads.labels(name, "ok").inc()
+        c = mv.choice
+        assert c is not None
+        self.metrics.model_info.labels(name, str(version), c.backend, c.device, c.precision).set(1)
+        log.info("serving %s version %d on %s (%s, %s)", name, version, c.device, c.backend, c.precision)
+        if old is not None:
+            old.state = State.DRAINING
+            self.others[(name, old.version)] = old
+            task = asyncio.get_running_loop().create_task(self._unload(old), name=f"drain-{name}-{old.version}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return True
+
+    def _load(self, mv: ModelVersion) -> PredictorLike:
+        """Read and check the manifest, build the predictor, warm it up (runs on the version's thread)."""
+        manifest = Manifest.read(mv.path)
+        if manifest.name != mv.name:
+            raise ValueError(f"manifest names model {manifest.name!r}, but the folder is {mv.name!r}")
+        for file in (manifest.model_file, manifest.params_file):
+            if not (mv.path / file).is_file():
+                raise FileNotFoundError(f"{file} is missing from {mv.path}")
+        mv.manifest = manifest
+        predictor = self.factory(mv.path, manifest)
+        mv.choice = predictor.choice
+        outputs = predictor.warm_up(self.warmup_runs, self.policy.max_batch_size)
+        if outputs != manifest.num_classes:
+            raise ValueError(f"the model has {outputs} outputs but the manifest lists {manifest.num_classes} labels")
+        return predictor
+
+    async def _unload(self, mv: ModelVersion) -> None:
+        """Wait for the version's leases to end, finish its queue, release it."""
+        while mv.leases > 0:
+            mv.idle.clear()
+            await mv.idle.wait()
+        if mv.batcher is not None:
+            await mv.batcher.close()
+        c = mv.choice
+        if c is not None:
+            self.metrics.model_info.remove(mv.name, str(mv.version), c.backend, c.device, c.precision)
+        self.others.pop((mv.name, mv.version), None)
+        log.info("unloaded %s version %d", mv.name, mv.version)
+
+    def _report_depth(self, name: str) -> None:
+        versions = [self.serving.get(name), *(mv for (n, _), mv in self.others.items() if n == name)]
+        self.metrics.queue_depth.labels(name).set(sum(mv.batcher.depth for mv in versions if mv and mv.batcher))
+
+    def resolve(self, model: str | None, version: int | None) -> ModelVersion:
+        """The ready version a request asked for; 400/404/503 errors say what is wrong."""
+        if model is None:
+            if self.default_model is not None:
+                model = self.default_model
+            elif len(self.serving) == 1:
+                model = next(iter(self.serving))
+            elif not self.serving:
+                raise NotReadyError("no model is loaded yet", retry_after_s=5)
+            else:
+                raise BadParameterError(f"several models are served ({', '.join(sorted(self.serving))}); "
+                                        "choose one with the 'model' parameter")
+        mv = self.serving.get(model)
+        if mv is None:
+            raise ModelNotFoundError(f"no model named {model!r} is served")
+        if version is not None and version != mv.version:
+            raise VersionNotFoundError(f"{model} version {version} is not served (serving version {mv.version})")
+        return mv
+
+    @asynccontextmanager
+    async def lease(self, model: str | None, version: int | None) -> AsyncIterator[ModelVersion]:
+        """Resolve and hold a version for the length of a request (it is not unloaded meanwhile)."""
+        mv = self.resolve(model, version)
+        mv.leases += 1
+        try:
+            yield mv
+        finally:
+            mv.leases -= 1
+            if mv.leases == 0:
+                mv.idle.set()
+
+    def describe(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every known version (serving, loading, draining, failed), optionally of one model."""
+        versions = [*self.serving.values(), *self.others.values()]
+        return [mv.describe() for mv in sorted(versions, key=lambda m: (m.name, m.version))
+                if name is None or mv.name == name]

@@ -1,0 +1,112 @@
+"""Service settings: one pydantic-settings class, read from ``TSM_*`` environment variables.
+
+Every field has a ``description`` (the README table is generated from them) and unsafe or
+contradictory values are refused at start, not discovered under traffic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.contract.manifest import is_valid_name
+
+Device = Literal["auto", "cpu", "gpu"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the inference service can be told; env vars are ``TSM_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="TSM_", extra="ignore", protected_namespaces=())
+
+    host: str = Field("127.0.0.1", description="Address uvicorn binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on (0 picks a free one).")
+    model_repo: Path = Field(Path("model_repo"), description="Model repository root: <repo>/<name>/<version>/.")
+    default_model: str | None = Field(
+        None, description="Model used when a request names none; optional when only one model is served.")
+    model_versions: dict[str, int] = Field(
+        default_factory=dict,
+        description='Pinned versions as JSON, e.g. {"tiny": 3}; unpinned models serve their highest valid version.')
+    poll_interval_s: float = Field(
+        5.0, ge=0, le=3600, description="Seconds between model repository scans for new versions (0 disables).")
+    max_upload_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Largest accepted video upload in bytes (413 above it).")
+    allowed_content_types: list[str] = Field(
+        default_factory=lambda: ["video/*", "application/octet-stream"],
+        description="Content types accepted for a raw-body upload or a multipart file part ('type/*' wildcards).")
+    max_batch_files: int = Field(16, ge=1, le=256, description="Most files accepted by one /classify/batch request.")
+    decode_workers: int = Field(2, ge=1, le=64, description="Decoder worker processes (decode + sample + preprocess).")
+    decode_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="A decode slower than this kills its worker; the request gets 422.")
+    decode_memory_mb: int = Field(
+        4096, ge=256, description="Address-space limit of a decoder worker in MiB (a blow-up loses only the worker).")
+    max_video_duration_s: float = Field(600.0, gt=0, description="Longest accepted video in seconds (422 above it).")
+    max_video_pixels: int = Field(
+        3840 * 2160, ge=64, description="Largest accepted frame size, width x height in pixels (422 above it).")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most clips in one inference batch.")
+    max_queue_delay_ms: float = Field(
+        10.0, ge=0, le=10_000, description="Longest a clip waits for its batch to fill before inference starts.")
+    queue_capacity: int = Field(64, ge=1, description="Clips waiting per model version; above it requests get 503.")
+    request_deadline_ms: float = Field(
+        30_000.0, gt=0, description="Time budget of one request from arrival; past it the request gets 504.")
+    device: Device = Field("auto", description="auto (GPU when present, else CPU), cpu or gpu.")
+    precision: Precision = Field("fp32", description="fp32, fp16 (GPU) or int8 (TensorRT with a quantised model).")
+    tensorrt: bool = Field(False, description="Use TensorRT subgraphs on the GPU (engines cached beside the version).")
+    gpu_id: int = Field(0, ge=0, description="CUDA device index.")
+    gpu_memory_mb: int = Field(1024, ge=64, description="Initial GPU memory pool of Paddle Inference in MiB.")
+    trt_workspace_bytes: int = Field(1 << 30, ge=1 << 20, description="TensorRT builder workspace in bytes.")
+    trt_min_subgraph_size: int = Field(3, ge=1, description="Smallest op subgraph handed to TensorRT.")
+    trt_cache_dir: Path | None = Field(
+        None, description="TensorRT engine cache root; default <repo>/<name>/.cache/<version>/.")
+    cpu_threads: int = Field(2, ge=1, le=256, description="CPU math library threads per predictor.")
+    onednn: bool = Field(True, description="Use oneDNN (MKL-DNN) kernels on the CPU.")
+    warmup_runs: int = Field(2, ge=1, le=100, description="Warm-up inferences before a version is marked ready.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, /classify and /models need it in X-API-Key or 'Authorization: Bearer'.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object a line, with request_id.")
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not is_valid_name(value):
+            raise ValueError(f"invalid model name {value!r}")
+        return value
+
+    @field_validator("model_versions")
+    @classmethod
+    def _pins(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, version in value.items():
+            if not is_valid_name(name) or version < 1:
+                raise ValueError(f"invalid pin {name!r}: {version!r}")
+        return value
+
+    @field_validator("allowed_content_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip().lower() for v in value if v.strip()]
+        if not cleaned or any("/" not in v for v in cleaned):
+            raise ValueError("allowed_content_types needs entries like 'video/*' or 'application/octet-stream'")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceSettings:
+        if self.precision == "int8" and not self.tensorrt:
+            raise ValueError("precision=int8 needs tensorrt=true (TensorRT runs a quantised model)")
+        if self.device == "cpu" and self.tensorrt:
+            raise ValueError("tensorrt=true needs a GPU; set device=auto or device=gpu")
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 8:
+            raise ValueError("api_key must be at least 8 characters")
+        return self
+
+    def content_type_allowed(self, content_type: str | None) -> bool:
+        """True when ``content_type`` (parameters ignored) matches an allowed type or wildcard."""
+        if not content_type:
+            return False
+        base = content_type.split(";", 1)[0].strip().lower()
+        major = base.split("/", 1)[0]
+        return any(base == allowed or allowed == f"{major}/*" for allowed in self.allowed_content_types)

@@ -1,0 +1,198 @@
+"""Stream an upload to temporary files in chunks under a byte cap (never whole in memory).
+
+Two shapes: a raw body with a ``video/*`` (or ``application/octet-stream``) content type,
+or ``multipart/form-data`` parsed incrementally with python-multipart, so file parts go to
+disk chunk by chunk and small form fields (options) are kept. Temporary files are removed by
+:meth:`Upload.cleanup`, which the route calls whatever happens; a failure while receiving
+removes what was written so far before the error propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from service.errors import BadParameterError, UnsupportedMediaTypeError, UploadTooLargeError
+from service.settings import ServiceSettings
+
+MAX_FIELD_BYTES = 1024
+MAX_FIELDS = 32
+MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers on top of the files themselves
+
+
+@dataclass
+class UploadedFile:
+    """One received video on disk; ``size`` in bytes, names as the client sent them."""
+
+    path: Path
+    filename: str | None
+    content_type: str | None
+    size: int = 0
+
+
+@dataclass
+class Upload:
+    files: list[UploadedFile] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def cleanup(self) -> None:
+        for item in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                item.path.unlink()
+
+
+def _new_file(filename: str | None, content_type: str | None) -> tuple[UploadedFile, IO[bytes]]:
+    fd, name = tempfile.mkstemp(prefix="tsm-upload-", suffix=".video")
+    return UploadedFile(Path(name), filename, content_type), os.fdopen(fd, "wb")
+
+
+async def receive_upload(request: Request, settings: ServiceSettings, file_fields: tuple[str, ...],
+                         max_files: int) -> Upload:
+    """Receive the request body; raises 400/413/415 errors, removing partial files first."""
+    start = time.perf_counter()
+    upload = Upload()
+    content_type = request.headers.get("content-type", "")
+    declared = request.headers.get("content-length")
+    cap = settings.max_upload_bytes
+    try:
+        if content_type.lower().startswith("multipart/form-data"):
+            if declared and declared.isdigit() and int(declared) > cap * max_files + MULTIPART_SLACK_BYTES:
+                raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes per file")
+            await _receive_multipart(request, settings, upload, file_fields, max_files)
+        elif settings.content_type_allowed(content_type):
+            if declared and declared.isdigit() and int(declared) > cap:
+                raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes")
+            await _receive_raw(request, cap, upload, content_type)
+        else:
+            raise UnsupportedMediaTypeError(
+                f"content type {content_type or '(none)'!r} is not a video; send the video as the body with a "
+                "video/* or application/octet-stream type, or as the multipart field 'file'")
+    except ClientDisconnect as exc:
+        upload.cleanup()
+        raise BadParameterError("the client disconnected before the upload finished") from exc
+    except BaseException:
+        upload.cleanup()
+        raise
+    upload.seconds = time.perf_counter() - start
+    return upload
+
+
+async def _receive_raw(request: Request, cap: int, upload: Upload, content_type: str) -> None:
+    item, fh = _new_file(None, content_type)
+    upload.files.append(item)
+    with fh:
+        async for chunk in request.stream():
+            item.size += len(chunk)
+            if item.size > cap:
+                raise UploadTooLargeError(f"the upload is over the limit of {cap} bytes")
+            fh.write(chunk)  # local temp file: small page-cache writes, cheap enough for the loop
+    if item.size == 0:
+        raise BadParameterError("the request body is empty; send a video")
+
+
+class _PartSink:
+    """python-multipart callbacks: headers per part, file parts to disk, small fields to memory."""
+
+    def __init__(self, settings: ServiceSettings, upload: Upload, file_fields: tuple[str, ...], max_files: int):
+        self.settings, self.upload, self.file_fields, self.max_files = settings, upload, file_fields, max_files
+        self.headers: dict[str, str] = {}
+        self._field, self._value = b"", b""
+        self.name: str | None = None
+        self.value = bytearray()
+        self.file: UploadedFile | None = None
+        self.fh: IO[bytes] | None = None
+        self.skip = False
+
+    def callbacks(self) -> dict[str, object]:
+        return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
+                "on_header_value": self.header_value, "on_header_end": self.header_end,
+                "on_headers_finished": self.headers_finished, "on_part_data": self.part_data,
+                "on_part_end": self.part_end}
+
+    def part_begin(self) -> None:
+        self.headers, self.value, self.name, self.file, self.fh, self.skip = {}, bytearray(), None, None, None, False
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
+        self._field, self._value = b"", b""
+
+    def headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get("content-disposition", ""))
+        self.name = options.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" not in options:
+            return
+        if self.name not in self.file_fields:
+            self.skip = True  # an unknown file field: read past it, keep nothing
+            return
+        content_type = self.headers.get("content-type", "application/octet-stream")
+        if not self.settings.content_type_allowed(content_type):
+            raise UnsupportedMediaTypeError(f"part {self.name!r} has content type {content_type!r}, not a video")
+        if len(self.upload.files) >= self.max_files:
+            raise BadParameterError(f"at most {self.max_files} files per request")
+        filename = options[b"filename"].decode("utf-8", "replace")[:255]
+        self.file, self.fh = _new_file(filename, content_type)
+        self.upload.files.append(self.file)
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.skip:
+            return
+        if self.file is not None and self.fh is not None:
+            self.file.size += end - start
+            if self.file.size > self.settings.max_upload_bytes:
+                raise UploadTooLargeError(
+                    f"file {self.file.filename!r} is over the limit of {self.settings.max_upload_bytes} bytes")
+            self.fh.write(data[start:end])
+            return
+        self.value += data[start:end]
+        if len(self.value) > MAX_FIELD_BYTES:
+            raise BadParameterError(f"form field {self.name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def part_end(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        elif self.name and not self.skip:
+            if len(self.upload.fields) >= MAX_FIELDS:
+                raise BadParameterError("too many form fields")
+            self.upload.fields[self.name] = self.value.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.fh is not None and not self.fh.closed:
+            self.fh.close()
+
+
+async def _receive_multipart(request: Request, settings: ServiceSettings, upload: Upload,
+                             file_fields: tuple[str, ...], max_files: int) -> None:
+    _, params = parse_options_header(request.headers["content-type"])
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadParameterError("the multipart content type has no boundary")
+    sink = _PartSink(settings, upload, file_fields, max_files)
+    parser = MultipartParser(boundary, sink.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadParameterError(f"the multipart body is malformed ({exc})") from exc
+    finally:
+        sink.close()
+    if not upload.files:
+        raise BadParameterError(f"no video found: send it in the multipart field {file_fields[0]!r}")
+    if any(item.size == 0 for item in upload.files):
+        raise BadParameterError("an uploaded file is empty")

@@ -1,0 +1,117 @@
+"""Shared fixtures: one tiny exported TSM model per session, real MP4s, a live uvicorn server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.videos import make_video
+
+TINY_LABELS = ["archery", "bowling", "cooking", "dancing", "surfing"]
+TINY_NAME = "tiny"
+
+
+def export_tiny(repo: Path, seed: int = 0, labels: list[str] | None = None) -> Path:
+    """Export ``build_tsm(18, K, num_seg=8, base_width=8)`` (crop 112, short side 128) into ``repo``."""
+    import paddle
+
+    from service.contract.manifest import Manifest, ModelIO, Preprocessing
+    from training.export import export_to_repo
+    from training.tsm import build_tsm
+
+    labels = labels or TINY_LABELS
+    paddle.seed(seed)
+    model = build_tsm(18, num_classes=len(labels), num_seg=8, base_width=8)
+    manifest = Manifest(name=TINY_NAME, version=1, labels=labels, depth=18, base_width=8,
+                        preprocessing=Preprocessing(num_seg=8, short_side=128, crop_size=112),
+                        io=ModelIO(input_shape=(-1, 8, 3, 112, 112)))
+    return export_to_repo(model, repo, manifest)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model_repo with ``tiny/1`` exported once per session (copy it before changing it)."""
+    repo = tmp_path_factory.mktemp("model_repo_template")
+    export_tiny(repo)
+    return repo
+
+
+@pytest.fixture
+def model_repo(tiny_repo_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the template repository for tests that publish or break versions."""
+    repo = tmp_path / "model_repo"
+    shutil.copytree(tiny_repo_template, repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real H.264 MP4s: a few plain ones, a rotated phone-style one, and a long-ish one."""
+    root = tmp_path_factory.mktemp("videos")
+    return {
+        "a": make_video(root / "a.mp4", num_frames=24, seed=1),
+        "b": make_video(root / "b.mp4", num_frames=40, width=176, height=144, seed=2),
+        "c": make_video(root / "c.mp4", num_frames=12, width=128, height=96, seed=3),
+        "portrait": make_video(root / "portrait.mp4", num_frames=20, rotation=90, seed=4),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """``create_app(settings)`` under a real uvicorn server on loopback, in a background thread."""
+
+    def __init__(self, settings_overrides: dict[str, Any], **app_kwargs: Any) -> None:
+        import uvicorn
+
+        from service.app import create_app
+        from service.settings import ServiceSettings
+
+        self.settings = ServiceSettings(**{"port": free_port(), "log_format": "text", **settings_overrides})
+        self.app = create_app(self.settings, **app_kwargs)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.settings.port, log_config=None,
+                                access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{self.settings.port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="uvicorn")
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    @property
+    def resources(self) -> Any:
+        return self.app.state.resources
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repo_template: Path) -> Iterator[LiveServer]:
+    """The shared server: the tiny model, small upload cap, batching allowed (50 ms window)."""
+    overrides = {"model_repo": tiny_repo_template, "max_upload_bytes": 256 * 1024, "max_batch_size": 4,
+                 "max_queue_delay_ms": 50, "poll_interval_s": 0, "decode_workers": 2, "cpu_threads": 1}
+    with LiveServer(overrides) as live:
+        yield live

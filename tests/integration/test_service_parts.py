@@ -1,0 +1,125 @@
+"""Service parts on their own: settings validation, the batcher's futures, rotation, temp-file cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from service.batcher import BatchPolicy, DynamicBatcher
+from service.decoding import read_frames, read_frames_pyav, rotate_frames
+from service.errors import DeadlineExceededError, InferenceFailedError, QueueFullError
+from service.settings import ServiceSettings
+from tests.videos import make_video, pattern_frames
+
+
+@pytest.mark.parametrize("bad", [
+    {"precision": "int8"}, {"device": "cpu", "tensorrt": True}, {"max_batch_size": 0},
+    {"api_key": "short"}, {"default_model": "../etc"}, {"model_versions": {"tiny": 0}},
+    {"allowed_content_types": ["video"]}])
+def test_settings_refuse_unsafe_values(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        ServiceSettings(**bad)
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TSM_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("TSM_MODEL_VERSIONS", '{"tiny": 2}')
+    s = ServiceSettings()
+    assert s.max_batch_size == 16 and s.model_versions == {"tiny": 2}
+    assert s.content_type_allowed("video/mp4; codecs=avc1") and not s.content_type_allowed("text/plain")
+    assert all(f.description for f in ServiceSettings.model_fields.values())
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_batcher_batches_and_answers_each_future() -> None:
+    calls: list[int] = []
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return batch.reshape(len(batch), -1)[:, :2] * 2
+
+    async def main() -> list:
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=3, max_queue_delay_ms=200, queue_capacity=10))
+        b.start()
+        futures = [b.submit(np.full((2, 2), i, np.float32), time.monotonic() + 5) for i in range(5)]
+        results = await asyncio.gather(*futures)
+        await b.close()
+        return results
+
+    results = run(main())
+    assert calls == [3, 2]
+    assert [r.output.tolist() for r in results] == [[2 * i, 2 * i] for i in range(5)]
+    assert [r.batch_size for r in results] == [3, 3, 3, 2, 2]
+
+
+def test_batcher_failed_batch_fails_every_future_and_queue_bound() -> None:
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("device lost")
+
+    async def main() -> None:
+        b = DynamicBatcher(broken, BatchPolicy(max_batch_size=2, max_queue_delay_ms=50, queue_capacity=2))
+        b.start()
+        futures = [b.submit(np.zeros(1, np.float32), time.monotonic() + 5) for _ in range(2)]
+        with pytest.raises(QueueFullError):
+            b.submit(np.zeros(1, np.float32), time.monotonic() + 5)
+        for f in futures:
+            with pytest.raises(InferenceFailedError, match="device lost"):
+                await f
+        expired = b.submit(np.zeros(1, np.float32), time.monotonic() - 1)
+        with pytest.raises(DeadlineExceededError):
+            await expired
+        await b.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation_metadata_is_honoured(tmp_path: Path, rotation: int) -> None:
+    source = pattern_frames(12, 160, 96)
+    path = make_video(tmp_path / "r.mp4", num_frames=12, width=160, height=96, rotation=rotation)
+    frames, info, _ = read_frames(path, lambda n: [4])
+    upright = np.rot90(source[4:5], k=rotation // 90, axes=(1, 2))  # the oracle: rotate the source pixels
+    assert frames.shape == upright.shape and info.rotation == rotation
+    assert (info.width, info.height) == (upright.shape[2], upright.shape[1])
+    assert np.abs(frames.astype(int) - upright).mean() < 6  # H.264 at crf 18: small coding error only
+    pyav, _, _ = read_frames_pyav(path, lambda n: [4])  # the fallback decoder, rotated by us, agrees
+    assert np.abs(rotate_frames(pyav, rotation).astype(int) - frames).mean() < 2
+
+
+@pytest.mark.slow
+def test_upload_temp_files_removed(server, videos: dict[str, Path]) -> None:
+    def temp_files() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("tsm-upload-*"))
+
+    before = temp_files()
+    with server.client() as http:
+        http.post("/classify", content=videos["a"].read_bytes(), headers={"content-type": "video/mp4"})
+        http.post("/classify", content=b"junk" * 100, headers={"content-type": "video/mp4"})
+        http.post("/classify", content=b"\0" * (server.settings.max_upload_bytes + 10),
+                  headers={"content-type": "video/mp4"})
+    assert temp_files() <= before
+
+
+@pytest.mark.slow
+def test_client_cli(server, videos: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from service.client import Client, main
+
+    assert main([str(videos["a"]), str(videos["c"]), "--url", server.url, "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(tiny v1)") == 2 and len(out.strip().splitlines()) == 6
+    bad = videos["a"].parent / "not-video.mp4"
+    bad.write_bytes(b"nope" * 100)
+    assert main([str(bad), "--url", server.url]) == 1
+    assert "undecodable-video" in capsys.readouterr().err
+    with Client(server.url) as client:
+        batch = client.classify_batch([videos["a"], bad], top_k=1)
+    assert [r["status"] for r in batch["results"]] == [200, 422]
