@@ -2,4 +2,5 @@ import sys
 
 from training.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned worker processes re-import this module: don't rerun the command
+    sys.exit(main())
