@@ -86,3 +86,13 @@ def test_shift_switch_changes_temporal_behaviour(depth: int) -> None:
     reversed_x = paddle.flip(x, axis=[1])
     np.testing.assert_allclose(tsn(x).numpy(), tsn(reversed_x).numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(tsm(x).numpy(), tsm(reversed_x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_and_slice_shift_networks_agree() -> None:
+    fused = build_tsm(18, num_classes=3, num_seg=4, base_width=8, shift_impl="fused")
+    sliced = build_tsm(18, num_classes=3, num_seg=4, base_width=8)
+    sliced.set_state_dict(fused.state_dict())
+    for m in (fused, sliced):
+        m.eval()
+    x = paddle.randn([2, 4, 3, 32, 32])
+    np.testing.assert_allclose(fused(x).numpy(), sliced(x).numpy(), rtol=1e-6, atol=1e-6)

@@ -7,7 +7,7 @@ from paddle import nn
 from paddle.nn.initializer import KaimingNormal
 from paddle.regularizer import L2Decay
 
-from training.tsm.shift import DataFormat, temporal_shift
+from training.tsm.shift import DataFormat, ShiftImpl, temporal_shift
 
 STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2),
@@ -44,6 +44,7 @@ class _ShiftBlock(nn.Layer):
     def __init__(self, num_seg: int, shift: bool, data_format: DataFormat) -> None:
         super().__init__()
         self.num_seg, self.shift, self.data_format = num_seg, shift, data_format
+        self.shift_impl: ShiftImpl = "slice"  # set by ResNetTSM for every block
         self.short: ConvBNLayer | None = None
 
     def _add_short(self, in_ch: int, out_ch: int, stride: int, shortcut: bool) -> None:
@@ -55,7 +56,7 @@ class _ShiftBlock(nn.Layer):
         raise NotImplementedError
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        y = temporal_shift(x, self.num_seg, 1.0 / self.num_seg, self.data_format) if self.shift else x
+        y = temporal_shift(x, self.num_seg, 1.0 / self.num_seg, self.data_format, self.shift_impl) if self.shift else x
         short = x if self.short is None else self.short(x)
         return nn.functional.relu(short + self.branch(y))
 
@@ -104,7 +105,7 @@ class ResNetTSM(nn.Layer):
     """Backbone: float [N*T, 3, H, W] (or NHWC) -> features [N*T, C_out, H/32, W/32]."""
 
     def __init__(self, depth: int = 50, num_seg: int = 8, shift: bool = True,
-                 data_format: DataFormat = "NCHW", base_width: int = 64) -> None:
+                 data_format: DataFormat = "NCHW", base_width: int = 64, shift_impl: ShiftImpl = "slice") -> None:
         super().__init__()
         if depth not in STAGE_BLOCKS:
             raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
@@ -118,6 +119,7 @@ class ResNetTSM(nn.Layer):
             for i in range(count):
                 stride = 2 if i == 0 and stage > 0 else 1
                 block = block_cls(in_ch, width, stride, i > 0, num_seg, shift, data_format)
+                block.shift_impl = shift_impl
                 self.blocks.append(self.add_sublayer(block_name(depth, stage + 2, i), block))
                 in_ch = width * block_cls.expansion
         self.out_channels = in_ch

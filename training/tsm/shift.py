@@ -11,17 +11,21 @@ from typing import Literal
 import paddle
 
 DataFormat = Literal["NCHW", "NHWC"]
+ShiftImpl = Literal["slice", "fused"]
 
 
 def temporal_shift(
-    x: paddle.Tensor, num_seg: int, shift_ratio: float, data_format: DataFormat = "NCHW"
+    x: paddle.Tensor, num_seg: int, shift_ratio: float, data_format: DataFormat = "NCHW", impl: ShiftImpl = "slice"
 ) -> paddle.Tensor:
     """Shift channel groups along time, as ``paddle.nn.functional.temporal_shift``.
 
     x: float [N*T, C, H, W] (NCHW) or [N*T, H, W, C] (NHWC), rows ordered ``n*T + t``.
     Channels ``[0, f1)`` take frame t-1, ``[f1, f2)`` take frame t+1 (zeros past the clip
     edges), the rest stay; ``f1 = int(C*r)``, ``f2 = int(2*C*r)``. Videos never mix.
+    ``impl="fused"`` calls Paddle's own op instead (PaddleVideo's export; the speed baseline).
     """
+    if impl == "fused":
+        return paddle.nn.functional.temporal_shift(x, num_seg, shift_ratio, data_format=data_format)
     channel_axis = 1 if data_format == "NCHW" else 3
     channels = x.shape[channel_axis]
     f1 = int(channels * shift_ratio)
