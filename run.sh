@@ -9,6 +9,7 @@ command -v make >/dev/null || missing+=(make)
 probe=$(mktemp -d); python3 -m venv "$probe" >/dev/null 2>&1 || missing+=(python3-venv); rm -rf "$probe"
 if [ "${1:-}" = test ]; then
   command -v promtool >/dev/null || missing+=(prometheus)
+  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import decode_worker
 from service.api import health, routes
 from service.api.deps import Resources
-from service.api.errors import install_error_handlers
+from service.api.errors import install_error_handlers, problem_json_in_openapi
 from service.batcher import BatchPolicy
 from service.contract.manifest import Manifest
 from service.decode_pool import DecodePool
@@ -56,6 +58,26 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+class SignalGuard:
+    """Keep the server's SIGTERM/SIGINT handlers: importing Paddle installs its own, which kill the
+    process at once (no graceful shutdown, in-flight requests cut). Re-installs the handlers seen
+    at start; only the main thread may (under a test's background uvicorn there is nothing to keep).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.main = threading.current_thread() is threading.main_thread()
+        self.handlers = {sig: signal.getsignal(sig) for sig in self.SIGNALS} if self.main else {}
+
+    def restore(self) -> None:
+        if not self.main or threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self.handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def default_factory(settings: ServiceSettings) -> PredictorFactory:
     """Paddle Inference predictors built with the settings' device options (GPU looked up once)."""
     options = PredictorOptions.from_settings(settings)
@@ -76,18 +98,23 @@ def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        signals = SignalGuard()  # uvicorn's graceful-shutdown handlers, before Paddle is imported
         pool = DecodePool(settings.decode_workers, settings.decode_timeout_s, settings.decode_memory_mb,
-                          task=decode_task)
+                          task=decode_task,
+                          on_replace=lambda reason: metrics.decoder_replacements.labels(reason).inc(),
+                          queue_capacity=settings.decode_queue_capacity)
         pool.start()
         policy = BatchPolicy(settings.max_batch_size, settings.max_queue_delay_ms, settings.queue_capacity)
         repository = ModelRepository(
             settings.model_repo, metrics, predictor_factory or default_factory(settings), policy,
             pins=settings.model_versions, default_model=settings.default_model,
-            warmup_runs=settings.warmup_runs, poll_interval_s=settings.poll_interval_s)
+            warmup_runs=settings.warmup_runs, poll_interval_s=settings.poll_interval_s,
+            after_load=signals.restore)
         limits = DecodeLimits(settings.max_video_duration_s, settings.max_video_pixels)
         app.state.resources = Resources(settings, metrics, repository, pool, limits)
         try:
             await repository.start()
+            signals.restore()  # also when no version loaded (Paddle was imported to look for a GPU)
             if not repository.ready():
                 log.warning("no model version is ready in %s; /readyz answers 503", settings.model_repo)
             yield
@@ -101,4 +128,5 @@ def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None 
     app.include_router(routes.router)
     app.include_router(health.router)
     app.add_middleware(RequestIdMiddleware)
+    problem_json_in_openapi(app)
     return app

@@ -21,7 +21,10 @@ def serve(argv: list[str] | None = None) -> None:
     settings = ServiceSettings(**overrides)
     app = create_app(settings)
     # One uvicorn worker: batching needs every request of a model in one process.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for up to shutdown_grace_s,
+    # then runs the lifespan shutdown (batchers drain, decoder workers stop) and exits.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
 if __name__ == "__main__":

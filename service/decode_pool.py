@@ -24,7 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service import decode_worker
-from service.errors import DecoderCrashedError, DecodeTimeoutError, UndecodableVideoError, VideoLimitExceededError
+from service.errors import (
+    DecoderCrashedError,
+    DecodeTimeoutError,
+    QueueFullError,
+    UndecodableVideoError,
+    VideoLimitExceededError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,7 @@ class _Worker:
             target=decode_worker.worker_main, args=(child, task, memory_mb), name="tsm-decoder", daemon=True)
         self.process.start()
         child.close()  # only the child holds it now, so its death reads as EOF here
+        self.failure = "crashed"  # why it died, once it has: crashed, timeout or out_of_memory
 
     @property
     def pid(self) -> int:
@@ -51,6 +58,7 @@ class _Worker:
         try:
             self.conn.send(args)
             if not self.conn.poll(timeout_s):
+                self.failure = "timeout"
                 self.kill()
                 raise DecodeTimeoutError(
                     f"decoding took longer than {timeout_s:g} s and was stopped", reason="timeout")
@@ -63,7 +71,10 @@ class _Worker:
         if reply[0] == "ok":
             return reply[1]
         _, kind, reason, text = reply
-        cls = VideoLimitExceededError if kind == "limit" else UndecodableVideoError
+        if reason == "out_of_memory":  # the worker exits after this answer; wait, so it is replaced
+            self.failure = reason
+            self.process.join(timeout=5)
+        cls = VideoLimitExceededError if kind == "limit" or reason == "out_of_memory" else UndecodableVideoError
         raise cls(text, reason=reason)
 
     def alive(self) -> bool:
@@ -90,8 +101,12 @@ class DecodePool:
 
     def __init__(self, size: int, timeout_s: float, memory_mb: int,
                  task: Callable[..., Any] = decode_worker.decode_task,
-                 on_replace: Callable[[str], None] | None = None) -> None:
+                 on_replace: Callable[[str], None] | None = None, queue_capacity: int | None = None) -> None:
+        """``on_replace(reason)`` is called for each replaced worker (crashed, timeout, out_of_memory);
+        at most ``queue_capacity`` requests wait for a free worker (more get 503 at once)."""
         self.size, self.timeout_s, self.memory_mb, self.task = size, timeout_s, memory_mb, task
+        self.queue_capacity = queue_capacity
+        self.waiting = 0
         self._on_replace = on_replace
         self._workers: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}
@@ -119,10 +134,22 @@ class DecodePool:
         with self._lock:
             return [w.pid for w in self._busy.values()]
 
+    def admit(self) -> None:
+        """Raise the 503 :meth:`run` would, before a request spends time uploading (cheap overload refusal)."""
+        assert self._idle is not None
+        if self.queue_capacity is not None and self._idle.empty() and self.waiting >= self.queue_capacity:
+            raise QueueFullError(f"{self.waiting} videos are already waiting for a decoder; retry shortly",
+                                 retry_after_s=1)
+
     async def run(self, *args: Any) -> Any:
         """Run the task with ``args`` in a free worker; raises an :class:`UndecodableVideoError` kind."""
         assert self._idle is not None and self._loop is not None, "DecodePool.start() was not called"
-        worker = await self._idle.get()
+        self.admit()  # overload shows here first when decoding is the bottleneck: refuse now, not at the deadline
+        self.waiting += 1
+        try:
+            worker = await self._idle.get()
+        finally:
+            self.waiting -= 1
         # The thread owns the worker until it hands it back, so a cancelled request (deadline)
         # never returns a still-busy worker to the idle queue.
         return await self._loop.run_in_executor(self._threads, self._call_and_release, worker, args)
@@ -142,15 +169,15 @@ class DecodePool:
                 self._loop.call_soon_threadsafe(self._idle.put_nowait, worker)
 
     def _replace(self, dead: _Worker) -> _Worker:
-        log.warning("decoder worker %d died (exit code %s); starting a replacement",
-                    dead.pid, dead.process.exitcode)
+        log.warning("decoder worker %d ended (%s, exit code %s); starting a replacement",
+                    dead.pid, dead.failure, dead.process.exitcode)
         dead.conn.close()
         fresh = _Worker(self.task, self.memory_mb)
         with self._lock:
             self._workers = [fresh if w is dead else w for w in self._workers]
         self.replaced += 1
         if self._on_replace is not None:
-            self._on_replace("worker_replaced")
+            self._on_replace(dead.failure)
         return fresh
 
     def close(self) -> None:

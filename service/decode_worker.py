@@ -17,7 +17,7 @@ import numpy as np
 
 from service.contract.manifest import Preprocessing
 from service.contract.preprocess import preprocess_clip
-from service.decoding import DecodeError, VideoInfo, probe_video, read_clip
+from service.decoding import DecodeError, LimitExceeded, VideoInfo, probe_video, read_clip
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,6 @@ class DecodedClip:
     indices: list[int]
 
 
-class LimitExceeded(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
-    """The video is over a configured duration or frame-size limit."""
-
-
 def decode_task(path: str, spec: Preprocessing, limits: DecodeLimits) -> DecodedClip:
     """The whole numeric path up to the network: ``read_clip`` then ``preprocess_clip``."""
     video = Path(path)
@@ -51,7 +47,8 @@ def decode_task(path: str, spec: Preprocessing, limits: DecodeLimits) -> Decoded
     if probe.width * probe.height > limits.max_pixels:
         raise LimitExceeded(
             f"frames of {probe.width}x{probe.height} exceed the limit of {limits.max_pixels} pixels", "too_large")
-    frames, info, indices = read_clip(video, spec)  # uint8 [num_seg, H, W, 3] RGB, upright
+    # uint8 [num_seg, H, W, 3] RGB, upright
+    frames, info, indices = read_clip(video, spec, max_pixels=limits.max_pixels)
     try:
         clip = preprocess_clip(frames, spec)  # float32 [num_seg, 3, crop, crop]
     except ValueError as exc:  # e.g. a frame smaller than the crop after scaling
@@ -68,8 +65,9 @@ def warm_imports() -> None:
 def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> None:
     """Serve tasks from ``conn`` until it closes: reply ``("ok", result)`` or ``("error", kind, reason, text)``.
 
-    The address-space limit turns a runaway allocation into a MemoryError here (or, inside
-    native code, a dead process the pool replaces) instead of swapping the host.
+    The address-space limit turns a runaway allocation into a MemoryError here (the worker
+    answers, then exits) or, inside native code, a dead process; either way the pool replaces
+    it, instead of the host swapping.
     """
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -81,6 +79,7 @@ def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> N
             return
         if args is None:
             return
+        retire = False
         try:
             reply: tuple[Any, ...] = ("ok", task(*args))
         except LimitExceeded as exc:
@@ -88,7 +87,12 @@ def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> N
         except DecodeError as exc:
             reply = ("error", "decode", exc.reason, str(exc))
         except MemoryError:
+            # The heap may be fragmented or a native library half-initialised: answer, then exit
+            # so that the pool starts a clean replacement.
             reply = ("error", "decode", "out_of_memory", "decoding needed more memory than a worker may use")
+            retire = True
         except Exception as exc:  # any other decoder failure is still the file's, not the server's
             reply = ("error", "decode", "undecodable", f"the video could not be decoded ({type(exc).__name__})")
         conn.send(reply)
+        if retire:
+            return

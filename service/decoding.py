@@ -6,7 +6,7 @@ pixels fed to the network are the same on both paths.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +22,22 @@ class DecodeError(Exception):
     def __init__(self, message: str, reason: str = "undecodable") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class LimitExceeded(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
+    """The video is over a configured duration or frame-size limit."""
+
+
+# Container formats that hold still images: FFmpeg opens them as one-frame "videos", but a
+# photo is not a clip, so they are refused (a real one-frame video still classifies).
+_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe",
+                  "jpegls_pipe", "j2k_pipe", "pam_pipe", "pgm_pipe", "ppm_pipe", "psd_pipe", "svg_pipe",
+                  "qoi_pipe", "dpx_pipe", "exr_pipe", "pcx_pipe", "sgi_pipe", "xpm_pipe", "jpegxl_pipe")
+
+
+def _why(exc: BaseException, path: Path) -> str:
+    """An exception's text without the server-side path of the file (clients see this text)."""
+    return str(exc).replace(str(path), path.name).replace(str(path.parent), "")[:300]
 
 
 @dataclass(frozen=True)
@@ -59,14 +75,38 @@ def read_frames_decord(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoIn
     except DecodeError:
         raise
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError variants
-        raise DecodeError(f"{path.name}: decord could not decode the video ({exc})") from exc
+        raise DecodeError(f"{path.name}: decord could not decode the video ({_why(exc, path)})") from exc
     info = VideoInfo(count, fps, int(frames.shape[2]), int(frames.shape[1]), "decord")
     return frames, info, indices
 
 
-def read_frames_pyav(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo, list[int]]:
-    """Decode every frame sequentially with PyAV, keeping those at ``pick(num_frames)``."""
+def _to_rgb(frame: object) -> np.ndarray:
+    """One decoded PyAV frame -> uint8 [H, W, 3] RGB (a new array: only picked frames pay for it)."""
+    return frame.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
+
+
+def read_frames_pyav(path: Path, pick: IndexRule, *,
+                     max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """Decode sequentially with PyAV, keeping the frames at ``pick(num_frames)`` -> uint8 [T, H, W, 3] RGB.
+
+    Two passes (count, then keep the picked frames), so memory holds only the picked frames, not
+    the whole video. Every decoded frame's size is checked: a stream that grows mid-way past
+    ``max_pixels`` (a decompression bomb behind a small header) or changes size is refused.
+    """
     import av
+
+    def frames_of(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+        stream = container.streams.video[0]
+        size: tuple[int, int] | None = None
+        for frame in container.decode(stream):
+            if max_pixels is not None and frame.width * frame.height > max_pixels:
+                raise LimitExceeded(f"{path.name}: a frame of {frame.width}x{frame.height} exceeds the limit of "
+                                    f"{max_pixels} pixels", "too_large")
+            if size is not None and size != (frame.width, frame.height):
+                raise DecodeError(f"{path.name}: the frame size changes mid-stream from {size[0]}x{size[1]} "
+                                  f"to {frame.width}x{frame.height}", "size_changed")
+            size = (frame.width, frame.height)
+            yield frame
 
     try:
         with av.open(str(path)) as container:
@@ -74,16 +114,25 @@ def read_frames_pyav(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo
                 raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
-            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            count = sum(1 for _ in frames_of(container))
+        if count < 1:
+            raise DecodeError(f"{path.name}: the video stream has no frames", "no_frames")
+        indices = [int(i) for i in pick(count)]
+        wanted = set(indices)
+        kept: dict[int, np.ndarray] = {}
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(frames_of(container)):
+                if i in wanted:
+                    kept[i] = _to_rgb(frame)
+        missing = wanted - kept.keys()
+        if missing:
+            raise DecodeError(f"{path.name}: frames {sorted(missing)[:5]} could not be decoded again", "unstable")
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"{path.name}: the video could not be decoded ({exc})") from exc
-    if not decoded:
-        raise DecodeError(f"{path.name}: the video stream has no frames", "no_frames")
-    indices = [int(i) for i in pick(len(decoded))]
-    frames = np.stack([decoded[i] for i in indices])
-    info = VideoInfo(len(decoded), float(rate or 0.0), int(frames.shape[2]), int(frames.shape[1]), "pyav")
+        raise DecodeError(f"{path.name}: the video could not be decoded ({_why(exc, path)})") from exc
+    frames = np.stack([kept[i] for i in indices])
+    info = VideoInfo(count, float(rate or 0.0), int(frames.shape[2]), int(frames.shape[1]), "pyav")
     return frames, info, indices
 
 
@@ -107,6 +156,9 @@ def probe_video(path: Path) -> VideoProbe:
 
     try:
         with av.open(str(path)) as container:
+            if container.format.name in _IMAGE_FORMATS:
+                raise DecodeError(f"{path.name}: the file is a still image ({container.format.name}), not a video",
+                                  "not_a_video")
             if not container.streams.video:
                 raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
             stream = container.streams.video[0]
@@ -123,7 +175,7 @@ def probe_video(path: Path) -> VideoProbe:
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"{path.name}: the file is not a readable video ({exc})") from exc
+        raise DecodeError(f"{path.name}: the file is not a readable video ({_why(exc, path)})") from exc
     return VideoProbe(int(width), int(height), duration, rotation)
 
 
@@ -140,17 +192,19 @@ def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2)))
 
 
-def read_frames(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo, list[int]]:
+def read_frames(path: Path, pick: IndexRule, *,
+                max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """decord, then PyAV if decord fails; raises :class:`DecodeError` if neither can decode.
 
     Frames come out upright: the container's display rotation is applied (``info.rotation``),
-    and ``info.width``/``info.height`` are the displayed size.
+    and ``info.width``/``info.height`` are the displayed size. ``max_pixels`` bounds every
+    frame PyAV decodes (decord fails on a size change, then PyAV checks each frame).
     """
     try:
         frames, info, indices = read_frames_decord(path, pick)
     except DecodeError as first:
         try:
-            frames, info, indices = read_frames_pyav(path, pick)
+            frames, info, indices = read_frames_pyav(path, pick, max_pixels=max_pixels)
         except DecodeError as second:
             raise second from first
     rotation = probe_video(path).rotation
@@ -159,6 +213,7 @@ def read_frames(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo, lis
     return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
 
 
-def read_clip(path: Path, spec: Preprocessing) -> tuple[np.ndarray, VideoInfo, list[int]]:
+def read_clip(path: Path, spec: Preprocessing, *,
+              max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """The test-time clip of ``path``: uint8 [num_seg, H, W, 3] at the manifest's sampling rule."""
-    return read_frames(path, lambda count: test_indices(count, spec.num_seg, spec.sampling))
+    return read_frames(path, lambda count: test_indices(count, spec.num_seg, spec.sampling), max_pixels=max_pixels)

@@ -38,6 +38,10 @@ class VersionNotFoundError(ServiceError):
     status, type, title = 404, "version-not-found", "Unknown or not serving model version"
 
 
+class UploadTimeoutError(ServiceError):
+    status, type, title = 408, "upload-timeout", "The upload took too long"
+
+
 class UploadTooLargeError(ServiceError):
     status, type, title = 413, "upload-too-large", "Upload over the size limit"
 
@@ -66,6 +70,12 @@ class DecoderCrashedError(UndecodableVideoError):
 
 class DecodeTimeoutError(UndecodableVideoError):
     status, type, title = 422, "decode-timeout", "Decoding took too long"
+
+
+class ClientClosedError(ServiceError):
+    """499 (nginx's code): the client left before its answer; the answer goes nowhere, the work is cancelled."""
+
+    status, type, title = 499, "client-closed-request", "The client closed the connection"
 
 
 class QueueFullError(ServiceError):

@@ -43,6 +43,11 @@ class Metrics:
                                 ["model", "version", "backend", "device", "precision"], registry=r)
         self.model_loads = Counter("tsm_model_loads", "Model version loads by result (ok, failed).",
                                    ["model", "result"], registry=r)
+        self.decoder_replacements = Counter(
+            "tsm_decoder_replacements", "Decoder worker processes replaced, by reason (crashed, timeout, memory).",
+            ["reason"], registry=r)
+        self.cancelled = Counter("tsm_cancelled_requests", "Requests whose client left before the answer, by stage.",
+                                 ["stage"], registry=r)
         self.upload_bytes = Histogram("tsm_upload_bytes", "Size of uploaded videos, bytes.", buckets=_BYTES,
                                       registry=r)
         for stage in STAGES:  # export every stage from the start, so rate() works from the first scrape

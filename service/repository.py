@@ -95,7 +95,9 @@ class ModelRepository:
 
     def __init__(self, root: Path, metrics: Metrics, factory: PredictorFactory, policy: BatchPolicy, *,
                  pins: dict[str, int] | None = None, default_model: str | None = None,
-                 warmup_runs: int = 2, poll_interval_s: float = 0.0) -> None:
+                 warmup_runs: int = 2, poll_interval_s: float = 0.0,
+                 after_load: Callable[[], None] | None = None) -> None:
+        """``after_load`` runs on the event loop after every load attempt (the app restores signal handlers)."""
         self.root, self.metrics, self.factory, self.policy = root, metrics, factory, policy
         self.pins, self.default_model = pins or {}, default_model
         self.warmup_runs, self.poll_interval_s = warmup_runs, poll_interval_s
@@ -104,6 +106,7 @@ class ModelRepository:
         self._poll_task: asyncio.Task[None] | None = None
         self._scan_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._after_load = after_load
 
     async def start(self) -> None:
         await self.poll_once()
@@ -157,11 +160,15 @@ class ModelRepository:
         try:
             predictor = await asyncio.get_running_loop().run_in_executor(executor, self._load, mv)
         except Exception as exc:
+            if self._after_load is not None:
+                self._after_load()
             executor.shutdown(wait=False)
             mv.state, mv.error = State.FAILED, f"{type(exc).__name__}: {exc}"
             self.metrics.model_loads.labels(name, "failed").inc()
             log.error("refused %s version %d: %s", name, version, mv.error)
             return False
+        if self._after_load is not None:
+            self._after_load()
         mv.batcher = DynamicBatcher(predictor.run, self.policy, f"{name}-{version}",
                                     on_batch=self.metrics.batch_size.observe,
                                     on_depth=lambda _depth: self._report_depth(name), executor=executor)

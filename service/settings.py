@@ -34,7 +34,8 @@ class ServiceSettings(BaseSettings):
     poll_interval_s: float = Field(
         5.0, ge=0, le=3600, description="Seconds between model repository scans for new versions (0 disables).")
     max_upload_bytes: int = Field(
-        100 * 1024 * 1024, ge=1024, description="Largest accepted video upload in bytes (413 above it).")
+        100 * 1024 * 1024, ge=1024, le=16 * 1024**3,
+        description="Largest accepted video upload in bytes (413 above it).")
     allowed_content_types: list[str] = Field(
         default_factory=lambda: ["video/*", "application/octet-stream"],
         description="Content types accepted for a raw-body upload or a multipart file part ('type/*' wildcards).")
@@ -43,10 +44,15 @@ class ServiceSettings(BaseSettings):
     decode_timeout_s: float = Field(
         30.0, gt=0, le=600, description="A decode slower than this kills its worker; the request gets 422.")
     decode_memory_mb: int = Field(
-        4096, ge=256, description="Address-space limit of a decoder worker in MiB (a blow-up loses only the worker).")
-    max_video_duration_s: float = Field(600.0, gt=0, description="Longest accepted video in seconds (422 above it).")
+        4096, ge=256, le=65536,
+        description="Address-space limit of a decoder worker in MiB (a blow-up loses only the worker).")
+    decode_queue_capacity: int = Field(
+        32, ge=1, le=10_000, description="Videos waiting for a free decoder worker; above it requests get 503.")
+    max_video_duration_s: float = Field(
+        600.0, gt=0, le=86_400, description="Longest accepted video in seconds (422 above it).")
     max_video_pixels: int = Field(
-        3840 * 2160, ge=64, description="Largest accepted frame size, width x height in pixels (422 above it).")
+        3840 * 2160, ge=64, le=7680 * 4320,
+        description="Largest accepted frame size, width x height in pixels (422 above it).")
     max_batch_size: int = Field(8, ge=1, le=256, description="Most clips in one inference batch.")
     max_queue_delay_ms: float = Field(
         10.0, ge=0, le=10_000, description="Longest a clip waits for its batch to fill before inference starts.")
@@ -65,8 +71,18 @@ class ServiceSettings(BaseSettings):
     cpu_threads: int = Field(2, ge=1, le=256, description="CPU math library threads per predictor.")
     onednn: bool = Field(True, description="Use oneDNN (MKL-DNN) kernels on the CPU.")
     warmup_runs: int = Field(2, ge=1, le=100, description="Warm-up inferences before a version is marked ready.")
+    upload_timeout_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="Longest an upload may take to arrive, within request_deadline_ms too (a trickling client "
+                    "gets 408 and its partial file is removed).")
+    upload_dir: Path | None = Field(
+        None, description="Folder for uploads while they are processed (default: the system temp folder).")
     api_key: SecretStr | None = Field(
         None, description="When set, /classify and /models need it in X-API-Key or 'Authorization: Bearer'.")
+    protect_operations: bool = Field(
+        False, description="With api_key set: /healthz, /readyz and /metrics need the key too (else they are open).")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, le=3600, description="On SIGTERM: seconds in-flight requests get to finish before exit.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object a line, with request_id.")
 

@@ -9,6 +9,7 @@ removes what was written so far before the error propagates.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -21,7 +22,12 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import BadParameterError, UnsupportedMediaTypeError, UploadTooLargeError
+from service.errors import (
+    BadParameterError,
+    UnsupportedMediaTypeError,
+    UploadTimeoutError,
+    UploadTooLargeError,
+)
 from service.settings import ServiceSettings
 
 MAX_FIELD_BYTES = 1024
@@ -51,32 +57,25 @@ class Upload:
                 item.path.unlink()
 
 
-def _new_file(filename: str | None, content_type: str | None) -> tuple[UploadedFile, IO[bytes]]:
-    fd, name = tempfile.mkstemp(prefix="tsm-upload-", suffix=".video")
+def _new_file(folder: Path | None, filename: str | None, content_type: str | None) -> tuple[UploadedFile, IO[bytes]]:
+    # The server picks the name (the client's filename is kept as data only): nothing from a
+    # request reaches the file system path.
+    fd, name = tempfile.mkstemp(prefix="tsm-upload-", suffix=".video", dir=folder)
     return UploadedFile(Path(name), filename, content_type), os.fdopen(fd, "wb")
 
 
 async def receive_upload(request: Request, settings: ServiceSettings, file_fields: tuple[str, ...],
-                         max_files: int) -> Upload:
-    """Receive the request body; raises 400/413/415 errors, removing partial files first."""
+                         max_files: int, timeout_s: float | None = None) -> Upload:
+    """Receive the request body within ``timeout_s``; raises 400/408/413/415 errors, removing partial files first."""
     start = time.perf_counter()
     upload = Upload()
-    content_type = request.headers.get("content-type", "")
-    declared = request.headers.get("content-length")
-    cap = settings.max_upload_bytes
+    timeout_s = settings.upload_timeout_s if timeout_s is None else min(timeout_s, settings.upload_timeout_s)
     try:
-        if content_type.lower().startswith("multipart/form-data"):
-            if declared and declared.isdigit() and int(declared) > cap * max_files + MULTIPART_SLACK_BYTES:
-                raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes per file")
-            await _receive_multipart(request, settings, upload, file_fields, max_files)
-        elif settings.content_type_allowed(content_type):
-            if declared and declared.isdigit() and int(declared) > cap:
-                raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes")
-            await _receive_raw(request, cap, upload, content_type)
-        else:
-            raise UnsupportedMediaTypeError(
-                f"content type {content_type or '(none)'!r} is not a video; send the video as the body with a "
-                "video/* or application/octet-stream type, or as the multipart field 'file'")
+        await asyncio.wait_for(_receive_body(request, settings, upload, file_fields, max_files), max(timeout_s, 0.0))
+    except TimeoutError as exc:
+        upload.cleanup()
+        raise UploadTimeoutError(
+            f"the upload did not arrive within {timeout_s:.1f} s; send it faster or make it smaller") from exc
     except ClientDisconnect as exc:
         upload.cleanup()
         raise BadParameterError("the client disconnected before the upload finished") from exc
@@ -87,8 +86,28 @@ async def receive_upload(request: Request, settings: ServiceSettings, file_field
     return upload
 
 
-async def _receive_raw(request: Request, cap: int, upload: Upload, content_type: str) -> None:
-    item, fh = _new_file(None, content_type)
+async def _receive_body(request: Request, settings: ServiceSettings, upload: Upload, file_fields: tuple[str, ...],
+                        max_files: int) -> None:
+    content_type = request.headers.get("content-type", "")
+    declared = request.headers.get("content-length")
+    cap = settings.max_upload_bytes
+    if content_type.lower().startswith("multipart/form-data"):
+        if declared and declared.isdigit() and int(declared) > cap * max_files + MULTIPART_SLACK_BYTES:
+            raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes per file")
+        await _receive_multipart(request, settings, upload, file_fields, max_files)
+    elif settings.content_type_allowed(content_type):
+        if declared and declared.isdigit() and int(declared) > cap:
+            raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes")
+        await _receive_raw(request, settings, upload, content_type)
+    else:
+        raise UnsupportedMediaTypeError(
+            f"content type {content_type or '(none)'!r} is not a video; send the video as the body with a "
+            "video/* or application/octet-stream type, or as the multipart field 'file'")
+
+
+async def _receive_raw(request: Request, settings: ServiceSettings, upload: Upload, content_type: str) -> None:
+    cap = settings.max_upload_bytes
+    item, fh = _new_file(settings.upload_dir, None, content_type)
     upload.files.append(item)
     with fh:
         async for chunk in request.stream():
@@ -146,7 +165,7 @@ class _PartSink:
         if len(self.upload.files) >= self.max_files:
             raise BadParameterError(f"at most {self.max_files} files per request")
         filename = options[b"filename"].decode("utf-8", "replace")[:255]
-        self.file, self.fh = _new_file(filename, content_type)
+        self.file, self.fh = _new_file(self.settings.upload_dir, filename, content_type)
         self.upload.files.append(self.file)
 
     def part_data(self, data: bytes, start: int, end: int) -> None:

@@ -115,3 +115,37 @@ def server(tiny_repo_template: Path) -> Iterator[LiveServer]:
                  "max_queue_delay_ms": 50, "poll_interval_s": 0, "decode_workers": 2, "cpu_threads": 1}
     with LiveServer(overrides) as live:
         yield live
+
+
+STRICT_UPLOAD_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def strict_server(tiny_repo_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server with tight limits and a private upload folder (so a leaked upload file shows).
+
+    Uploads <= 64 KiB within 1.5 s, frames <= 640x480, videos <= 60 s; shared by the bad-input,
+    fuzz and fault tests.
+    """
+    uploads = tmp_path_factory.mktemp("uploads")
+    overrides = {"model_repo": tiny_repo_template, "max_upload_bytes": STRICT_UPLOAD_BYTES,
+                 "upload_timeout_s": 1.5, "upload_dir": uploads, "max_video_pixels": 640 * 480,
+                 "max_video_duration_s": 60.0, "poll_interval_s": 0, "decode_workers": 2, "cpu_threads": 1,
+                 "max_queue_delay_ms": 5}
+    with LiveServer(overrides) as live:
+        yield live
+
+
+def leftover_uploads(live: LiveServer) -> list[str]:
+    """Files left in the server's private upload folder (should be none between requests)."""
+    folder = live.settings.upload_dir
+    assert folder is not None
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def pool_healthy(live: LiveServer) -> bool:
+    """Every decoder worker process is alive."""
+    pool = live.resources.pool
+    with pool._lock:
+        workers = list(pool._workers)
+    return len(workers) == pool.size and all(w.alive() for w in workers)

@@ -49,6 +49,12 @@ class DataConfig(_Strict):
     sampling: SamplingRule = "paddlevideo_test"
     scales: list[float] = Field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    flip_labels: list[int] = Field(default_factory=list)
+    """Label of a class once mirrored (moving_left -> moving_right); empty: flips keep labels (PaddleVideo)."""
+    reverse_prob: float = Field(0.0, ge=0.0, le=1.0)
+    """Play the clip backwards with this probability (needs ``reverse_labels``): for motion classes the
+    reversed clip is a free sample of the opposite class that looks identical frame by frame."""
+    reverse_labels: list[int] = Field(default_factory=list)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -80,12 +86,24 @@ class TrainConfig(_Strict):
 
 
 class Config(_Strict):
+    """Defaults follow PaddleVideo's TSM recipe; see training/configs/ for the shipped variants."""
+
     name: str = "tsm"
     dataset: str = ""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _label_maps(self) -> Config:
+        for key in ("flip_labels", "reverse_labels"):
+            mapping = getattr(self.data, key)
+            if mapping and sorted(mapping) != list(range(self.model.num_classes)):
+                raise ValueError(f"data.{key} must be a permutation of 0..{self.model.num_classes - 1}")
+        if self.data.reverse_prob > 0 and not self.data.reverse_labels:
+            raise ValueError("data.reverse_prob > 0 needs data.reverse_labels")
+        return self
 
     def preprocessing(self) -> Preprocessing:
         """The test-time preprocessing this config trains and evaluates with."""

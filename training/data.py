@@ -18,7 +18,7 @@ from service.contract.sampling import test_indices, train_indices
 from service.decoding import DecodeError, read_frames
 from training.config import Config
 from training.listfile import Sample, parse_list
-from training.transforms import multi_scale_crop, random_flip
+from training.transforms import flip_with_label, multi_scale_crop, reverse_with_label
 
 Item = tuple[np.ndarray | None, int, str, str]  # (clip float32 [T,3,H,W] or None, label, path, error)
 
@@ -62,22 +62,29 @@ class ClipDataset(paddle.io.Dataset):
             return read_frame_dir(sample, list(pick(sample.num_frames)))
         return read_frames(sample.path, pick)[0]
 
-    def _train_transform(self, frames: np.ndarray, index: int) -> np.ndarray:
+    def _train_transform(self, frames: np.ndarray, label: int, index: int) -> tuple[np.ndarray, int]:
+        """MultiScaleCrop, flip, optional time reversal -> (float32 [T, 3, crop, crop], label after the maps)."""
+        d = self.cfg.data
         rng = np.random.default_rng([self.cfg.train.seed, self.epoch, index, 1])
         images = [Image.fromarray(f) for f in frames]
-        images = multi_scale_crop(images, self.cfg.data.crop_size, rng, self.cfg.data.scales)
-        images = random_flip(images, rng, self.cfg.data.flip_prob)
-        return normalize(np.stack([np.asarray(i) for i in images]), self.cfg.data.mean, self.cfg.data.std)
+        images = multi_scale_crop(images, d.crop_size, rng, d.scales)
+        images, label = flip_with_label(images, label, rng, d.flip_prob, d.flip_labels)
+        clip, label = reverse_with_label(np.stack([np.asarray(i) for i in images]), label, rng, d.reverse_prob,
+                                         d.reverse_labels)
+        return normalize(clip, d.mean, d.std), label
 
     def __getitem__(self, index: int) -> Item:
         sample = self.samples[index]
+        label = sample.label
         try:
             frames = self._frames(sample, index)
-            clip = self._train_transform(frames, index) if self.train else preprocess_clip(
-                frames, self.cfg.preprocessing())
+            if self.train:
+                clip, label = self._train_transform(frames, label, index)
+            else:
+                clip = preprocess_clip(frames, self.cfg.preprocessing())
         except (DecodeError, OSError, ValueError) as exc:
-            return None, sample.label, str(sample.path), str(exc) or type(exc).__name__
-        return clip, sample.label, str(sample.path), ""
+            return None, label, str(sample.path), str(exc) or type(exc).__name__
+        return clip, label, str(sample.path), ""
 
 
 def collate_clips(items: list[Item]) -> dict[str, Any]:

@@ -43,6 +43,20 @@ def multi_scale_crop(frames: Sequence[Image.Image], target: int, rng: np.random.
 
 def random_flip(frames: list[Image.Image], rng: np.random.Generator, prob: float = 0.5) -> list[Image.Image]:
     """Flip every frame of the clip horizontally, or none (one draw per clip)."""
+    return flip_with_label(frames, 0, rng, prob, [])[0]
+
+
+def flip_with_label(frames: list[Image.Image], label: int, rng: np.random.Generator, prob: float,
+                    label_map: Sequence[int]) -> tuple[list[Image.Image], int]:
+    """One horizontal-flip draw per clip; a flipped clip takes ``label_map[label]`` (unchanged if empty)."""
     if prob > 0 and rng.random() < prob:
-        return [f.transpose(Image.FLIP_LEFT_RIGHT) for f in frames]
-    return frames
+        return [f.transpose(Image.FLIP_LEFT_RIGHT) for f in frames], (label_map[label] if label_map else label)
+    return frames, label
+
+
+def reverse_with_label(frames: np.ndarray, label: int, rng: np.random.Generator, prob: float,
+                       label_map: Sequence[int]) -> tuple[np.ndarray, int]:
+    """With probability ``prob`` play the clip [T, ...] backwards and take ``label_map[label]``."""
+    if prob > 0 and rng.random() < prob:
+        return frames[::-1], label_map[label]
+    return frames, label

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,38 @@ def problem_response(error: ServiceError) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
     return JSONResponse(problem(error).model_dump(), status_code=error.status, headers=headers,
                         media_type=PROBLEM_JSON)
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error statuses a route can answer (bodies: :class:`Problem`)."""
+    text = {400: "Bad parameters", 401: "Missing or wrong API key", 404: "Unknown model or version",
+            503: "Not ready"}
+    return {code: {"model": Problem, "description": text.get(code, "Error")} for code in codes}
+
+
+def problem_json_in_openapi(app: FastAPI) -> None:
+    """Document error bodies as ``application/problem+json`` (what the handlers send), not ``application/json``."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.get("responses", {})
+                if "HTTPValidationError" in str(responses.get("422", "")):  # we answer those 400, as a problem
+                    del responses["422"]
+                    responses.setdefault("400", {"description": "Bad parameters", "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+                for status, response in responses.items():
+                    content = response.get("content", {})
+                    if status[:1] in "45" and "application/json" in content:
+                        content[PROBLEM_JSON] = content.pop("application/json")
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handlers(app: FastAPI) -> None:

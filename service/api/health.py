@@ -6,20 +6,23 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import Authorized, ResourcesDep
+from service.api.deps import Authorized, OperationsAuthorized, ResourcesDep
+from service.api.errors import problem_responses
 from service.api.schemas import Health, ModelsResponse
 from service.errors import ModelNotFoundError
 
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=Health, tags=["operations"], summary="The process lives")
+@router.get("/healthz", response_model=Health, tags=["operations"], summary="The process lives",
+            dependencies=[OperationsAuthorized], responses=problem_responses(401))
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, tags=["operations"],
-            responses={503: {"model": Health, "description": "No model loaded and warmed up yet"}},
+@router.get("/readyz", response_model=Health, tags=["operations"], dependencies=[OperationsAuthorized],
+            responses={503: {"model": Health, "description": "No model loaded and warmed up yet"},
+                       **problem_responses(401)},
             summary="At least one model version is loaded and warmed up")
 async def readyz(res: ResourcesDep) -> JSONResponse:
     ready = sum(1 for mv in res.repository.serving.values() if mv.state.value == "ready")
@@ -27,18 +30,21 @@ async def readyz(res: ResourcesDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"})
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus exposition", response_class=Response)
+@router.get("/metrics", tags=["operations"], summary="Prometheus exposition", response_class=Response,
+            dependencies=[OperationsAuthorized], responses=problem_responses(401))
 async def metrics(res: ResourcesDep) -> Response:
     return Response(res.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/models", response_model=ModelsResponse, dependencies=[Authorized], tags=["models"],
+            responses=problem_responses(401),
             summary="Every known model version with its manifest and state")
 async def list_models(res: ResourcesDep) -> ModelsResponse:
     return ModelsResponse(models=res.repository.describe())
 
 
 @router.get("/models/{name}", response_model=ModelsResponse, dependencies=[Authorized], tags=["models"],
+            responses=problem_responses(401, 404),
             summary="The versions of one model")
 async def get_model(name: str, res: ResourcesDep) -> ModelsResponse:
     versions = res.repository.describe(name)

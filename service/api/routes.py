@@ -5,22 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 
 from service.api.deps import Authorized, RequestIdDep, Resources, ResourcesDep
 from service.api.errors import problem
 from service.api.schemas import BatchItem, BatchResponse, ClassifyResponse, Problem
-from service.errors import BadParameterError, ServiceError, UndecodableVideoError
+from service.errors import BadParameterError, ClientClosedError, ServiceError, UndecodableVideoError
 from service.pipeline import Deadline, classify_file
 from service.upload import Upload, receive_upload
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["classify"])
+T = TypeVar("T")
 
 _VIDEO_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -37,8 +38,9 @@ _BATCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "description": text} for code, text in {
         400: "Bad parameters", 401: "Missing or wrong API key", 404: "Unknown model or version",
-        413: "Upload over the limit", 415: "Not a video", 422: "Video cannot be decoded",
-        429: "Too many requests", 503: "Overloaded or not ready", 504: "Deadline passed"}.items()}
+        408: "The upload arrived too slowly", 413: "Upload over the limit", 415: "Not a video",
+        422: "Video cannot be decoded", 429: "Too many requests",
+        503: "Overloaded or not ready", 504: "Deadline passed"}.items()}
 
 TopK = Annotated[int | None, Query(ge=1, le=10_000, description="How many classes to return (default 5).")]
 ModelName = Annotated[str | None, Query(max_length=64, description="Model name (default: the only/default).")]
@@ -99,12 +101,45 @@ def _top_k(value: int | None, num_labels: int) -> int:
     return value
 
 
-async def _receive(request: Request, res: Resources, fields: tuple[str, ...], max_files: int) -> Upload:
-    upload = await receive_upload(request, res.settings, fields, max_files)
+async def _receive(request: Request, res: Resources, fields: tuple[str, ...], max_files: int,
+                   deadline: Deadline) -> Upload:
+    """The upload, within the request deadline (and ``upload_timeout_s``): a trickling client gets 408."""
+    upload = await receive_upload(request, res.settings, fields, max_files,
+                                  timeout_s=max(0.0, deadline.at - time.monotonic()))
     res.metrics.observe_stage("upload", upload.seconds)
     for item in upload.files:
         res.metrics.upload_bytes.observe(item.size)
     return upload
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client goes away (the body is already read, so only ``http.disconnect`` is left)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0)  # an empty trailing body message; keep waiting
+
+
+async def _unless_disconnected(request: Request, res: Resources, work: Awaitable[T]) -> T:
+    """Run ``work``, cancelling it if the client disconnects first (no decode or inference for nobody).
+
+    Cancelling stops a request waiting for a decoder or queued for a batch; a decode already
+    running in a worker finishes there and its result is dropped.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled():
+        res.metrics.cancelled.labels("processing").inc()
+        raise ClientClosedError("the client disconnected before the answer; the request was cancelled")
+    return task.result()
 
 
 @router.post("/classify", response_model=ClassifyResponse, dependencies=[Authorized], responses=_ERRORS,
@@ -114,16 +149,17 @@ async def classify(request: Request, res: ResourcesDep, request_id: RequestIdDep
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     with _tracked(res) as outcome:
-        upload = await _receive(request, res, ("file",), 1)
+        res.pool.admit()  # refuse an overloaded server's request before reading its body
+        upload = await _receive(request, res, ("file",), 1, deadline)
         try:
             k = _int_option("top_k", top_k, upload)
             want_version = _int_option("version", version, upload)
             async with res.repository.lease(_option("model", model, upload), want_version) as mv:
                 outcome.model, outcome.version = mv.name, str(mv.version)
                 assert mv.manifest is not None
-                return await classify_file(str(upload.files[0].path), mv, res.pool, res.limits, res.metrics,
-                                           deadline, _top_k(k, mv.manifest.num_classes), request_id,
-                                           upload.seconds, started)
+                work = classify_file(str(upload.files[0].path), mv, res.pool, res.limits, res.metrics, deadline,
+                                     _top_k(k, mv.manifest.num_classes), request_id, upload.seconds, started)
+                return await _unless_disconnected(request, res, work)
         finally:
             upload.cleanup()
 
@@ -135,7 +171,8 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     with _tracked(res) as outcome:
-        upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files)
+        res.pool.admit()
+        upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files, deadline)
         try:
             k = _int_option("top_k", top_k, upload)
             async with res.repository.lease(_option("model", model, upload),
@@ -143,9 +180,9 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
                 outcome.model, outcome.version = mv.name, str(mv.version)
                 assert mv.manifest is not None
                 k = _top_k(k, mv.manifest.num_classes)
-                results = await asyncio.gather(*(
+                results = await _unless_disconnected(request, res, asyncio.gather(*(
                     classify_file(str(f.path), mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
-                                  upload.seconds, started) for f in upload.files), return_exceptions=True)
+                                  upload.seconds, started) for f in upload.files), return_exceptions=True))
         finally:
             upload.cleanup()
         items = []

@@ -102,3 +102,25 @@ def test_amp_plan(caplog: pytest.LogCaptureFixture) -> None:
     assert (plan.init_loss_scaling, plan.incr_every_n_steps, plan.decr_every_n_nan_or_inf) == (65536.0, 2000, 1)
     assert set(plan.custom_black_list) == {"reduce_mean", "conv3d"}
     assert not amp_plan(load_config("tiny"), has_gpu=True).enabled
+
+
+def test_label_aware_flip_and_time_reversal() -> None:
+    from training.transforms import flip_with_label, reverse_with_label
+
+    frames = [Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4)) for _ in range(2)]
+    flipped, label = flip_with_label(frames, 0, np.random.default_rng(0), 1.0, [1, 0])
+    assert label == 1 and np.asarray(flipped[0])[0, 0] == 3
+    assert flip_with_label(frames, 0, np.random.default_rng(0), 1.0, [])[1] == 0  # PaddleVideo: labels kept
+    clip = np.arange(4)[:, None] * np.ones((4, 2))
+    reversed_clip, label = reverse_with_label(clip, 2, np.random.default_rng(0), 1.0, [1, 0, 3, 2])
+    assert label == 3 and reversed_clip[:, 0].tolist() == [3, 2, 1, 0]
+    same, label = reverse_with_label(clip, 2, np.random.default_rng(0), 0.0, [1, 0, 3, 2])
+    assert label == 2 and same is clip
+
+
+def test_label_maps_must_be_permutations() -> None:
+    with pytest.raises(ValidationError, match="permutation"):
+        load_config("tiny", ["data.reverse_labels=[0, 0, 1, 2]", "data.reverse_prob=0.5"])
+    with pytest.raises(ValidationError, match=r"needs data\.reverse_labels"):
+        load_config("tiny", ["data.reverse_prob=0.5"])
+    assert load_config("demo").data.reverse_labels == [1, 0, 3, 2, 5, 4, 7, 6]

@@ -1,0 +1,122 @@
+"""Bad input over real HTTP: each gets its 4xx problem JSON, no upload file is left, the server keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import STRICT_UPLOAD_BYTES, LiveServer, leftover_uploads, pool_healthy
+from tests.e2e.test_errors import assert_problem
+from tests.videos import bad_videos
+
+pytestmark = pytest.mark.slow
+MP4 = {"content-type": "video/mp4"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[bytes, int, str]]:
+    return bad_videos(tmp_path_factory.mktemp("bad_videos"))
+
+
+@pytest.fixture(scope="module")
+def good(videos: dict[str, Path]) -> bytes:
+    return videos["c"].read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def _still_serving(strict_server: LiveServer, good: bytes):
+    """After every case: no upload left on disk, every decoder alive, and a good video still classifies."""
+    yield
+    assert leftover_uploads(strict_server) == []
+    assert pool_healthy(strict_server)
+    with strict_server.client() as http:
+        assert http.post("/classify", content=good, headers=MP4).status_code == 200
+
+
+CASES = ["text", "random_bytes", "png_image", "audio_only", "truncated_head_only", "unknown_codec",
+         "huge_dimensions_claim", "huge_duration_claim", "resolution_bomb"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_corpus_item_refused(strict_server: LiveServer, corpus: dict[str, tuple[bytes, int, str]], name: str) -> None:
+    body, status, type_ = corpus[name]
+    assert len(body) <= STRICT_UPLOAD_BYTES, len(body)
+    with strict_server.client() as http:
+        problem = assert_problem(http.post("/classify", content=body, headers=MP4), status, type_)
+    assert "/" not in problem["detail"].replace("w/", ""), problem["detail"]  # no server path leaks out
+
+
+def test_image_named_as_still_image(strict_server: LiveServer, corpus: dict[str, tuple[bytes, int, str]]) -> None:
+    with strict_server.client() as http:
+        detail = http.post("/classify", content=corpus["png_image"][0], headers=MP4).json()["detail"]
+        metrics = http.get("/metrics").text
+    assert "still image" in detail
+    assert 'tsm_decode_failures_total{reason="not_a_video"}' in metrics
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bit_flipped_mp4_never_5xx(strict_server: LiveServer, good: bytes, seed: int) -> None:
+    import numpy as np
+
+    data = bytearray(good)
+    rng = np.random.default_rng(seed)
+    for at in rng.integers(0, len(data), size=16):
+        data[at] ^= 1 << int(rng.integers(0, 8))
+    with strict_server.client() as http:
+        r = http.post("/classify", content=bytes(data), headers=MP4)
+    assert r.status_code in (200, 422), r.text
+
+
+def test_empty_and_zero_byte_multipart_400(strict_server: LiveServer) -> None:
+    with strict_server.client() as http:
+        assert_problem(http.post("/classify", content=b"", headers=MP4), 400, "bad-parameter")
+        assert_problem(http.post("/classify", files={"file": ("empty.mp4", b"", "video/mp4")}), 400, "bad-parameter")
+        assert_problem(http.post("/classify", files={"other": ("a.mp4", b"x" * 100, "video/mp4")}),
+                       400, "bad-parameter")
+        assert_problem(http.post("/classify", data={"top_k": "1"}, files={}), 415, "unsupported-media-type")
+
+
+def test_wrong_or_missing_content_type_415(strict_server: LiveServer, good: bytes) -> None:
+    with strict_server.client() as http:
+        assert_problem(http.post("/classify", content=good, headers={"content-type": "text/plain"}),
+                       415, "unsupported-media-type")
+        assert_problem(http.post("/classify", content=good), 415, "unsupported-media-type")
+        assert_problem(http.post("/classify", files={"file": ("a.png", good, "image/png")}),
+                       415, "unsupported-media-type")
+
+
+def test_just_over_the_size_limit_413(strict_server: LiveServer) -> None:
+    cap = STRICT_UPLOAD_BYTES
+    with strict_server.client() as http:
+        assert_problem(http.post("/classify", content=b"\0" * (cap + 1), headers=MP4), 413, "upload-too-large")
+        assert_problem(http.post("/classify", content=b"\0" * cap, headers=MP4), 422, "undecodable-video")
+
+        def stream():  # no Content-Length: the cap holds while streaming
+            yield b"\0" * cap
+            yield b"\0"
+
+        assert_problem(http.post("/classify", content=stream(), headers=MP4), 413, "upload-too-large")
+
+
+def test_slow_upload_gets_408_and_no_file(strict_server: LiveServer) -> None:
+    """A client trickling bytes past the upload deadline (1.5 s here) is answered 408; its file is removed."""
+    host, port = "127.0.0.1", strict_server.settings.port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\nContent-Length: 10000\r\n\r\n")
+        start, reply = time.monotonic(), b""
+        sock.settimeout(0.3)
+        while time.monotonic() - start < 6 and b"\r\n\r\n" not in reply:
+            try:
+                sock.sendall(b"\0" * 10)
+                reply += sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        elapsed = time.monotonic() - start
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"upload-timeout" in reply or b"content-length" in reply.lower()
+    assert 1.2 < elapsed < 5, elapsed

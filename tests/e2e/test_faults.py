@@ -1,0 +1,189 @@
+"""Faults: decoder crash / hang / memory blow-up, failing model versions, client disconnects, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.decode_worker import DecodedClip, decode_task
+from tests.conftest import TINY_NAME, LiveServer, export_tiny, free_port, pool_healthy
+from tests.e2e.test_errors import assert_problem
+
+pytestmark = pytest.mark.slow
+MP4 = {"content-type": "video/mp4"}
+
+
+def faulty_decode(path: str, *args: Any) -> DecodedClip:
+    """The real decode task, unless the upload starts with a fault marker (runs in a decoder worker)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"CRASH"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if head.startswith(b"HANG"):
+        time.sleep(60)
+    if head.startswith(b"HOG"):
+        blob = bytearray(8 << 30)  # 8 GiB: over the worker's address-space cap
+        return blob  # type: ignore[return-value]
+    if head.startswith(b"SLOW"):
+        time.sleep(1.5)
+    return decode_task(path, *args)
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def faulty_server(tiny_repo_template: Path) -> Any:
+    overrides = {"model_repo": tiny_repo_template, "decode_workers": 1, "decode_timeout_s": 1.0,
+                 "decode_memory_mb": 1024, "poll_interval_s": 0, "cpu_threads": 1, "max_queue_delay_ms": 5}
+    with LiveServer(overrides, decode_task=faulty_decode) as live:
+        yield live
+
+
+@pytest.mark.parametrize(("marker", "type_", "reason"), [
+    (b"CRASH", "decoder-crashed", "crashed"),
+    (b"HANG", "decode-timeout", "timeout"),
+    (b"HOG", "video-limit-exceeded", "out_of_memory"),
+])
+def test_decoder_fault_fails_one_request_and_is_replaced(faulty_server: LiveServer, videos: dict[str, Path],
+                                                         marker: bytes, type_: str, reason: str) -> None:
+    pool = faulty_server.resources.pool
+    before_pids, before_replaced = pool.pids(), pool.replaced
+    with faulty_server.client() as http:
+        start = time.monotonic()
+        r = http.post("/classify", content=marker + b"\0" * 100, headers=MP4)
+        took = time.monotonic() - start
+        body = assert_problem(r, 422, type_)
+        after = http.post("/classify", content=videos["c"].read_bytes(), headers=MP4)
+        metrics = http.get("/metrics").text
+    assert after.status_code == 200, after.text
+    assert took < 5, took
+    assert pool.replaced == before_replaced + 1 and pool.pids() != before_pids and pool_healthy(faulty_server)
+    assert metric(metrics, f'tsm_decoder_replacements_total{{reason="{reason}"}}') == 1.0, metrics
+    assert body["detail"]
+
+
+def test_client_disconnect_cancels_work(faulty_server: LiveServer, videos: dict[str, Path]) -> None:
+    """A client that leaves while its request waits for the (busy) decoder is never decoded for."""
+    good = videos["c"].read_bytes()
+    with faulty_server.client() as http:
+        decodes_before = metric(http.get("/metrics").text, 'tsm_stage_duration_seconds_count{stage="decode"}')
+        slow = threading.Thread(target=http.post, args=("/classify",),
+                                kwargs={"content": b"SLOW" + good[4:], "headers": MP4})
+        slow.start()  # occupies the only decoder for 1.5 s, then fails to decode (its head is broken)
+        time.sleep(0.3)
+        with httpx.Client(base_url=faulty_server.url, timeout=0.4) as impatient, pytest.raises(httpx.ReadTimeout):
+            impatient.post("/classify", content=good, headers=MP4)  # gives up and closes its connection
+        slow.join()
+        time.sleep(0.5)
+        metrics = http.get("/metrics").text
+        assert http.post("/classify", content=good, headers=MP4).status_code == 200
+    assert metric(metrics, 'tsm_stage_duration_seconds_count{stage="decode"}') == decodes_before  # no decode
+    assert metric(metrics, 'tsm_cancelled_requests_total{stage="processing"}') == 1.0
+    assert metric(metrics, 'tsm_requests_total{model="tiny",status="499",version="1"}') == 1.0
+
+
+class FailingWarmup:
+    """Wraps the real predictor factory; versions in ``fail`` raise during warm-up."""
+
+    def __init__(self, settings: Any, fail: set[int]) -> None:
+        from service.app import default_factory
+
+        self.inner, self.fail = default_factory(settings), fail
+
+    def __call__(self, version_dir: Path, manifest: Any) -> Any:
+        predictor = self.inner(version_dir, manifest)
+        if int(version_dir.name) in self.fail:
+            def broken(*_: Any) -> int:
+                raise RuntimeError("warm-up failed (injected)")
+            predictor.warm_up = broken
+        return predictor
+
+
+def test_failing_new_versions_keep_the_old_one_serving(model_repo: Path, videos: dict[str, Path]) -> None:
+    """v2 fails warm-up, v3 is half-written, an exporter's staging folder lies around: v1 serves throughout."""
+    from service.settings import ServiceSettings
+
+    overrides = {"model_repo": model_repo, "poll_interval_s": 0.2, "decode_workers": 1, "cpu_threads": 1}
+    factory = FailingWarmup(ServiceSettings(**overrides), fail={2})
+    good = videos["c"].read_bytes()
+    with LiveServer(overrides, predictor_factory=factory) as live, live.client() as http:
+        assert http.post("/classify", content=good, headers=MP4).json()["version"] == 1
+        export_tiny(model_repo, seed=3)  # -> tiny/2, which fails warm-up
+        half = model_repo / TINY_NAME / "3"
+        half.mkdir()
+        (half / "model.pdmodel").write_bytes(b"\0" * 10)  # no manifest, no params: a half-written copy
+        staging = model_repo / TINY_NAME / ".stage-interrupted"
+        staging.mkdir()
+        (staging / "model.pdiparams").write_bytes(b"\0" * 10)
+        deadline = time.monotonic() + 30
+        statuses = []
+        while time.monotonic() < deadline:
+            statuses.append(http.post("/classify", content=good, headers=MP4).json().get("version"))
+            states = {m["version"]: m["state"] for m in http.get(f"/models/{TINY_NAME}").json()["models"]}
+            if states == {1: "ready", 2: "failed", 3: "failed"}:
+                break
+        assert states == {1: "ready", 2: "failed", 3: "failed"}, states
+        assert set(statuses) == {1}
+        assert http.get("/readyz").status_code == 200
+        models = {m["version"]: m for m in http.get(f"/models/{TINY_NAME}").json()["models"]}
+        assert "warm-up failed" in models[2]["error"]
+        metrics = http.get("/metrics").text
+    assert metric(metrics, 'tsm_model_loads_total{model="tiny",result="failed"}') == 2.0
+
+
+def test_sigterm_finishes_in_flight_then_exits(tiny_repo_template: Path, videos: dict[str, Path]) -> None:
+    """SIGTERM: the listener closes, the in-flight request (held 2 s in the batcher) still gets 200, exit 0."""
+    port = free_port()
+    env = {**os.environ, "TSM_MODEL_REPO": str(tiny_repo_template), "TSM_PORT": str(port),
+           "TSM_MAX_QUEUE_DELAY_MS": "2000", "TSM_MAX_BATCH_SIZE": "8", "TSM_DECODE_WORKERS": "1",
+           "TSM_POLL_INTERVAL_S": "0", "TSM_CPU_THREADS": "1", "TSM_SHUTDOWN_GRACE_S": "20", "TSM_LOG_FORMAT": "text"}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, cwd=Path(__file__).parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        result: dict[str, Any] = {}
+
+        def in_flight() -> None:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                result["response"] = http.post("/classify", content=videos["c"].read_bytes(), headers=MP4)
+
+        thread = threading.Thread(target=in_flight)
+        thread.start()
+        time.sleep(0.8)  # decoded, now waiting in the batcher's 2 s window
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.TransportError):  # no longer accepting
+            httpx.get(f"{url}/healthz", timeout=1)
+        thread.join(timeout=30)
+        # uvicorn re-raises the caught SIGTERM once its graceful shutdown is done
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert result["response"].status_code == 200, result["response"].text
+    log = stderr.decode()
+    assert "Application shutdown complete" in log and "unloaded tiny version 1" in log, log[-2000:]

