@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import threading
@@ -83,8 +84,22 @@ def default_factory(settings: ServiceSettings) -> PredictorFactory:
     options = PredictorOptions.from_settings(settings)
     has_gpu = gpu_available() if settings.device != "cpu" else False
 
+    def onnx(version_dir: Path, manifest: Manifest) -> Any:
+        from service.onnx_backend import OnnxPredictor
+
+        return OnnxPredictor(version_dir, manifest, settings.cpu_threads, manifest.onnx_file or "model.onnx")
+
     def build(version_dir: Path, manifest: Manifest) -> Predictor:
-        return Predictor(version_dir, manifest, options, has_gpu=has_gpu)
+        if settings.backend == "onnxruntime":
+            return onnx(version_dir, manifest)  # raises (and the version is refused) without model.onnx
+        paddle = Predictor(version_dir, manifest, options, has_gpu=has_gpu)
+        has_onnx = bool(manifest.onnx_file) and (version_dir / str(manifest.onnx_file)).is_file()
+        if settings.backend == "paddle" or paddle.choice.device == "gpu" or not has_onnx \
+                or importlib.util.find_spec("onnxruntime") is None:
+            return paddle  # the GPU path is Paddle Inference (with TensorRT when enabled)
+        from service.onnx_backend import pick_faster
+
+        return pick_faster([paddle, onnx(version_dir, manifest)], (1, *manifest.io.input_shape[1:]))
 
     return build
 

@@ -53,12 +53,17 @@ class ServiceSettings(BaseSettings):
     max_video_pixels: int = Field(
         3840 * 2160, ge=64, le=7680 * 4320,
         description="Largest accepted frame size, width x height in pixels (422 above it).")
-    max_batch_size: int = Field(8, ge=1, le=256, description="Most clips in one inference batch.")
+    max_batch_size: int = Field(
+        1, ge=1, le=256, description="Most clips in one inference batch. 1 suits a CPU (batching costs memory and "
+        "buys no throughput there: see the benchmarks); 8-32 a GPU.")
     max_queue_delay_ms: float = Field(
         10.0, ge=0, le=10_000, description="Longest a clip waits for its batch to fill before inference starts.")
     queue_capacity: int = Field(64, ge=1, description="Clips waiting per model version; above it requests get 503.")
     request_deadline_ms: float = Field(
         30_000.0, gt=0, description="Time budget of one request from arrival; past it the request gets 504.")
+    backend: Literal["auto", "paddle", "onnxruntime"] = Field(
+        "auto", description="auto: Paddle Inference on the GPU (TensorRT if enabled); on the CPU the faster of "
+        "Paddle+oneDNN and ONNX Runtime, timed at load. paddle / onnxruntime force one.")
     device: Device = Field("auto", description="auto (GPU when present, else CPU), cpu or gpu.")
     precision: Precision = Field("fp32", description="fp32, fp16 (GPU) or int8 (TensorRT with a quantised model).")
     tensorrt: bool = Field(False, description="Use TensorRT subgraphs on the GPU (engines cached beside the version).")

@@ -118,8 +118,15 @@ def publish(repo: Path, staged: Path, manifest: Manifest) -> Path:
         raise
 
 
-def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest) -> Path:
-    """Save ``model`` as an inference model, check its IO, and publish it with ``manifest``."""
+def onnx_available() -> bool:
+    """Whether paddle2onnx is installed (the ``onnx`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("paddle2onnx") is not None
+
+
+def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest, with_onnx: bool = False) -> Path:
+    """Save ``model`` as an inference model (and as ONNX with ``with_onnx``), check its IO, publish it."""
     spec = manifest.preprocessing
     staging = repo / manifest.name
     staging.mkdir(parents=True, exist_ok=True)
@@ -131,9 +138,15 @@ def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest) -> Pa
         io, outputs = probe_inference_model(staged, model_file, params_file, spec.num_seg, spec.crop_size)
         if outputs != manifest.num_classes:
             raise ValueError(f"the model outputs {outputs} classes but the manifest has {manifest.num_classes} labels")
+        onnx_file = None
+        if with_onnx:
+            from training.onnx_export import ONNX_FILE, convert
+
+            convert(staged, model_file, params_file, io.input_name)
+            onnx_file = ONNX_FILE
         manifest = manifest.model_copy(update={
             "model_file": model_file, "params_file": params_file, "io": io, "paddle_version": paddle.__version__,
-            "data_format": "NCHW",
+            "data_format": "NCHW", "onnx_file": onnx_file,
         })
         return publish(repo, staged, manifest)
     except BaseException:

@@ -16,7 +16,7 @@ from pathlib import Path
 import paddle
 
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
-from training.export import export_to_repo, probe_inference_model, publish, sha256_file
+from training.export import export_to_repo, onnx_available, probe_inference_model, publish, sha256_file
 from training.tsm import build_tsm
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def import_checkpoint(params: Path, labels: list[str], repo: Path, name: str, sp
         raise ValueError(f"{params.name} does not match ResNetTSM-{depth}: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
     model.set_state_dict({k: state[k] for k in own})
-    return export_to_repo(model, repo, _manifest(name, labels, spec, params, dataset, depth, base_width))
+    return export_to_repo(model, repo, _manifest(name, labels, spec, params, dataset, depth, base_width),
+                          with_onnx=onnx_available())
 
 
 def import_inference_model(model_file: Path, labels: list[str], repo: Path, name: str, spec: Preprocessing,

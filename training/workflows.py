@@ -10,7 +10,7 @@ from training.checkpoint import build_model, load_weights, read_meta
 from training.config import Config
 from training.data import ClipDataset, make_loader
 from training.evaluate import EvalResult, evaluate
-from training.export import export_to_repo, sha256_file
+from training.export import export_to_repo, onnx_available, sha256_file
 from training.plots import plot_confusion
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,11 @@ def manifest_for(cfg: Config, checkpoint: Path, metrics: dict[str, float]) -> Ma
 
 
 def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | None = None,
-                      metrics: dict[str, float] | None = None) -> Path:
-    """Load ``checkpoint`` into the config's network and publish it into ``repo``."""
+                      metrics: dict[str, float] | None = None, with_onnx: bool | None = None) -> Path:
+    """Load ``checkpoint`` into the config's network and publish it into ``repo``.
+
+    ``with_onnx`` (default: when paddle2onnx is installed) also writes ``model.onnx`` for ONNX Runtime.
+    """
     model = build_model(cfg)
     load_weights(model, checkpoint)
     found = metrics if metrics is not None else read_meta(checkpoint).get("metrics", {})
@@ -65,4 +68,4 @@ def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | Non
     manifest = manifest_for(cfg, checkpoint, numeric)
     if name:
         manifest = manifest.model_copy(update={"name": name})
-    return export_to_repo(model, repo, manifest)
+    return export_to_repo(model, repo, manifest, onnx_available() if with_onnx is None else with_onnx)

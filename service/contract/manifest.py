@@ -80,6 +80,8 @@ class Manifest(BaseModel):
     io: ModelIO = ModelIO()
     model_file: str = "model.json"
     params_file: str = "model.pdiparams"
+    onnx_file: str | None = None
+    """The same network as ONNX (paddle2onnx), for the ONNX Runtime backend; None when not exported."""
     backbone: str = "ResNetTSM-50"
     depth: int = 50
     base_width: int = 64
