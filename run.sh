@@ -6,6 +6,8 @@ cd "$(dirname "$0")"
 
 missing=()
 command -v make >/dev/null || missing+=(make)
+# Paddle's CPU wheel links OpenMP; slim Debian/Ubuntu images don't ship it.
+ldconfig -p 2>/dev/null | grep 'libgomp\.so\.1' >/dev/null || missing+=(libgomp1)
 probe=$(mktemp -d); python3 -m venv "$probe" >/dev/null 2>&1 || missing+=(python3-venv); rm -rf "$probe"
 if [ "${1:-}" = test ]; then
   command -v promtool >/dev/null || missing+=(prometheus)
