@@ -91,12 +91,21 @@ def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> Tra
         return _train(cfg, validate, resume)
 
 
-def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    distributed = dist.get_world_size() > 1
-    if distributed:
-        dist.init_parallel_env()
+@dataclass
+class _Run:
+    """What one training run holds: the network (and its data-parallel wrapper) and its optimiser."""
+
+    model: paddle.nn.Layer
+    net: paddle.nn.Layer
+    optimizer: paddle.optimizer.Optimizer
+    schedule: paddle.optimizer.lr.PiecewiseDecay
+    plan: AmpPlan
+    scaler: paddle.amp.GradScaler | None
+    start_epoch: int
+
+
+def _prepare(cfg: Config, resume: Path | None, distributed: bool) -> _Run:
+    """Build the network, load pretrained or resumed weights, the optimiser and the AMP plan."""
     paddle.seed(cfg.train.seed + dist.get_rank())
     model = build_model(cfg)
     if cfg.model.pretrained and resume is None:
@@ -113,11 +122,19 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
         schedule.step()
         log.info("resumed from %s at epoch %d", resume, start_epoch)
     plan = amp_plan(cfg)
-    scaler = make_scaler(plan)
     if plan.enabled and plan.level == "O2":
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", master_weight=True)
     net = paddle.DataParallel(model) if distributed else model
+    return _Run(model, net, optimizer, schedule, plan, make_scaler(plan), start_epoch)
 
+
+def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    distributed = dist.get_world_size() > 1
+    if distributed:
+        dist.init_parallel_env()
+    run = _prepare(cfg, resume, distributed)
     train_set = ClipDataset(cfg, cfg.data.train_list, train=True)
     train_loader = make_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, True, distributed)
     val_loader = None
@@ -129,28 +146,29 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     log_file = out / "metrics.jsonl"
     (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     history: list[dict[str, float]] = []
-    best: dict[str, float] = {}
-    best_path: Path | None = None
+    # A resumed run competes with the best checkpoint it already has, not with nothing.
+    best_path: Path | None = out / "best.pdparams" if resume is not None and (out / "best.pdparams").exists() else None
+    best: dict[str, float] = read_meta(best_path).get("metrics", {}) if best_path else {}
     latest = out / "latest.pdparams"
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(run.start_epoch, cfg.train.epochs):
         train_set.epoch = epoch
         started = time.perf_counter()
-        record: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.get_lr()}
-        record |= _train_epoch(net, train_loader, optimizer, plan, scaler, cfg, epoch, log_file)
-        schedule.step()
+        record: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.get_lr()}
+        record |= _train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
+        run.schedule.step()
         record["seconds"] = time.perf_counter() - started
         if val_loader is not None and dist.get_rank() == 0:
-            result: EvalResult = evaluate(model, val_loader, cfg.model.num_classes, desc="validate")
+            result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= result.as_dict()
         history.append(record)
         if dist.get_rank() != 0:
             continue
         _log_line(log_file, {"kind": "epoch", **record})
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
-        latest = save_checkpoint(out / "latest", model, cfg, epoch + 1, record, optimizer)
+        latest = save_checkpoint(out / "latest", run.model, cfg, epoch + 1, record, run.optimizer)
         if (epoch + 1) % cfg.train.save_interval == 0:
-            save_checkpoint(out / f"epoch_{epoch + 1}", model, cfg, epoch + 1, record)
+            save_checkpoint(out / f"epoch_{epoch + 1}", run.model, cfg, epoch + 1, record)
         if "val_top1" in record and record["val_top1"] >= best.get("val_top1", -1.0):
-            best, best_path = record, save_checkpoint(out / "best", model, cfg, epoch + 1, record)
+            best, best_path = record, save_checkpoint(out / "best", run.model, cfg, epoch + 1, record)
         plot_curves(log_file, out / "curves.png")
     return TrainResult(out, best_path, latest, best, history)

@@ -110,3 +110,15 @@ def test_two_process_data_parallel_launch(tiny_set: Path, tmp_path: Path) -> Non
     assert len(steps) == 12 // (4 * 2)  # rank 0's share of 12 clips in batches of 4
     assert (tmp_path / "run" / "latest.pdparams").exists()
     assert "rank 1 of 2" in (tmp_path / "log" / "workerlog.1").read_text()
+
+
+def test_resume_keeps_the_earlier_best_checkpoint(tiny_set: Path, tmp_path: Path) -> None:
+    train(_cfg(tiny_set, tmp_path, "train.epochs=1"), validate=True)
+    meta = json.loads((tmp_path / "best.json").read_text())
+    meta["metrics"]["val_top1"] = 2.0  # an earlier best that no later epoch can beat
+    (tmp_path / "best.json").write_text(json.dumps(meta))
+    before = (tmp_path / "best.pdparams").read_bytes()
+    result = train(_cfg(tiny_set, tmp_path, "train.epochs=2"), validate=True, resume=tmp_path / "latest.pdparams")
+    assert result.best_metrics["val_top1"] == 2.0
+    assert result.best_checkpoint == tmp_path / "best.pdparams"
+    assert (tmp_path / "best.pdparams").read_bytes() == before
