@@ -12,27 +12,18 @@ from service.contract.preprocess import preprocess_clip
 from service.contract.sampling import test_indices as sampling_indices
 from service.decoding import read_clip
 from tests.conftest import TINY_LABELS, TINY_NAME, LiveServer
+from tests.oracles import paddle_logits
 
 pytestmark = pytest.mark.slow
 
 
 def offline_scores(repo: Path, video: Path) -> np.ndarray:
     """Independent oracle: read_clip -> preprocess_clip -> a fresh Paddle predictor -> softmax."""
-    from paddle import inference
-
     folder = repo / TINY_NAME / "1"
     manifest = Manifest.read(folder)
     frames, _, _ = read_clip(video, manifest.preprocessing)
     clip = preprocess_clip(frames, manifest.preprocessing)[None]
-    config = inference.Config(str(folder / manifest.model_file), str(folder / manifest.params_file))
-    config.disable_gpu()
-    config.disable_glog_info()
-    predictor = inference.create_predictor(config)
-    handle = predictor.get_input_handle(manifest.io.input_name)
-    handle.reshape(list(clip.shape))
-    handle.copy_from_cpu(clip)
-    predictor.run()
-    logits = predictor.get_output_handle(manifest.io.output_name).copy_to_cpu()[0].astype(np.float64)
+    logits = paddle_logits(folder, clip)[0].astype(np.float64)
     exp = np.exp(logits - logits.max())
     return exp / exp.sum()
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from paddle import inference
 
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
+from tests.oracles import paddle_logits
 from training.export import existing_versions, export_to_repo
 from training.importers import import_checkpoint, import_inference_model, infer_architecture
 from training.tsm import build_tsm
@@ -22,20 +22,6 @@ def _manifest(labels: int = 5, spec: Preprocessing = SPEC) -> Manifest:
                     base_width=8)
 
 
-def _run_predictor(folder: Path, x: np.ndarray, onednn: bool) -> np.ndarray:
-    manifest = Manifest.read(folder)
-    config = inference.Config(str(folder / manifest.model_file), str(folder / manifest.params_file))
-    config.disable_gpu()
-    if onednn:
-        config.enable_onednn()
-    predictor = inference.create_predictor(config)
-    handle = predictor.get_input_handle(manifest.io.input_name)
-    handle.reshape(list(x.shape))
-    handle.copy_from_cpu(x)
-    predictor.run()
-    return predictor.get_output_handle(manifest.io.output_name).copy_to_cpu()
-
-
 @pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
 def test_exported_model_equals_dygraph(tmp_path: Path, data_format: str) -> None:
     model = build_tsm(18, num_classes=5, num_seg=4, base_width=8, data_format=data_format)  # type: ignore[arg-type]
@@ -44,7 +30,7 @@ def test_exported_model_equals_dygraph(tmp_path: Path, data_format: str) -> None
     model.eval()
     expected = model(paddle.to_tensor(x)).numpy()
     for onednn in (False, True):
-        np.testing.assert_allclose(_run_predictor(folder, x, onednn), expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(paddle_logits(folder, x, onednn), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_publish_numbers_versions_and_leaves_no_temporaries(tmp_path: Path) -> None:
@@ -86,7 +72,7 @@ def test_import_checkpoint_round_trip(tmp_path: Path) -> None:
     assert manifest.labels == labels and manifest.source == "TSM_tiny.pdparams" and len(manifest.source_sha256) == 64
     x = np.random.default_rng(1).standard_normal((2, 4, 3, 32, 32)).astype(np.float32)
     model.eval()
-    np.testing.assert_allclose(_run_predictor(folder, x, False), model(paddle.to_tensor(x)).numpy(),
+    np.testing.assert_allclose(paddle_logits(folder, x, False), model(paddle.to_tensor(x)).numpy(),
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="has 5 classes but the label list has 2"):
         import_checkpoint(params, ["a", "b"], tmp_path / "repo", "imported", SPEC)
@@ -102,7 +88,7 @@ def test_import_inference_export(tmp_path: Path) -> None:
     folder = import_inference_model(pv / "TSM.json", list("abcde"), tmp_path / "repo", "pv", SPEC)
     assert Manifest.read(folder).model_file == "model.json"
     x = np.random.default_rng(2).standard_normal((1, 4, 3, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(_run_predictor(folder, x, False), _run_predictor(exported, x, False), rtol=1e-6)
+    np.testing.assert_allclose(paddle_logits(folder, x, False), paddle_logits(exported, x, False), rtol=1e-6)
     with pytest.raises(ValueError, match="outputs 5 classes but the label list has 4"):
         import_inference_model(pv / "TSM.json", list("abcd"), tmp_path / "repo", "pv", SPEC)
     assert [p.name for p in (tmp_path / "repo" / "pv").iterdir()] == ["1"]
