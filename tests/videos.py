@@ -26,19 +26,7 @@ def pattern_frames(num_frames: int, width: int, height: int, seed: int = 0) -> n
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 25, rotation: int | None = None) -> Path:
     """Encode uint8 [T, H, W, 3] RGB as H.264 (yuv420p, so H and W must be even) into ``path``."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps, 1))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "18"}
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_video(path, frames, fps=fps, rotation=rotation)
 
 
 def make_video(path: Path, num_frames: int = 24, width: int = 160, height: int = 120, seed: int = 0,
@@ -49,16 +37,20 @@ def make_video(path: Path, num_frames: int = 24, width: int = 160, height: int =
 def write_audio_only(path: Path) -> Path:
     """An M4A-like MP4 with one AAC audio stream and no video stream."""
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        samples = np.zeros((1, 1024), np.float32)
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _mux_silence(container, container.add_stream("aac", rate=16000), blocks=8)
     return path
+
+
+def _mux_silence(container: av.container.OutputContainer, stream: av.AudioStream, blocks: int) -> None:
+    """Encode ``blocks`` x 1024 samples of 16 kHz mono silence into ``stream`` and flush it."""
+    samples = np.zeros((1, 1024), np.float32)
+    for i in range(blocks):
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, i * 1024
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", *, pix_fmt: str = "yuv420p",
@@ -67,8 +59,8 @@ def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", *, pix_f
                 container_options: dict[str, str] | None = None) -> Path:
     """Encode uint8 [T, H, W, 3] RGB with any PyAV codec/container.
 
-    ``pts`` (in 1/1000 s) makes a variable-frame-rate stream; ``audio`` adds an AAC (or, for
-    WebM, Opus-less Vorbis-free: no) track; ``container_options`` e.g. ``{"movflags": "faststart"}``.
+    ``pts`` (in 1/1000 s) makes a variable-frame-rate stream; ``audio`` adds a silent AAC track;
+    ``container_options`` e.g. ``{"movflags": "faststart"}``.
     """
     rate = Fraction(fps, 1)
     with av.open(str(path), "w", format=fmt, options=container_options or {}) as container:
@@ -96,15 +88,7 @@ def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", *, pix_f
         for packet in stream.encode():
             container.mux(packet)
         if sound is not None:
-            samples = np.zeros((1, 1024), np.float32)
-            seconds = max(1, len(frames) // fps + 1)
-            for i in range(seconds * 16):
-                af = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-                af.sample_rate, af.pts = 16000, i * 1024
-                for packet in sound.encode(af):
-                    container.mux(packet)
-            for packet in sound.encode():
-                container.mux(packet)
+            _mux_silence(container, sound, blocks=max(1, len(frames) // fps + 1) * 16)
     return path
 
 
