@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service.batcher import BatchPolicy, DynamicBatcher
-from service.contract.manifest import Manifest, is_valid_name
+from service.contract.manifest import Manifest, scan_repository
 from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, VersionNotFoundError
 from service.metrics import Metrics
 from service.predictor import BackendChoice
@@ -75,21 +75,6 @@ class ModelVersion:
         }
 
 
-def scan(root: Path) -> dict[str, list[int]]:
-    """``{model name: [versions ascending]}`` for every valid, non-hidden model folder."""
-    found: dict[str, list[int]] = {}
-    if not root.is_dir():
-        return found
-    for model_dir in sorted(root.iterdir()):
-        if not model_dir.is_dir() or model_dir.name.startswith(".") or not is_valid_name(model_dir.name):
-            continue
-        versions = sorted(int(p.name) for p in model_dir.iterdir()
-                          if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
-        if versions:
-            found[model_dir.name] = versions
-    return found
-
-
 class ModelRepository:
     """Serves one version per model (the highest, or the pinned one) and swaps in new ones."""
 
@@ -136,7 +121,7 @@ class ModelRepository:
     async def poll_once(self) -> None:
         """Load whatever should serve and doesn't yet: new models, new highest versions, pins."""
         async with self._scan_lock:
-            for name, versions in (await asyncio.to_thread(scan, self.root)).items():
+            for name, versions in (await asyncio.to_thread(scan_repository, self.root)).items():
                 for version in self._candidates(name, versions):
                     if await self._load_and_swap(name, version):
                         break

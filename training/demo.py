@@ -7,9 +7,8 @@ import logging
 import time
 from pathlib import Path
 
-from service.contract.manifest import Manifest
+from service.contract.manifest import Manifest, scan_repository
 from training.config import load_config
-from training.export import existing_versions
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,12 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
 def published_models(repo: Path) -> list[Manifest]:
     """Manifests of every readable published version in ``repo``."""
     found: list[Manifest] = []
-    if not repo.is_dir():
-        return found
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for version in existing_versions(model_dir):
+    for name, versions in scan_repository(repo).items():
+        for version in versions:
             try:
-                found.append(Manifest.read(model_dir / str(version)))
+                found.append(Manifest.read(repo / name / str(version)))
             except (OSError, ValueError) as exc:
-                log.warning("ignoring %s/%d: %s", model_dir, version, exc)
+                log.warning("ignoring %s/%s/%d: %s", repo, name, version, exc)
     return found
 
 

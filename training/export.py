@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
-from service.contract.manifest import MODEL_PREFIX, Manifest, ModelIO, is_valid_name
+from service.contract.manifest import MODEL_PREFIX, Manifest, ModelIO, is_valid_name, list_versions
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def existing_versions(model_dir: Path) -> list[int]:
-    """Published versions (positive integer folder names) of one model, ascending."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
-
-
 def publish(repo: Path, staged: Path, manifest: Manifest) -> Path:
     """Move a staged version folder into ``repo/<name>/<next version>`` atomically.
 
@@ -103,7 +96,7 @@ def publish(repo: Path, staged: Path, manifest: Manifest) -> Path:
     shutil.move(str(staged), tmp)  # same filesystem from here on, so the rename below is atomic
     try:
         for _ in range(100):
-            version = max(existing_versions(model_dir), default=0) + 1
+            version = max(list_versions(model_dir), default=0) + 1
             final = manifest.model_copy(update={"version": version})
             final.write(tmp)
             try:

@@ -121,6 +121,26 @@ class Manifest(BaseModel):
         return cls.model_validate_json((folder / MANIFEST_FILE).read_text())
 
 
+def list_versions(model_dir: Path) -> list[int]:
+    """Published versions of one model: positive-integer folder names, ascending (hidden staging folders skipped)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def scan_repository(root: Path) -> dict[str, list[int]]:
+    """``{model name: [versions ascending]}`` for every valid, non-hidden model folder of ``root``."""
+    found: dict[str, list[int]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or model_dir.name.startswith(".") or not is_valid_name(model_dir.name):
+            continue
+        if versions := list_versions(model_dir):
+            found[model_dir.name] = versions
+    return found
+
+
 def read_label_list(path: Path) -> list[str]:
     """Read a label list: PaddleVideo's ``<id> <name>`` lines or plain one-name-per-line.
 

@@ -7,9 +7,9 @@ import numpy as np
 import paddle
 import pytest
 
-from service.contract.manifest import Manifest, ModelIO, Preprocessing
+from service.contract.manifest import Manifest, ModelIO, Preprocessing, list_versions
 from tests.oracles import paddle_logits
-from training.export import existing_versions, export_to_repo
+from training.export import export_to_repo
 from training.importers import import_checkpoint, import_inference_model, infer_architecture
 from training.tsm import build_tsm
 
@@ -41,7 +41,7 @@ def test_publish_numbers_versions_and_leaves_no_temporaries(tmp_path: Path) -> N
     second = export_to_repo(model, tmp_path, _manifest())
     assert (first.name, second.name) == ("1", "8")
     assert Manifest.read(second).version == 8
-    assert existing_versions(tmp_path / "net") == [1, 7, 8]
+    assert list_versions(tmp_path / "net") == [1, 7, 8]
     assert not [p for p in (tmp_path / "net").iterdir() if p.name.startswith(".")]
     assert sorted(p.name for p in second.iterdir()) == ["labels.txt", "manifest.json", "model.json",
                                                         "model.pdiparams"]

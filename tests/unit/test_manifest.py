@@ -51,3 +51,14 @@ def test_label_list_wrong_id_names_the_line(tmp_path: Path) -> None:
     path.write_text("0 a\n2 b\n")
     with pytest.raises(ValueError, match=r"l.txt:2: expected id 1"):
         read_label_list(path)
+
+
+def test_scan_repository_skips_hidden_invalid_and_non_version_folders(tmp_path: Path) -> None:
+    from service.contract.manifest import list_versions, scan_repository
+
+    for folder in ["demo/1", "demo/3", "demo/.tmp-x", "demo/0", "demo/latest", ".hidden/1", "bad..name/1", "empty"]:
+        (tmp_path / folder).mkdir(parents=True)
+    assert scan_repository(tmp_path) == {"demo": [1, 3]}
+    assert list_versions(tmp_path / "demo") == [1, 3]
+    assert list_versions(tmp_path / "missing") == []
+    assert scan_repository(tmp_path / "missing") == {}
