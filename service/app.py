@@ -20,7 +20,7 @@ from service.api import health, routes
 from service.api.deps import Resources
 from service.api.errors import install_error_handlers, problem_json_in_openapi
 from service.batcher import BatchPolicy
-from service.contract.manifest import Manifest
+from service.contract.manifest import ONNX_FILE, Manifest
 from service.decode_pool import DecodePool
 from service.decode_worker import DecodeLimits
 from service.logs import configure_logging, new_request_id, request_id_var
@@ -87,7 +87,7 @@ def default_factory(settings: ServiceSettings) -> PredictorFactory:
     def onnx(version_dir: Path, manifest: Manifest) -> Any:
         from service.onnx_backend import OnnxPredictor
 
-        return OnnxPredictor(version_dir, manifest, settings.cpu_threads, manifest.onnx_file or "model.onnx")
+        return OnnxPredictor(version_dir, manifest, settings.cpu_threads, manifest.onnx_file or ONNX_FILE)
 
     def build(version_dir: Path, manifest: Manifest) -> Predictor:
         if settings.backend == "onnxruntime":

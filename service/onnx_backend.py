@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from service.contract.manifest import Manifest
+from service.contract.manifest import ONNX_FILE, Manifest
 from service.predictor import BackendChoice
 
-ONNX_FILE = "model.onnx"
 log = logging.getLogger(__name__)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
-from service.contract.manifest import MODEL_PREFIX, Manifest, ModelIO, is_valid_name, list_versions
+from service.contract.manifest import MODEL_PREFIX, ONNX_FILE, Manifest, ModelIO, is_valid_name, list_versions
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest, with_
             raise ValueError(f"the model outputs {outputs} classes but the manifest has {manifest.num_classes} labels")
         onnx_file = None
         if with_onnx:
-            from training.onnx_export import ONNX_FILE, convert
+            from training.onnx_export import convert
 
             convert(staged, model_file, params_file, io.input_name)
             onnx_file = ONNX_FILE

@@ -12,11 +12,10 @@ import os
 import uuid
 from pathlib import Path
 
-from service.contract.manifest import Manifest
+from service.contract.manifest import ONNX_FILE, Manifest
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 OPSET = 13
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.txt"
 MODEL_PREFIX = "model"
+ONNX_FILE = "model.onnx"
 SCHEMA_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
