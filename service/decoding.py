@@ -1,4 +1,4 @@
-"""Video decoding behind one interface: decord first, PyAV for files decord can't read.
+"""Video decoding behind one interface: sparse PyAV where pixels are exact, decord, PyAV for files decord can't read.
 
 Both training's evaluation and the service read clips through :func:`read_clip`, so the
 pixels fed to the network are the same on both paths.
@@ -35,7 +35,7 @@ _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "t
                   "qoi_pipe", "dpx_pipe", "exr_pipe", "pcx_pipe", "sgi_pipe", "xpm_pipe", "jpegxl_pipe")
 
 
-def _why(exc: BaseException, path: Path) -> str:
+def why(exc: BaseException, path: Path) -> str:
     """An exception's text without the server-side path of the file (clients see this text)."""
     return str(exc).replace(str(path), path.name).replace(str(path.parent), "")[:300]
 
@@ -75,7 +75,7 @@ def read_frames_decord(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoIn
     except DecodeError:
         raise
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError variants
-        raise DecodeError(f"{path.name}: decord could not decode the video ({_why(exc, path)})") from exc
+        raise DecodeError(f"{path.name}: decord could not decode the video ({why(exc, path)})") from exc
     info = VideoInfo(count, fps, int(frames.shape[2]), int(frames.shape[1]), "decord")
     return frames, info, indices
 
@@ -130,7 +130,7 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"{path.name}: the video could not be decoded ({_why(exc, path)})") from exc
+        raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
     frames = np.stack([kept[i] for i in indices])
     info = VideoInfo(count, float(rate or 0.0), int(frames.shape[2]), int(frames.shape[1]), "pyav")
     return frames, info, indices
@@ -169,24 +169,24 @@ def probe_video(path: Path) -> VideoProbe:
                 duration = container.duration / 1_000_000  # AV_TIME_BASE units
             rotation = 0
             for frame in container.decode(stream):
-                rotation = _quarter_turns(frame.rotation) * 90
+                rotation = quarter_turns(frame.rotation) * 90
                 break
             width, height = stream.codec_context.width, stream.codec_context.height
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"{path.name}: the file is not a readable video ({_why(exc, path)})") from exc
+        raise DecodeError(f"{path.name}: the file is not a readable video ({why(exc, path)})") from exc
     return VideoProbe(int(width), int(height), duration, rotation)
 
 
-def _quarter_turns(degrees: float | int | None) -> int:
+def quarter_turns(degrees: float | int | None) -> int:
     """Counter-clockwise display rotation in degrees -> quarter turns 0..3 (nearest)."""
     return round((degrees or 0) / 90) % 4
 
 
 def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
     """uint8 [T, H, W, 3] rotated ``rotation`` degrees counter-clockwise (a multiple of 90)."""
-    turns = _quarter_turns(rotation)
+    turns = quarter_turns(rotation)
     if turns == 0:
         return frames
     return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2)))
@@ -194,23 +194,38 @@ def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 def read_frames(path: Path, pick: IndexRule, *,
                 max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
-    """decord, then PyAV if decord fails; raises :class:`DecodeError` if neither can decode.
+    """Sparse PyAV decoding for 8-bit 4:2:0 streams, else decord, then full PyAV; :class:`DecodeError` if none can.
 
-    Frames come out upright: the container's display rotation is applied (``info.rotation``),
-    and ``info.width``/``info.height`` are the displayed size. ``max_pixels`` bounds every
-    frame PyAV decodes (decord fails on a size change, then PyAV checks each frame).
+    All three give the same pixels for the streams they share (tested against each other). Frames come out
+    upright: the container's display rotation is applied (``info.rotation``), and ``info.width``/``info.height``
+    are the displayed size. ``max_pixels`` bounds every frame PyAV decodes (decord fails on a size change, then
+    PyAV checks each frame).
     """
+    from service.sparse_decode import SparseUnsupported, read_frames_sparse  # it builds on this module's types
+
     try:
-        frames, info, indices = read_frames_decord(path, pick)
-    except DecodeError as first:
-        try:
-            frames, info, indices = read_frames_pyav(path, pick, max_pixels=max_pixels)
-        except DecodeError as second:
-            raise second from first
-    rotation = probe_video(path).rotation
-    if rotation and info.backend == "pyav":  # decord 0.6 applies the display matrix itself
+        frames, info, indices = read_frames_sparse(path, pick, max_pixels=max_pixels)
+        rotation = info.rotation
+    except LimitExceeded:
+        raise
+    except (SparseUnsupported, DecodeError):
+        frames, info, indices = _read_frames_full(path, pick, max_pixels)
+        rotation = probe_video(path).rotation
+    if rotation and info.backend != "decord":  # decord 0.6 applies the display matrix itself
         frames = rotate_frames(frames, rotation)
     return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
+
+
+def _read_frames_full(path: Path, pick: IndexRule,
+                      max_pixels: int | None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """decord, then PyAV decoding every frame if decord fails."""
+    try:
+        return read_frames_decord(path, pick)
+    except DecodeError as first:
+        try:
+            return read_frames_pyav(path, pick, max_pixels=max_pixels)
+        except DecodeError as second:
+            raise second from first
 
 
 def read_clip(path: Path, spec: Preprocessing, *,
