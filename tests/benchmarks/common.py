@@ -19,8 +19,8 @@ CACHE = Path(os.environ.get("TSM_BENCH_CACHE", "/tmp/tsm-bench"))
 REPORTS = Path(__file__).parent / "reports"
 R50_GFLOP = 65.4
 """Multiply-adds x 2 of one TSM-R50 8x224 clip (8 frames through ResNet-50), GFLOP."""
-LOADED_NOTE = ("Absolute numbers come from a shared, loaded 2-core machine (other tests and a training run "
-               "were running); only the ratios, measured interleaved in the same run, are meaningful.")
+LOADED_NOTE = ("Absolute numbers depend on what else runs on this shared 2-core machine (see the load average); "
+               "only the ratios, measured interleaved in the same run, are meaningful.")
 
 
 def sgemm_once(n: int = 2048) -> float:

@@ -125,7 +125,7 @@ def load_section(files: list[Path], levels: list[int], per_client: int, threads:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--levels", default="1,2,4,8", help="client concurrencies, comma-separated")
-    ap.add_argument("--per-client", type=int, default=2, help="requests per client at each level")
+    ap.add_argument("--per-client", type=int, default=3, help="requests per client at each level")
     ap.add_argument("--decode-rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode-workers", type=int, default=2)

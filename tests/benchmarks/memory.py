@@ -51,6 +51,7 @@ def growth(model: str, requests: int, step: int) -> tuple[list[int], list[float]
     files = [make_clip(CACHE / "videos" / f"224p_g{g}.mp4", 4.0, 400, 224, gop=g, seed=g) for g in (30, 250)]
     repo = export_r50("slice").parents[1] if model == "r50" else tiny_repo()
     counts, rss = [], []
+    # Batches of up to 8 are the worst case for Paddle's activation memory, so a leak shows most there.
     with serve(repo, cpu_threads=2, decode_workers=2, max_batch_size=8, request_deadline_ms=600_000) as server:
         closed_loop(server.url, files, 4, 8)  # warm-up
         done = 0
