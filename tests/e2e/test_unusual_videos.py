@@ -57,6 +57,20 @@ def test_decord_and_pyav_pixels_identical(corpus: dict[str, tuple[Path, dict[str
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if "10bit" not in n])
+def test_read_frames_equals_a_full_decode(corpus: dict[str, tuple[Path, dict[str, object]]], name: str) -> None:
+    """Whichever decoder :func:`read_frames` picks (sparse for most of these), every frame equals PyAV decoding
+    the whole stream, rotated upright."""
+    from service.decoding import probe_video, read_frames, read_frames_pyav, rotate_frames
+
+    path, _ = corpus[name]
+    pick = lambda n: list(range(n))  # noqa: E731
+    frames, info, _ = read_frames(path, pick)
+    want = rotate_frames(read_frames_pyav(path, pick)[0], probe_video(path).rotation)
+    assert info.num_frames == len(want)
+    np.testing.assert_array_equal(frames, want)
+
+
 @pytest.mark.parametrize("name", ["tiny_16x16.mp4", "rotated_90.mp4", "rotated_270.mp4"])
 def test_decord_failures_fall_back_to_pyav(corpus: dict[str, tuple[Path, dict[str, object]]], name: str) -> None:
     """decord 0.6 fails on these valid files; :func:`read_frames` falls back to PyAV instead of refusing them."""
