@@ -6,9 +6,12 @@ we keep, and decoding can restart at any keyframe, so frames between two kept on
 lies between them. On a 10 s 720p H.264 clip this decodes about half the frames decord decodes.
 
 Frames are numbered in presentation order from the container's packet index, as decord numbers them, and matched by
-timestamp. Only 8-bit 4:2:0 streams take this path: for those the RGB pixels equal decord's exactly (tested); other
-formats, and streams whose timestamps can't index the frames, raise :class:`SparseUnsupported` so the caller uses
-decord.
+timestamp. That needs timestamps a container stores per frame and keyframes that are clean restart points, so only
+8-bit 4:2:0 video from the codecs and containers below takes this path (for those the RGB pixels equal decord's
+exactly, tested); anything else, and any restart that doesn't land on the keyframe it asked for, raises
+:class:`SparseUnsupported` so the caller decodes the whole stream instead. Frames that are never decoded are never
+checked: a stream whose frame size changes only inside a skipped stretch is accepted, and those frames never reach
+memory.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from service.decoding import DecodeError, IndexRule, LimitExceeded, VideoInfo, q
 
 # Pixel formats whose RGB conversion is tested to equal decord's (FFmpeg 4 inside decord, PyAV's own FFmpeg here).
 SPARSE_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
+# Containers that store a timestamp per frame and seek by index (AVI's timestamps are decode order, MPEG-PS/TS
+# timestamps move after a seek), and codecs whose decoders honour skip_frame and restart cleanly at keyframes.
+SPARSE_CONTAINERS = ("mp4", "matroska")
+SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video"})
 
 
 class SparseUnsupported(Exception):  # noqa: N818 - a signal to use another decoder, not an error of the file
@@ -39,13 +46,17 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
             continue
         if packet.pts is None:
             raise SparseUnsupported("a packet has no presentation timestamp")
-        pts.append(packet.pts)
         if packet.is_keyframe:
             keys.append(packet.pts)
+        if not packet.is_discard:  # e.g. before an MP4 edit list's start: decoded, never shown
+            pts.append(packet.pts)
     pts.sort()
+    keys.sort()
     if len(set(pts)) != len(pts):
         raise SparseUnsupported("two packets share a presentation timestamp")
-    return pts, sorted(keys)
+    if pts and (not keys or pts[0] < keys[0]):  # open-GOP leading frames of a cut stream are never output
+        raise SparseUnsupported("frames are shown before the first keyframe")
+    return pts, keys
 
 
 class _Decoder:
@@ -59,12 +70,13 @@ class _Decoder:
         self.kept: dict[int, np.ndarray] = {}
         self.size: tuple[int, int] | None = None
         self.rotation = 0
-        self.decoded = 0
+        self.restart: int | None = None  # pts of the keyframe decoding restarted at, until it is seen
 
     def restart_at(self, keyframe_pts: int) -> Iterator[av.Packet]:
         """Seek to the keyframe at ``keyframe_pts`` and return the packets from there on."""
         self.container.seek(keyframe_pts, stream=self.stream, backward=True, any_frame=False)
         self.stream.codec_context.flush_buffers()
+        self.restart = keyframe_pts
         return self.container.demux(self.stream)
 
     def feed(self, packet: av.Packet | None) -> None:
@@ -75,12 +87,17 @@ class _Decoder:
             self._check(frame)
             if frame.pts is None:
                 raise SparseUnsupported("a decoded frame has no presentation timestamp")
+            if self.restart is not None and frame.pts >= self.restart:
+                # The first frame at or after the restart point must be that keyframe, whole: otherwise the
+                # container's timestamps moved with the seek, or its "keyframe" was only a recovery point.
+                if frame.pts != self.restart or not frame.key_frame:
+                    raise SparseUnsupported("a seek did not restart decoding at the keyframe it asked for")
+                self.restart = None
             if frame.pts in self.wanted and frame.pts not in self.kept:
                 self.kept[frame.pts] = frame.to_ndarray(format="rgb24")
                 self.rotation = quarter_turns(frame.rotation) * 90
 
     def _check(self, frame: av.VideoFrame) -> None:
-        self.decoded += 1
         if self.max_pixels is not None and frame.width * frame.height > self.max_pixels:
             raise LimitExceeded(f"{self.path.name}: a frame of {frame.width}x{frame.height} exceeds the limit of "
                                 f"{self.max_pixels} pixels", "too_large")
@@ -108,7 +125,7 @@ def _decode(dec: _Decoder, targets: list[int], keys: list[int]) -> None:
                 dec.feed(None)
                 break
             if packet.is_keyframe and packet.pts is not None:
-                current_key = max(current_key or packet.pts, packet.pts)
+                current_key = packet.pts if current_key is None else max(current_key, packet.pts)
             dec.feed(packet)
         if target not in dec.kept:
             raise DecodeError(f"{dec.path.name}: frame at pts {target} could not be decoded", "unstable")
@@ -123,16 +140,21 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
     """
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise SparseUnsupported("no video stream")
+            if len(container.streams.video) != 1:  # decord picks its own among several (a cover image, ...)
+                raise SparseUnsupported("not exactly one video stream")
             stream = container.streams.video[0]
-            if stream.codec_context.format is None or stream.codec_context.format.name not in SPARSE_PIX_FMTS:
-                raise SparseUnsupported("pixel format")
+            ctx = stream.codec_context
+            if not any(name in container.format.name.split(",") for name in SPARSE_CONTAINERS):
+                raise SparseUnsupported(f"container {container.format.name}")
+            if ctx.name not in SPARSE_CODECS or ctx.format is None or ctx.format.name not in SPARSE_PIX_FMTS:
+                raise SparseUnsupported(f"codec {ctx.name} with pixel format {ctx.format and ctx.format.name}")
             rate = float(stream.average_rate or stream.guessed_rate or 0.0)
             pts, keys = _index(container, stream)
             if not pts:
                 raise SparseUnsupported("no frames in the packet index")
             indices = [int(i) for i in pick(len(pts))]
+            if not indices or min(indices) < 0 or max(indices) >= len(pts):
+                raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")
             dec = _Decoder(path, container, {pts[i] for i in indices}, max_pixels)
             _decode(dec, sorted(dec.wanted), keys)
     except (SparseUnsupported, DecodeError):

@@ -174,3 +174,47 @@ def bad_videos(root: Path) -> dict[str, tuple[bytes, int, str]]:
         "huge_duration_claim": (long_claim, *limit),
         "resolution_bomb": (bomb, *limit),
     }
+
+
+# --- Stream-copy edits that real files carry: trims (MP4 edit lists) and cuts between keyframes -------------
+
+def remux(src: Path, dst: Path, *, drop_before_key: int = 0, shift_frames: int = 0) -> Path:
+    """Copy the video packets of ``src`` into ``dst`` (container from the suffix), without re-encoding.
+
+    ``drop_before_key=k`` drops every packet before the k-th keyframe in decode order (a cut of an open-GOP stream
+    then starts with leading frames that are never shown); ``shift_frames=s`` moves every timestamp s frames earlier,
+    so an MP4 gets an edit list and its first s frames are decoded but never shown.
+    """
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        keys = -1
+        for packet in inp.demux(stream):
+            if packet.size == 0:
+                continue
+            keys += int(packet.is_keyframe)
+            if keys < drop_before_key:
+                continue
+            if shift_frames:
+                step = packet.duration or 1
+                packet.pts, packet.dts = packet.pts - shift_frames * step, packet.dts - shift_frames * step
+            packet.stream = copy
+            out.mux(packet)
+    return dst
+
+
+def with_cover_stream(src: Path, dst: Path) -> Path:
+    """``src``'s video after a one-frame MJPEG stream (like a cover image), in one Matroska file."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        copy = out.add_stream_from_template(inp.streams.video[0])
+        for packet in cover.encode(av.VideoFrame.from_ndarray(pattern_frames(1, 64, 48)[0], format="rgb24")):
+            out.mux(packet)
+        for packet in cover.encode():
+            out.mux(packet)
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = copy
+                out.mux(packet)
+    return dst

@@ -11,7 +11,7 @@ import pytest
 import service.sparse_decode as sparse
 from service.contract import sampling
 from service.decoding import LimitExceeded, read_frames, read_frames_decord, read_frames_pyav, rotate_frames
-from tests.videos import pattern_frames, write_video
+from tests.videos import pattern_frames, remux, with_cover_stream, write_video
 
 # B-frames (x264's default pyramid) are what makes non-reference frames to skip; ultrafast has none.
 _BFRAMES = {"preset": "veryfast", "bf": "3", "g": "12", "keyint_min": "12", "sc_threshold": "0"}
@@ -120,3 +120,42 @@ def test_other_pixel_formats_go_to_decord(tmp_path: Path, pix_fmt: str) -> None:
 def test_frame_size_limit_is_enforced(videos: dict[str, Path]) -> None:
     with pytest.raises(LimitExceeded, match="exceeds the limit"):
         read_frames(videos["bframes_gop12"], PICKS["test"], max_pixels=96 * 64 - 1)
+
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory: pytest.TempPathFactory, videos: dict[str, Path]) -> dict[str, Path]:
+    """Files whose timestamps or keyframes can't be trusted for sparse decoding."""
+    root = tmp_path_factory.mktemp("awkward")
+    open_gop = write_video(root / "og.mkv", pattern_frames(72, 96, 64, seed=5),
+                           options={**_BFRAMES, "x264-params": "open-gop=1"})
+    return {
+        "avi_bframes": write_video(root / "b.avi", pattern_frames(48, 96, 64, seed=2), options=_BFRAMES),
+        "mpeg_ps": write_video(root / "p.mpg", pattern_frames(48, 96, 64, seed=3), "mpeg1video", fmt="mpeg",
+                               options={"bf": "2", "g": "9"}),
+        "intra_refresh": write_video(root / "ir.mp4", pattern_frames(60, 96, 64, seed=7),
+                                     options={"preset": "veryfast", "bf": "0", "g": "12",
+                                              "x264-params": "intra-refresh=1"}),
+        "edit_list": remux(videos["bframes_gop12"], root / "trim.mp4", shift_frames=1),
+        "open_gop_cut": remux(open_gop, root / "cut.mkv", drop_before_key=1),
+        "cover_stream": with_cover_stream(videos["bframes_gop12"], root / "cover.mkv"),
+    }
+
+
+@pytest.mark.parametrize("case", ["avi_bframes", "mpeg_ps", "intra_refresh", "edit_list", "open_gop_cut",
+                                  "cover_stream"])
+def test_untrustworthy_streams_are_never_silently_wrong(awkward: dict[str, Path], case: str) -> None:
+    """Every single frame and the test pick: sparse either equals a full decode or declines (SparseUnsupported)."""
+    path = awkward[case]
+    count = read_frames_pyav(path, lambda n: [0])[1].num_frames
+    declined = 0
+    for pick in [PICKS["test"], *[(lambda n, i=i: [i]) for i in range(count)]]:
+        try:
+            got, info, idx = sparse.read_frames_sparse(path, pick)
+        except sparse.SparseUnsupported:
+            declined += 1
+            continue
+        want, want_info, want_idx = read_frames_pyav(path, pick)
+        assert (info.num_frames, idx) == (want_info.num_frames, want_idx)
+        assert np.array_equal(got, want), f"{case}: frames {idx} differ from a full decode"
+    if case in ("avi_bframes", "mpeg_ps", "open_gop_cut", "cover_stream"):  # refused up front
+        assert declined == count + 1
