@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,9 @@ def read_frames(path: Path, pick: IndexRule, *,
                 max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """Sparse PyAV decoding for 8-bit 4:2:0 streams, else decord, then full PyAV; :class:`DecodeError` if none can.
 
+    Streams whose timestamps or keyframes sparse decoding can't trust (trims, cuts) go to a full PyAV decode first:
+    decord's seeking returns the wrong frames of those.
+
     All three give the same pixels for the streams they share (tested against each other). Frames come out
     upright: the container's display rotation is applied (``info.rotation``), and ``info.width``/``info.height``
     are the displayed size. ``max_pixels`` bounds every frame PyAV decodes (decord fails on a size change, then
@@ -208,24 +212,27 @@ def read_frames(path: Path, pick: IndexRule, *,
         rotation = info.rotation
     except LimitExceeded:
         raise
-    except (SparseUnsupported, DecodeError):
-        frames, info, indices = _read_frames_full(path, pick, max_pixels)
+    except (SparseUnsupported, DecodeError) as exc:
+        timing = isinstance(exc, SparseUnsupported) and exc.timing
+        frames, info, indices = _read_frames_full(path, pick, max_pixels, pyav_first=timing)
         rotation = probe_video(path).rotation
     if rotation and info.backend != "decord":  # decord 0.6 applies the display matrix itself
         frames = rotate_frames(frames, rotation)
     return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
 
 
-def _read_frames_full(path: Path, pick: IndexRule,
-                      max_pixels: int | None) -> tuple[np.ndarray, VideoInfo, list[int]]:
-    """decord, then PyAV decoding every frame if decord fails."""
+def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,
+                      pyav_first: bool = False) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """decord, then PyAV decoding every frame if decord fails (PyAV first for streams decord numbers wrongly)."""
+    readers = [read_frames_decord, partial(read_frames_pyav, max_pixels=max_pixels)]
+    first, second = readers[::-1] if pyav_first else readers
     try:
-        return read_frames_decord(path, pick)
-    except DecodeError as first:
+        return first(path, pick)
+    except DecodeError as error:
         try:
-            return read_frames_pyav(path, pick, max_pixels=max_pixels)
-        except DecodeError as second:
-            raise second from first
+            return second(path, pick)
+        except DecodeError as again:
+            raise again from error
 
 
 def read_clip(path: Path, spec: Preprocessing, *,

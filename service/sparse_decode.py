@@ -34,7 +34,15 @@ SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video"})
 
 
 class SparseUnsupported(Exception):  # noqa: N818 - a signal to use another decoder, not an error of the file
-    """This stream can't be decoded sparsely with exact pixels; decode it another way."""
+    """This stream can't be decoded sparsely with exact pixels; decode it another way.
+
+    ``timing`` marks a stream whose timestamps or keyframes can't be trusted (a trimmed or cut stream, a recovery
+    point flagged as a keyframe): decord's seeking numbers those frames wrongly too, so decode them in full.
+    """
+
+    def __init__(self, message: str, *, timing: bool = False) -> None:
+        super().__init__(message)
+        self.timing = timing
 
 
 def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tuple[list[int], list[int]]:
@@ -55,7 +63,7 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
     if len(set(pts)) != len(pts):
         raise SparseUnsupported("two packets share a presentation timestamp")
     if pts and (not keys or pts[0] < keys[0]):  # open-GOP leading frames of a cut stream are never output
-        raise SparseUnsupported("frames are shown before the first keyframe")
+        raise SparseUnsupported("frames are shown before the first keyframe", timing=True)
     return pts, keys
 
 
@@ -91,7 +99,7 @@ class _Decoder:
                 # The first frame at or after the restart point must be that keyframe, whole: otherwise the
                 # container's timestamps moved with the seek, or its "keyframe" was only a recovery point.
                 if frame.pts != self.restart or not frame.key_frame:
-                    raise SparseUnsupported("a seek did not restart decoding at the keyframe it asked for")
+                    raise SparseUnsupported("a seek did not restart decoding at its keyframe", timing=True)
                 self.restart = None
             if frame.pts in self.wanted and frame.pts not in self.kept:
                 self.kept[frame.pts] = frame.to_ndarray(format="rgb24")

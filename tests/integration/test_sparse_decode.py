@@ -159,3 +159,13 @@ def test_untrustworthy_streams_are_never_silently_wrong(awkward: dict[str, Path]
         assert np.array_equal(got, want), f"{case}: frames {idx} differ from a full decode"
     if case in ("avi_bframes", "mpeg_ps", "open_gop_cut", "cover_stream"):  # refused up front
         assert declined == count + 1
+
+
+@pytest.mark.parametrize("case", ["intra_refresh", "edit_list", "open_gop_cut"])
+def test_untrustworthy_timing_falls_back_to_a_full_decode(awkward: dict[str, Path], case: str) -> None:
+    """decord seeks as well and gets these wrong, so :func:`read_frames` decodes them in full with PyAV."""
+    frames, info, idx = read_frames(awkward[case], PICKS["test"])
+    want, want_info, want_idx = read_frames_pyav(awkward[case], PICKS["test"])
+    assert info.backend == "pyav"
+    assert (info.num_frames, idx) == (want_info.num_frames, want_idx)
+    assert np.array_equal(frames, want)
