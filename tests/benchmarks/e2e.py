@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from service.contract.manifest import Manifest
@@ -89,6 +90,24 @@ class RssSampler:
         return max((s[part] for s in self.samples), default=float("nan"))
 
 
+def served_backend(url: str) -> str:
+    """The backend ``backend=auto`` chose for the ready version, from ``GET /models``."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("state") == "ready" and node.get("backend"):
+                found.append(str(node["backend"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(httpx.get(url + "/models", timeout=10).json())
+    return ", ".join(found) or "unknown"
+
+
 def load_section(files: list[Path], levels: list[int], per_client: int, threads: int,
                  decode_workers: int, max_batch_size: int) -> str:
     base = Baseline(export_r50("fused", shift_impl="fused"), threads)
@@ -99,6 +118,7 @@ def load_section(files: list[Path], levels: list[int], per_client: int, threads:
     with serve(repo, cpu_threads=threads, decode_workers=decode_workers, max_batch_size=max_batch_size,
                max_queue_delay_ms=10, request_deadline_ms=600_000, decode_queue_capacity=64) as server:
         closed_loop(server.url, files[:1], 1, 1)  # warm-up
+        backend = served_backend(server.url)
         with RssSampler(server) as rss:
             for c in levels:
                 base_times += [base.video(f) for f in files]
@@ -115,7 +135,8 @@ def load_section(files: list[Path], levels: list[int], per_client: int, threads:
                f"**Saturation throughput ratio service/baseline: {tput_ratio:.2f}x** (c={best.concurrency}, "
                f"target >= 1.5x). **p50 latency at c=1 / baseline per video: {lat_ratio:.2f}** "
                f"(target <= 1.1). Peak summed RSS of server + decode workers during the load: "
-               f"**{rss.peak():.0f} MiB** (server process {rss.peak(1):.0f}, decode workers {rss.peak(2):.0f}).")
+               f"**{rss.peak():.0f} MiB** (server process {rss.peak(1):.0f}, decode workers {rss.peak(2):.0f}). "
+               f"Backend chosen by `backend=auto` at load: **{backend}**.")
     header = ["concurrency", "requests", "clips/s", "vs baseline", "p50 ms", "p90 ms", "p99 ms"]
     body = [[r.concurrency, len(r.latencies), r.throughput, r.throughput / base_tput, pct(r.latencies, 50) * 1e3,
              pct(r.latencies, 90) * 1e3, pct(r.latencies, 99) * 1e3] for r in rows]
