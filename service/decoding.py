@@ -86,6 +86,18 @@ def _to_rgb(frame: object) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
 
 
+def check_frame_size(path: Path, width: int, height: int, previous: tuple[int, int] | None,
+                     max_pixels: int | None) -> tuple[int, int]:
+    """Refuse a decoded frame over ``max_pixels`` or of another size than the ``previous`` one; its (w, h)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise LimitExceeded(f"{path.name}: a frame of {width}x{height} exceeds the limit of {max_pixels} pixels",
+                            "too_large")
+    if previous is not None and previous != (width, height):
+        raise DecodeError(f"{path.name}: the frame size changes mid-stream from {previous[0]}x{previous[1]} "
+                          f"to {width}x{height}", "size_changed")
+    return width, height
+
+
 def read_frames_pyav(path: Path, pick: IndexRule, *,
                      max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """Decode sequentially with PyAV, keeping the frames at ``pick(num_frames)`` -> uint8 [T, H, W, 3] RGB.
@@ -100,13 +112,7 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
         stream = container.streams.video[0]
         size: tuple[int, int] | None = None
         for frame in container.decode(stream):
-            if max_pixels is not None and frame.width * frame.height > max_pixels:
-                raise LimitExceeded(f"{path.name}: a frame of {frame.width}x{frame.height} exceeds the limit of "
-                                    f"{max_pixels} pixels", "too_large")
-            if size is not None and size != (frame.width, frame.height):
-                raise DecodeError(f"{path.name}: the frame size changes mid-stream from {size[0]}x{size[1]} "
-                                  f"to {frame.width}x{frame.height}", "size_changed")
-            size = (frame.width, frame.height)
+            size = check_frame_size(path, frame.width, frame.height, size, max_pixels)
             yield frame
 
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from service.decoding import DecodeError, IndexRule, LimitExceeded, VideoInfo, quarter_turns, why
+from service.decoding import DecodeError, IndexRule, VideoInfo, check_frame_size, quarter_turns, why
 
 # Pixel formats whose RGB conversion is tested to equal decord's (FFmpeg 4 inside decord, PyAV's own FFmpeg here).
 SPARSE_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
@@ -106,13 +106,7 @@ class _Decoder:
                 self.rotation = quarter_turns(frame.rotation) * 90
 
     def _check(self, frame: av.VideoFrame) -> None:
-        if self.max_pixels is not None and frame.width * frame.height > self.max_pixels:
-            raise LimitExceeded(f"{self.path.name}: a frame of {frame.width}x{frame.height} exceeds the limit of "
-                                f"{self.max_pixels} pixels", "too_large")
-        if self.size is not None and self.size != (frame.width, frame.height):
-            raise DecodeError(f"{self.path.name}: the frame size changes mid-stream from {self.size[0]}x"
-                              f"{self.size[1]} to {frame.width}x{frame.height}", "size_changed")
-        self.size = (frame.width, frame.height)
+        self.size = check_frame_size(self.path, frame.width, frame.height, self.size, self.max_pixels)
         if frame.format.name not in SPARSE_PIX_FMTS:
             raise SparseUnsupported(f"pixel format {frame.format.name}")
 

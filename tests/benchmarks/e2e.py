@@ -92,20 +92,8 @@ class RssSampler:
 
 def served_backend(url: str) -> str:
     """The backend ``backend=auto`` chose for the ready version, from ``GET /models``."""
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("state") == "ready" and node.get("backend"):
-                found.append(str(node["backend"]))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(httpx.get(url + "/models", timeout=10).json())
-    return ", ".join(found) or "unknown"
+    models = httpx.get(url + "/models", timeout=10).json()["models"]
+    return ", ".join(m["backend"] for m in models if m["state"] == "ready" and m["backend"]) or "unknown"
 
 
 def load_section(files: list[Path], levels: list[int], per_client: int, threads: int,
@@ -144,13 +132,14 @@ def load_section(files: list[Path], levels: list[int], per_client: int, threads:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    default_batch = ServiceSettings().max_batch_size
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--levels", default="1,2,4,8", help="client concurrencies, comma-separated")
     ap.add_argument("--per-client", type=int, default=3, help="requests per client at each level")
     ap.add_argument("--decode-rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode-workers", type=int, default=2)
-    ap.add_argument("--max-batch-size", type=int, default=ServiceSettings().max_batch_size,
+    ap.add_argument("--max-batch-size", type=int, default=default_batch,
                     help="default: the service's own default")
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args(argv)
@@ -163,7 +152,6 @@ def main(argv: list[str] | None = None) -> Path:
                     f"max_batch_size={args.max_batch_size}, "
                     "max_queue_delay_ms=10; clips: 10 s 1280x720 25 fps H.264 yuv420p, 2 with a keyframe every 30 "
                     "frames, 2 every 250.")
-    default_batch = ServiceSettings().max_batch_size
     name = "e2e" + (f"_batch{args.max_batch_size}" if args.max_batch_size != default_batch else "") + (
         f"_decoders{args.decode_workers}" if args.decode_workers != 2 else "")
     return write_report(name, "End to end: service vs PaddleVideo-style predict", sections)
