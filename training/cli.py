@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dataset", help="generate the synthetic motion dataset (real H.264 MP4s + list files)")
     p.add_argument("--out", default="runs/demo/data")
-    p.add_argument("--train", type=int, default=480)
+    p.add_argument("--train", type=int, default=640)
     p.add_argument("--val", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
 

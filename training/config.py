@@ -60,6 +60,8 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
+    name: Literal["momentum", "adam"] = "momentum"
+    """PaddleVideo's Momentum; ``adam`` for training from scratch, where Momentum stalls on the tiny fc init."""
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clip_norm: float = 20.0
@@ -83,6 +85,8 @@ class TrainConfig(_Strict):
     output_dir: str = "runs/default"
     max_steps_per_epoch: int = Field(0, ge=0)
     """0: the whole list each epoch; >0 caps steps (quick experiments and tests)."""
+    stop_at_val_top1: float = Field(0.0, ge=0.0, le=1.0)
+    """>0: end the run after the first epoch whose validation top-1 reaches this (0: run every epoch)."""
 
 
 class Config(_Strict):

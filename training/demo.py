@@ -5,33 +5,98 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.contract.manifest import Manifest, scan_repository
-from training.config import load_config
+from training.config import Config, load_config
+from training.motion_clips import CLASSES, SyntheticSpec
+
+if TYPE_CHECKING:
+    from training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
-NUM_TRAIN, NUM_VAL = 480, 160
+NUM_TRAIN, NUM_VAL = 640, 160
+
+
+@dataclass(frozen=True)
+class WarmupStage:
+    """One easy set the backbone learns before the next stage starts from it (backbone keys only)."""
+
+    name: str
+    classes: tuple[str, ...]
+    spec: SyntheticSpec
+    epochs: int  # at most: the stage ends at the first epoch whose validation top-1 reaches ``target``
+    num_train: int
+    num_val: int = 64
+    target: float = 0.9
+
+
+# From scratch, a TSM sits at chance for thousands of steps on the full set: learning motion is a long plateau
+# and then a sudden take-off, and the plateau grows steeply with the task and shrinks with the number of
+# distinct clips. So the backbone first learns easy tasks on many cheap clips (small frames, 40 frames, flat
+# objects of a quarter of the frame moving a steady few pixels per sampled frame): left/right (take-off after
+# ~100-300 steps: the take-off point varies from run to run, so a stage ends once it has taken off), then all
+# four directions. The full set then starts from that backbone, as the real recipe starts from ImageNet. A third
+# stage on the sense of rotation did not take off within its budget and its drift left the full set a worse
+# start, so there is none (training/REPORT.md).
+_STEADY = SyntheticSpec(max_width=320, max_height=240, min_frames=40, max_frames=40, min_speed=0.004,
+                        max_speed=0.006, min_size=0.25, max_size=0.32, plain=True)
+_DIRECTIONS = ("moving_left", "moving_right", "moving_up", "moving_down")
+WARMUPS: tuple[WarmupStage, ...] = (
+    WarmupStage("horizontal", _DIRECTIONS[:2], _STEADY, epochs=4, num_train=1600),
+    WarmupStage("translation", _DIRECTIONS, _STEADY, epochs=2, num_train=1600),
+)
+
+
+def _stage_config(data: Path, run_dir: Path, shift: bool, overrides: list[str]) -> Config:
+    """The demo config pointed at one generated set, writing into ``run_dir``."""
+    return load_config("demo", [
+        f"data.train_list={data / 'train.list'}", f"data.valid_list={data / 'val.list'}",
+        f"data.labels={data / 'labels.txt'}", f"data.data_prefix={data}", f"train.output_dir={run_dir}",
+        f"model.shift={'true' if shift else 'false'}", f"name={'tsm-motion' if shift else 'tsn-motion'}",
+        *overrides,
+    ])
+
+
+def _warm_up(stage: WarmupStage, data: Path, run_dir: Path, shift: bool, start_from: Path | None,
+             overrides: list[str]) -> TrainResult:
+    """One warm-up stage: constant lr 1e-3, at most ``stage.epochs``, from ``start_from``'s backbone if given."""
+    from training.loop import train
+
+    init = [f"model.pretrained={start_from}"] if start_from else []
+    cfg = _stage_config(data, run_dir, shift, [
+        f"train.epochs={stage.epochs}", f"train.stop_at_val_top1={stage.target}",
+        f"optimizer.boundaries=[{stage.epochs}]", "optimizer.values=[0.001, 0.001]", *init, *overrides])
+    return train(cfg, validate=True)
 
 
 def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str] | None = None) -> dict[str, object]:
-    """Generate (or reuse) the synthetic set, train the demo config, evaluate, export; returns a summary."""
+    """Generate (or reuse) the warm-up sets and the synthetic set, run the warm-up stages, train the demo
+    config from the last one's backbone, evaluate, export; returns a summary. ``overrides`` apply to every stage."""
     from training.loop import train
     from training.synthetic import generate_dataset
     from training.workflows import evaluate_checkpoint, export_checkpoint
 
     started = time.perf_counter()
+    for i, stage in enumerate(WARMUPS):
+        generate_dataset(workdir / f"warmup_{stage.name}", stage.num_train, stage.num_val, seed=1 + i,
+                         spec=stage.spec, classes=[CLASSES.index(c) for c in stage.classes])
     data = workdir / "data"
     generate_dataset(data, NUM_TRAIN, NUM_VAL, seed=0)
     generated = time.perf_counter()
     run_dir = workdir / ("tsm" if shift else "tsn")
-    cfg = load_config("demo", [
-        f"data.train_list={data / 'train.list'}", f"data.valid_list={data / 'val.list'}",
-        f"data.labels={data / 'labels.txt'}", f"data.data_prefix={data}", f"train.output_dir={run_dir}",
-        f"model.shift={'true' if shift else 'false'}", f"name={'tsm-motion' if shift else 'tsn-motion'}",
-        *(overrides or []),
-    ])
+    warm_best: Path | None = None
+    warm_top1: dict[str, float | None] = {}
+    for stage in WARMUPS:
+        warm = _warm_up(stage, workdir / f"warmup_{stage.name}", run_dir / f"warmup_{stage.name}", shift, warm_best,
+                        overrides or [])
+        warm_best = warm.best_checkpoint or warm.latest_checkpoint
+        warm_top1[stage.name] = warm.best_metrics.get("val_top1")
+    warmed = time.perf_counter()
+    cfg = _stage_config(data, run_dir, shift, [f"model.pretrained={warm_best}", *(overrides or [])])
     result = train(cfg, validate=True)
     trained = time.perf_counter()
     best = result.best_checkpoint or result.latest_checkpoint
@@ -40,7 +105,9 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     summary: dict[str, object] = {
         "model": cfg.name, "shift": shift, "published": str(folder), "val_top1": evaluation.top1,
         "val_top5": evaluation.top5, "val_clips": evaluation.count, "epochs": cfg.train.epochs,
-        "seconds_data": round(generated - started, 1), "seconds_train": round(trained - generated, 1),
+        "warmup_val_top1": warm_top1,
+        "seconds_data": round(generated - started, 1), "seconds_warmup": round(warmed - generated, 1),
+        "seconds_train": round(trained - warmed, 1),
         "seconds_total": round(time.perf_counter() - started, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

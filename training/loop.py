@@ -152,6 +152,7 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     latest = out / "latest.pdparams"
     for epoch in range(run.start_epoch, cfg.train.epochs):
         train_set.epoch = epoch
+        np.random.seed([cfg.train.seed, epoch])  # the single-process BatchSampler shuffles with numpy's global RNG
         started = time.perf_counter()
         record: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.get_lr()}
         record |= _train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
@@ -161,7 +162,10 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= result.as_dict()
         history.append(record)
+        stop = _reached_target(cfg, record, distributed)
         if dist.get_rank() != 0:
+            if stop:
+                break
             continue
         _log_line(log_file, {"kind": "epoch", **record})
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
@@ -171,4 +175,18 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
         if "val_top1" in record and record["val_top1"] >= best.get("val_top1", -1.0):
             best, best_path = record, save_checkpoint(out / "best", run.model, cfg, epoch + 1, record)
         plot_curves(log_file, out / "curves.png")
+        if stop:
+            log.info("validation top-1 %.4g reached %.4g: stopping after epoch %d", record["val_top1"],
+                     cfg.train.stop_at_val_top1, epoch + 1)
+            break
     return TrainResult(out, best_path, latest, best, history)
+
+
+def _reached_target(cfg: Config, record: dict[str, float], distributed: bool) -> bool:
+    """Whether rank 0's validation reached ``train.stop_at_val_top1``; every rank gets rank 0's answer."""
+    stop = 0 < cfg.train.stop_at_val_top1 <= record.get("val_top1", -1.0)
+    if distributed and cfg.train.stop_at_val_top1 > 0:
+        flag = paddle.to_tensor([int(stop)], dtype="int32")
+        dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop

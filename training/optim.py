@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def make_optimizer(cfg: Config, model: paddle.nn.Layer) -> tuple[paddle.optimizer.Optimizer,
                                                                   paddle.optimizer.lr.PiecewiseDecay]:
-    """Momentum with PiecewiseDecay (stepped once per epoch by the loop) and ClipGradByGlobalNorm.
+    """Momentum (or Adam) with PiecewiseDecay (stepped once per epoch by the loop) and ClipGradByGlobalNorm.
 
     The global L2 applies where a parameter has no regularizer of its own: BN γ/β and the fc
     bias carry L2Decay(0), the fc weight its own 1e-4; the fc lr multipliers (5×, 10×) live
@@ -23,12 +23,16 @@ def make_optimizer(cfg: Config, model: paddle.nn.Layer) -> tuple[paddle.optimize
     """
     o = cfg.optimizer
     schedule = paddle.optimizer.lr.PiecewiseDecay(boundaries=o.boundaries, values=o.values)
-    optimizer = paddle.optimizer.Momentum(
-        learning_rate=schedule, momentum=o.momentum, parameters=model.parameters(),
-        weight_decay=L2Decay(o.weight_decay) if o.weight_decay > 0 else None,
-        grad_clip=paddle.nn.ClipGradByGlobalNorm(o.clip_norm),
-    )
-    return optimizer, schedule
+    common = {
+        "learning_rate": schedule, "parameters": model.parameters(),
+        "weight_decay": L2Decay(o.weight_decay) if o.weight_decay > 0 else None,
+        "grad_clip": paddle.nn.ClipGradByGlobalNorm(o.clip_norm),
+    }
+    if o.name == "adam":
+        # Adam's per-parameter step size ignores the fc's Normal(0, 0.001) init, which starves every
+        # backbone gradient under Momentum when nothing is pretrained.
+        return paddle.optimizer.Adam(**common), schedule
+    return paddle.optimizer.Momentum(momentum=o.momentum, **common), schedule
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ with PaddleVideo list files, generated in parallel and deterministically from a 
 import json
 import multiprocessing
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
@@ -42,13 +43,13 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     os.replace(tmp, path)
 
 
-_Task = tuple[int, int, int, SyntheticSpec, Path]  # (seed, split id, index, spec, output path)
+_Task = tuple[int, int, int, int, SyntheticSpec, Path]  # (seed, split id, index, label, spec, output path)
 
 
 def _make_clip(task: _Task) -> None:
     """Render and write one clip; its own generator makes it independent of the worker that runs it."""
-    seed, split_id, index, spec, path = task
-    frames, fps = render_clip(index % len(CLASSES), np.random.default_rng([seed, split_id, index]), spec)
+    seed, split_id, index, label, spec, path = task
+    frames, fps = render_clip(label, np.random.default_rng([seed, split_id, index]), spec)
     write_mp4(path, frames, fps)
 
 
@@ -83,22 +84,29 @@ def generate_dataset(
     seed: int = 0,
     spec: SyntheticSpec = DEFAULT_SPEC,
     workers: int = 2,
+    classes: Sequence[int] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``out_dir/videos/<class>/<split>_<index>.mp4`` (classes round robin), PaddleVideo lists
     ``train.list``/``val.list`` (``<path relative to out_dir> <label>``) and ``labels.txt``; return both lists.
 
+    ``classes`` (label ids, default all) limits the clips to those classes; labels keep their ids and
+    ``labels.txt`` lists all classes, so a model trained on the subset has the full label space.
     Deterministic in ``seed`` and ``spec`` whatever ``workers`` is; a complete earlier run is reused as is.
     """
     out_dir = Path(out_dir)
+    chosen = list(range(len(CLASSES))) if classes is None else [int(c) for c in classes]
+    if not chosen or any(not 0 <= c < len(CLASSES) for c in chosen):
+        raise ValueError(f"classes must be label ids in 0..{len(CLASSES) - 1}, got {chosen}")
     lines: dict[str, list[str]] = {}
     tasks: list[_Task] = []
     for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         lines[split] = []
         for index in range(count):
-            rel = f"videos/{CLASSES[index % len(CLASSES)]}/{split}_{index:05d}.mp4"
-            lines[split].append(f"{rel} {index % len(CLASSES)}")
-            tasks.append((seed, split_id, index, spec, out_dir / rel))
-    meta = {"seed": seed, "num_train": num_train, "num_val": num_val, "spec": asdict(spec)}
+            label = chosen[index % len(chosen)]
+            rel = f"videos/{CLASSES[label]}/{split}_{index:05d}.mp4"
+            lines[split].append(f"{rel} {label}")
+            tasks.append((seed, split_id, index, label, spec, out_dir / rel))
+    meta = {"seed": seed, "num_train": num_train, "num_val": num_val, "classes": chosen, "spec": asdict(spec)}
     lists = (out_dir / "train.list", out_dir / "val.list")
     if _is_complete(out_dir, lines, meta):
         return lists

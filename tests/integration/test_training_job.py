@@ -72,6 +72,27 @@ def test_validation_checkpoints_and_pictures(tiny_set: Path, tmp_path: Path) -> 
     assert best["config"]["model"]["depth"] == 18
 
 
+def test_the_same_seed_gives_the_same_run(tiny_set: Path, tmp_path: Path) -> None:
+    # Shuffled batches of 4 over 12 clips, two epochs: the order, the augmentation and so the losses repeat.
+    runs = [_cfg(tiny_set, tmp_path / name, "train.epochs=2", "data.batch_size=4") for name in ("a", "b")]
+    for cfg in runs:
+        train(cfg, validate=False)
+    first, second = (_step_losses(tmp_path / name) for name in ("a", "b"))
+    assert len(first) == 6 and first == second
+    other = train(_cfg(tiny_set, tmp_path / "c", "train.epochs=2", "data.batch_size=4", "train.seed=1"), False)
+    assert other.history[0]["train_loss"] != pytest.approx(np.mean(first[:3]), abs=1e-7)
+
+
+def test_a_reached_validation_target_ends_the_run_early(tiny_set: Path, tmp_path: Path) -> None:
+    frozen = ["train.max_steps_per_epoch=1", "optimizer.values=[0.0, 0.0]"]  # lr 0: every epoch scores the same
+    full = train(_cfg(tiny_set, tmp_path / "a", "train.epochs=2", "train.stop_at_val_top1=1.0", *frozen), True)
+    assert [r["epoch"] for r in full.history] == [1, 2]  # below the target: every epoch runs
+    score = full.history[0]["val_top1"]
+    assert 0 < score < 1 and full.history[1]["val_top1"] == score
+    early = train(_cfg(tiny_set, tmp_path / "b", "train.epochs=3", f"train.stop_at_val_top1={score}", *frozen), True)
+    assert [r["epoch"] for r in early.history] == [1]
+
+
 def test_resume_continues_at_the_next_epoch(tiny_set: Path, tmp_path: Path) -> None:
     train(_cfg(tiny_set, tmp_path, "train.epochs=1", "optimizer.boundaries=[1]"), validate=False)
     result = train(_cfg(tiny_set, tmp_path, "train.epochs=2", "optimizer.boundaries=[1]"), validate=False,

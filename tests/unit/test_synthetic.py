@@ -181,3 +181,13 @@ def test_generate_dataset_lists_balance_reuse_and_worker_independence(tmp_path: 
     for line in lines + val.read_text().splitlines():  # byte-identical: each clip has its own generator
         rel = line.split()[0]
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_generate_dataset_can_limit_the_classes_and_keeps_their_ids(tmp_path: Path) -> None:
+    train, val = generate_dataset(tmp_path, 6, 3, seed=1, spec=TINY, workers=1, classes=[1, 3])
+    labels = [int(line.split()[1]) for line in train.read_text().splitlines() + val.read_text().splitlines()]
+    assert labels == [1, 3, 1, 3, 1, 3, 1, 3, 1]
+    assert (tmp_path / "labels.txt").read_text().splitlines() == list(CLASSES)  # the full label space
+    assert (tmp_path / "videos" / "moving_right" / "train_00000.mp4").is_file()
+    with pytest.raises(ValueError, match="label ids"):
+        generate_dataset(tmp_path / "x", 2, 1, spec=TINY, workers=1, classes=[8])
