@@ -1,4 +1,5 @@
-"""``python -m training <command>``: dataset | train | evaluate | export | import-paddlevideo | demo | ensure-model."""
+"""``python -m training <command>``: dataset | extract-frames | train | evaluate | export | import-paddlevideo |
+demo | ensure-model."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, default=640)
     p.add_argument("--val", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("extract-frames", help="decode a video list into PaddleVideo frame folders + a frames list")
+    p.add_argument("list", type=Path, help="a video list file (<path> <label> per line)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the frame folders and the frames list")
+    p.add_argument("--prefix", default="", help="joined in front of each video path (data.data_prefix)")
+    p.add_argument("--short-side", type=int, help="scale every frame to this short side (default: keep the size)")
+    p.add_argument("--workers", type=int, default=2)
 
     p = sub.add_parser("train", help="train a config (data-parallel under paddle.distributed.launch)")
     _config_args(p)
@@ -60,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
+    p.add_argument("--procs", type=int, help="data-parallel training processes (default: a CPU core each, at most 2; "
+                   "1 on a GPU); the global batch stays 16")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")
@@ -84,10 +94,16 @@ def run(args: argparse.Namespace) -> int:
         train_list, val_list = generate_dataset(Path(args.out), args.train, args.val, seed=args.seed)
         print(f"wrote {train_list} and {val_list}")
         return 0
+    if args.command == "extract-frames":
+        from training.frames import extract_frames
+
+        out = extract_frames(args.list, args.out, args.prefix, args.short_side, args.workers)
+        print(f"wrote {out}: train with -o data.format=frames -o data.train_list={out} -o data.data_prefix={args.out}")
+        return 0
     if args.command == "demo":
         from training.demo import run_demo
 
-        run_demo(args.repo, args.workdir, shift=not args.tsn, overrides=args.override)
+        run_demo(args.repo, args.workdir, shift=not args.tsn, overrides=args.override, procs=args.procs)
         return 0
     if args.command == "import-paddlevideo":
         from training.importers import import_checkpoint, import_inference_model

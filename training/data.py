@@ -98,7 +98,7 @@ def collate_clips(items: list[Item]) -> dict[str, Any]:
     return {"clips": clips, "labels": labels, "skipped": skipped}
 
 
-def make_loader(dataset: ClipDataset, batch_size: int, num_workers: int, shuffle: bool,
+def make_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, shuffle: bool,
                 distributed: bool = False) -> paddle.io.DataLoader:
     """A DataLoader with worker processes; a DistributedBatchSampler when running data-parallel."""
     if distributed:

@@ -56,3 +56,19 @@ def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, num_classes: 
         model.train()
     denom = max(count, 1)
     return EvalResult(hits1 / denom, hits5 / denom, loss_sum / denom, count, confusion, skipped)
+
+
+def merge_ranks(result: EvalResult) -> EvalResult:
+    """Every data-parallel rank evaluated its own shard: the sum over all of them, on every rank."""
+    import paddle.distributed as dist
+
+    k = result.confusion.shape[0]
+    own = [round(result.top5 * result.count), result.loss * result.count, result.count]
+    total = paddle.to_tensor(np.concatenate([result.confusion.ravel(), own]).astype(np.float64))
+    dist.all_reduce(total)
+    merged = total.numpy()
+    confusion = merged[: k * k].reshape(k, k).round().astype(np.int64)
+    hits5, loss_sum, count = merged[k * k :]
+    denom = max(count, 1.0)
+    return EvalResult(float(np.trace(confusion) / denom), float(hits5 / denom), float(loss_sum / denom),
+                      int(np.rint(count)), confusion, result.skipped)

@@ -17,11 +17,13 @@ from tqdm import tqdm
 from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
 from training.config import Config
 from training.data import ClipDataset, make_loader
-from training.evaluate import EvalResult, evaluate
+from training.evaluate import EvalResult, evaluate, merge_ranks
 from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
 from training.plots import plot_curves
 
 log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"  # a finished run's TrainResult, written by rank 0
 
 
 @dataclass
@@ -31,6 +33,20 @@ class TrainResult:
     latest_checkpoint: Path
     best_metrics: dict[str, float]
     history: list[dict[str, float]]
+
+    def write(self, path: Path) -> None:
+        """Save as JSON, so the process that started a data-parallel run can read what it produced."""
+        fields = {"best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+                  "latest_checkpoint": str(self.latest_checkpoint), "best_metrics": self.best_metrics,
+                  "history": self.history}
+        path.write_text(json.dumps(fields, indent=1) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> TrainResult:
+        fields = json.loads(path.read_text())
+        best = fields["best_checkpoint"]
+        return cls(path.parent, Path(best) if best else None, Path(fields["latest_checkpoint"]),
+                   fields["best_metrics"], fields["history"])
 
 
 def _log_line(path: Path, record: dict[str, float | str]) -> None:
@@ -139,8 +155,11 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     train_loader = make_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, True, distributed)
     val_loader = None
     if validate and cfg.data.valid_list:
-        val_loader = make_loader(ClipDataset(cfg, cfg.data.valid_list, train=False), cfg.data.test_batch_size,
-                                 cfg.data.num_workers, False)
+        val_set = ClipDataset(cfg, cfg.data.valid_list, train=False)
+        # Data-parallel ranks each validate every world_size-th clip; the counts are summed (merge_ranks).
+        shard = val_set if not distributed else paddle.io.Subset(
+            val_set, list(range(dist.get_rank(), len(val_set), dist.get_world_size())))
+        val_loader = make_loader(shard, cfg.data.test_batch_size, cfg.data.num_workers, False)
     log.info("rank %d of %d: %d training clips, %d steps per epoch", dist.get_rank(), dist.get_world_size(),
              len(train_set), len(train_loader))
     log_file = out / "metrics.jsonl"
@@ -153,14 +172,16 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     for epoch in range(run.start_epoch, cfg.train.epochs):
         train_set.epoch = epoch
         np.random.seed([cfg.train.seed, epoch])  # the single-process BatchSampler shuffles with numpy's global RNG
+        if isinstance(train_loader.batch_sampler, paddle.io.DistributedBatchSampler):
+            train_loader.batch_sampler.set_epoch(epoch)  # its own shuffle: a resumed run continues the sequence
         started = time.perf_counter()
         record: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.get_lr()}
         record |= _train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
         run.schedule.step()
         record["seconds"] = time.perf_counter() - started
-        if val_loader is not None and dist.get_rank() == 0:
+        if val_loader is not None:
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
-            record |= result.as_dict()
+            record |= (merge_ranks(result) if distributed else result).as_dict()
         history.append(record)
         stop = _reached_target(cfg, record, distributed)
         if dist.get_rank() != 0:
@@ -179,11 +200,15 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
             log.info("validation top-1 %.4g reached %.4g: stopping after epoch %d", record["val_top1"],
                      cfg.train.stop_at_val_top1, epoch + 1)
             break
-    return TrainResult(out, best_path, latest, best, history)
+    outcome = TrainResult(out, best_path, latest, best, history)
+    if dist.get_rank() == 0:
+        outcome.write(out / RESULT_FILE)
+    return outcome
 
 
 def _reached_target(cfg: Config, record: dict[str, float], distributed: bool) -> bool:
-    """Whether rank 0's validation reached ``train.stop_at_val_top1``; every rank gets rank 0's answer."""
+    """Whether the validation reached ``train.stop_at_val_top1``; every rank gets rank 0's answer (the merged
+    figures are the same on every rank, but a decision that must agree is never left to float comparisons)."""
     stop = 0 < cfg.train.stop_at_val_top1 <= record.get("val_top1", -1.0)
     if distributed and cfg.train.stop_at_val_top1 > 0:
         flag = paddle.to_tensor([int(stop)], dtype="int32")

@@ -3,7 +3,6 @@ with PaddleVideo list files, generated in parallel and deterministically from a 
 """
 
 import json
-import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
 
 from training.motion_clips import CLASSES, SyntheticSpec, render_clip
+from training.pool import run_tasks
 
 __all__ = ["CLASSES", "SyntheticSpec", "generate_dataset", "render_clip", "write_mp4"]
 
@@ -65,18 +64,6 @@ def _is_complete(out_dir: Path, lines: dict[str, list[str]], meta: dict) -> bool
     return all((out_dir / line.split()[0]).is_file() for v in lines.values() for line in v)
 
 
-def _run(tasks: list[_Task], workers: int) -> None:
-    with tqdm(total=len(tasks), desc="synthetic videos", unit="video") as bar:
-        if workers <= 1:
-            for task in tasks:
-                _make_clip(task)
-                bar.update()
-            return
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:  # spawn: safe next to threads and CUDA
-            for _ in pool.imap_unordered(_make_clip, tasks):
-                bar.update()
-
-
 def generate_dataset(
     out_dir: Path,
     num_train: int,
@@ -113,7 +100,7 @@ def generate_dataset(
     (out_dir / "synthetic.json").unlink(missing_ok=True)
     for name in CLASSES:
         (out_dir / "videos" / name).mkdir(parents=True, exist_ok=True)
-    _run(tasks, workers)
+    run_tasks(_make_clip, tasks, workers, desc="synthetic videos", unit="video")
     for path, split in zip(lists, ("train", "val"), strict=True):
         path.write_text("".join(f"{line}\n" for line in lines[split]))
     (out_dir / "labels.txt").write_text("".join(f"{name}\n" for name in CLASSES))

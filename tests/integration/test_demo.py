@@ -1,7 +1,6 @@
 """The one-command demo, shrunk: warm-up set and stage, main stage from the warmed-up backbone, export."""
 
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from training.motion_clips import CLASSES, SyntheticSpec
 
 
 def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publishes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     small = SyntheticSpec(min_width=96, max_width=96, min_height=64, max_height=64, min_frames=16, max_frames=16)
     stages = tuple(replace(s, spec=replace(small, plain=True), epochs=1, num_train=4, num_val=2) for s in demo.WARMUPS)
@@ -26,8 +25,8 @@ def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publish
     monkeypatch.setattr(synthetic, "generate_dataset",  # the main set at the small size too
                         lambda out, n, m, seed=0, spec=small, **kw: real_generate(out, n, m, seed, spec, **kw))
     overrides = ["data.batch_size=4", "data.test_batch_size=4", "data.num_workers=0", "train.epochs=1"]
-    with caplog.at_level(logging.INFO):
-        summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=overrides)
+    summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=overrides)
+    stderr = capfd.readouterr().err  # the stages run in two spawned processes each
 
     work = tmp_path / "work"
     assert [s.name for s in stages] == ["horizontal", "translation"]
@@ -41,7 +40,13 @@ def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publish
         assert Path(previous).is_file()
     assert set(summary["warmup_val_top1"]) == {"horizontal", "translation"}
     assert json.loads((work / "tsm/config.json").read_text())["model"]["pretrained"] == previous
-    assert f"backbone tensors from {previous}" in caplog.text  # the main stage really started from it
+    assert f"backbone tensors from {previous}" in stderr  # the main stage really started from it
+    assert stderr.count("rank 1 of 2:") == 3 and summary["processes"] == 2  # every stage data-parallel
+    main_cfg = json.loads((work / "tsm/config.json").read_text())["data"]
+    assert main_cfg["format"] == "frames" and main_cfg["batch_size"] == 4  # trained on the extracted frames
+    frames_list = (work / "data/frames_73/train.list").read_text().splitlines()
+    assert [line.split()[1] for line in frames_list] == ["16"] * 8  # every frame of every clip
+    assert summary["val_list"] == str(work / "data/val.list")  # the reported figure is on the held-out videos
     manifest = Manifest.read(Path(str(summary["published"])))
     assert manifest.labels == list(CLASSES) and manifest.preprocessing.num_seg == 4
     assert manifest.preprocessing.crop_size == 64

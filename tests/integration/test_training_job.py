@@ -143,3 +143,26 @@ def test_resume_keeps_the_earlier_best_checkpoint(tiny_set: Path, tmp_path: Path
     assert result.best_metrics["val_top1"] == 2.0
     assert result.best_checkpoint == tmp_path / "best.pdparams"
     assert (tmp_path / "best.pdparams").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_spawned_data_parallel_run_returns_what_rank_0_trained(tiny_set: Path, tmp_path: Path) -> None:
+    from training.parallel import train_data_parallel
+
+    result = train_data_parallel(_cfg(tiny_set, tmp_path, "train.epochs=2"), nprocs=2)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert result.latest_checkpoint == tmp_path / "latest.pdparams" and result.latest_checkpoint.is_file()
+    assert result.best_checkpoint == tmp_path / "best.pdparams"
+    assert result.best_metrics["val_top1"] == max(r["val_top1"] for r in result.history)
+    assert result.history[0]["val_count"] == 6  # both ranks' shards of the 6 decodable validation clips
+    assert len(_step_losses(tmp_path)) == 2 * (12 // (4 * 2))  # rank 0 took half of each epoch's batches
+
+
+def test_a_failed_data_parallel_run_raises_instead_of_reporting_an_old_result(tiny_set: Path, tmp_path: Path) -> None:
+    from training.parallel import train_data_parallel
+
+    train_data_parallel(_cfg(tiny_set, tmp_path), nprocs=1)
+    assert (tmp_path / "result.json").is_file()
+    with pytest.raises(Exception, match=r"no_such\.list"):
+        train_data_parallel(_cfg(tiny_set, tmp_path, f"data.train_list={tmp_path / 'no_such.list'}"), nprocs=2)
+    assert not (tmp_path / "result.json").exists()

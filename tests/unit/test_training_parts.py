@@ -146,3 +146,26 @@ def test_label_maps_must_be_permutations() -> None:
     with pytest.raises(ValidationError, match=r"needs data\.reverse_labels"):
         load_config("tiny", ["data.reverse_prob=0.5"])
     assert load_config("demo").data.reverse_labels == [1, 0, 3, 2, 5, 4, 7, 6]
+
+
+def test_default_procs_is_a_process_a_core_up_to_the_limit_and_one_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from training.parallel import default_procs
+
+    monkeypatch.setattr(paddle.device, "is_compiled_with_cuda", lambda: False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    assert default_procs() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
+    assert default_procs() == 2 and default_procs(limit=8) == 8
+    monkeypatch.setattr(paddle.device, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 1)
+    assert default_procs() == 1
+
+
+def test_the_demo_refuses_a_process_count_that_does_not_divide_its_batch(tmp_path: Path) -> None:
+    from training.demo import run_demo
+
+    with pytest.raises(ValueError, match="must divide the global batch of 16"):
+        run_demo(tmp_path / "repo", tmp_path / "work", procs=3)
+    assert not (tmp_path / "work").exists()  # refused before any work
