@@ -24,17 +24,17 @@ def default_procs(limit: int = 2) -> int:
     return max(1, min(limit, len(os.sched_getaffinity(0))))
 
 
-def _rank_main(cfg: Config, validate: bool) -> None:
-    train(cfg, validate=validate)
+def _rank_main(cfg: Config, validate: bool, resume: Path | None) -> None:
+    train(cfg, validate=validate, resume=resume)
 
 
-def train_data_parallel(cfg: Config, nprocs: int, validate: bool = True) -> TrainResult:
+def train_data_parallel(cfg: Config, nprocs: int, validate: bool = True, resume: Path | None = None) -> TrainResult:
     """Train ``cfg`` on ``nprocs`` processes (in this one if ``nprocs`` <= 1); ``data.batch_size`` is per process."""
     if nprocs <= 1:
-        return train(cfg, validate=validate)
+        return train(cfg, validate=validate, resume=resume)
     import paddle.distributed as dist
 
     result_file = Path(cfg.train.output_dir) / RESULT_FILE
     result_file.unlink(missing_ok=True)  # never report an earlier run's result for this one
-    dist.spawn(_rank_main, args=(cfg, validate), nprocs=nprocs)  # raises if a process fails
+    dist.spawn(_rank_main, args=(cfg, validate, resume), nprocs=nprocs)  # raises if a process fails
     return TrainResult.read(result_file)

@@ -166,3 +166,17 @@ def test_a_failed_data_parallel_run_raises_instead_of_reporting_an_old_result(ti
     with pytest.raises(Exception, match=r"no_such\.list"):
         train_data_parallel(_cfg(tiny_set, tmp_path, f"data.train_list={tmp_path / 'no_such.list'}"), nprocs=2)
     assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_data_parallel_run_continues_the_shuffle_where_it_stopped(tiny_set: Path, tmp_path: Path) -> None:
+    from training.parallel import train_data_parallel
+
+    # No dropout and augmentation keyed by (seed, epoch, clip): only the batch order can make the runs differ.
+    straight = _cfg(tiny_set, tmp_path / "straight", "train.epochs=3", "data.batch_size=2")
+    train_data_parallel(straight, nprocs=2, validate=False)
+    train_data_parallel(_cfg(tiny_set, tmp_path / "split", "train.epochs=2", "data.batch_size=2"), 2, validate=False)
+    resumed = _cfg(tiny_set, tmp_path / "split", "train.epochs=3", "data.batch_size=2")
+    train_data_parallel(resumed, 2, validate=False, resume=tmp_path / "split" / "latest.pdparams")
+    assert len(_step_losses(tmp_path / "split")) == len(_step_losses(tmp_path / "straight")) == 3 * 3
+    np.testing.assert_allclose(_step_losses(tmp_path / "split"), _step_losses(tmp_path / "straight"), rtol=1e-5)
