@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from service.contract.preprocess import scale
@@ -33,23 +35,36 @@ class _Job:
     short_side: int | None
 
 
+def decoded_chunks(video: Path, chunk: int = 128) -> Iterator[np.ndarray]:
+    """Every frame of ``video``, uint8 [<= chunk, H, W, 3] at a time (about 800 MB at 1080p), so a long video never
+    sits in memory whole.
+    decord decodes a whole stream about twice as fast as the service's sparse reader, with the same pixels
+    (tests/integration/test_sparse_decode.py); a file decord can't read goes to the service's reader, whole."""
+    try:
+        frames, info, _ = read_frames_decord(video, lambda count: range(min(count, chunk)))
+    except DecodeError:
+        yield read_frames(video, lambda count: range(count))[0]
+        return
+    yield frames
+    for start in range(chunk, info.num_frames, chunk):
+        yield read_frames_decord(video, lambda count, s=start: range(s, min(count, s + chunk)))[0]
+
+
 def _extract(job: _Job) -> tuple[int, str]:
     """Write one video's frames; (frame count, error text; empty if it worked)."""
-    every = lambda count: range(count)  # noqa: E731
+    count = 0
     try:
-        try:  # decord decodes a whole stream about twice as fast as the sparse reader; same pixels (tested)
-            frames, _, _ = read_frames_decord(job.video, every)
-        except DecodeError:
-            frames, _, _ = read_frames(job.video, every)  # what decord can't read, the service's reader may
+        for frames in decoded_chunks(job.video):
+            job.folder.mkdir(parents=True, exist_ok=True)
+            for rgb in frames:
+                img = Image.fromarray(rgb)
+                if job.short_side:
+                    img = scale(img, job.short_side)
+                count += 1
+                img.save(job.folder / f"img_{count:05d}.jpg", quality=JPEG_QUALITY, subsampling=0)
     except (DecodeError, OSError) as exc:
         return 0, str(exc) or type(exc).__name__
-    job.folder.mkdir(parents=True, exist_ok=True)
-    for i, rgb in enumerate(frames, start=1):
-        img = Image.fromarray(rgb)
-        if job.short_side:
-            img = scale(img, job.short_side)
-        img.save(job.folder / f"img_{i:05d}.jpg", quality=JPEG_QUALITY, subsampling=0)
-    return len(frames), ""
+    return count, ""
 
 
 def _folder_name(video: Path, data_prefix: str, index: int) -> str:

@@ -69,3 +69,13 @@ def test_a_complete_extraction_is_reused_and_a_changed_list_redone(video_set: Pa
     assert marker.read_bytes() == b"left alone"
     extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=40, workers=1)
     assert Image.open(marker).size == (53, 40)  # another size: extracted again
+
+
+def test_long_videos_are_decoded_a_chunk_at_a_time_with_every_frame_in_order(video_set: Path) -> None:
+    from training.frames import decoded_chunks
+
+    video = video_set / "videos" / "a.mp4"
+    chunks = list(decoded_chunks(video, chunk=5))
+    assert [len(c) for c in chunks] == [5, 5, 5, 5, 4]
+    whole, _, _ = read_frames(video, lambda count: range(count))
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)
