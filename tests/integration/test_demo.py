@@ -25,7 +25,7 @@ def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publish
     monkeypatch.setattr(synthetic, "generate_dataset",  # the main set at the small size too
                         lambda out, n, m, seed=0, spec=small, **kw: real_generate(out, n, m, seed, spec, **kw))
     overrides = ["data.batch_size=4", "data.test_batch_size=4", "data.num_workers=0", "train.epochs=1"]
-    summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=overrides)
+    summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=overrides, procs=2)
     stderr = capfd.readouterr().err  # the stages run in two spawned processes each
 
     work = tmp_path / "work"
