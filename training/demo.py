@@ -135,7 +135,7 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
         warm_top1[stage.name] = warm.best_metrics.get("val_top1")
         warm_best = warm.best_checkpoint or warm.latest_checkpoint
     warmed = time.perf_counter()
-    # The main set is seen 18 times: its frames are extracted once instead of decoded every epoch.
+    # The main set is seen every epoch: its frames are extracted once instead of decoded each time.
     cfg = _stage_config(workdir / "data", frames, run_dir, shift, procs, [f"model.pretrained={warm_best}",
                                                                          *overrides])
     result = train_data_parallel(cfg, procs)
