@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from service.contract.manifest import Preprocessing, read_label_list
+from training.recipes import RECIPES
 
 DEFAULT_REPO = "model_repo"
 
@@ -70,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
     p.add_argument("--procs", type=int, help="data-parallel training processes (default: a CPU core each, at most 2; "
                    "1 on a GPU); the global batch stays 16")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="quick",
+                   help="quick: about 8 min on 2 cores; long: adds a rotation stage and trains 6x the steps, "
+                   "about 30 min on 2 cores, and learns the sense of a rotation (training/REPORT.md)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from training.demo import run_demo
 
-        run_demo(args.repo, args.workdir, shift=not args.tsn, overrides=args.override, procs=args.procs)
+        run_demo(args.repo, args.workdir, shift=not args.tsn, overrides=args.override, procs=args.procs,
+                 recipe=RECIPES[args.recipe])
         return 0
     if args.command == "import-paddlevideo":
         from training.importers import import_checkpoint, import_inference_model

@@ -11,57 +11,61 @@ from typing import TYPE_CHECKING
 
 from service.contract.manifest import Manifest, scan_repository
 from training.config import Config, load_config
-from training.motion_clips import CLASSES, SyntheticSpec
+from training.motion_clips import CLASSES
+from training.recipes import QUICK, Recipe, WarmupStage
 
 if TYPE_CHECKING:
     from training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
-NUM_TRAIN, NUM_VAL = 640, 160
-
-
-@dataclass(frozen=True)
-class WarmupStage:
-    """One easy set the backbone learns before the next stage starts from it (backbone keys only)."""
-
-    name: str
-    classes: tuple[str, ...]
-    spec: SyntheticSpec
-    epochs: int  # at most: the stage ends at the first epoch whose validation top-1 reaches ``target``
-    num_train: int
-    num_val: int = 64
-    target: float = 0.9
-
-
-# From scratch, a TSM sits at chance for thousands of steps on the full set: learning motion is a long plateau
-# and then a sudden take-off, and the plateau grows steeply with the task and shrinks with the number of
-# distinct clips. So the backbone first learns easy tasks on many cheap clips (small frames, 40 frames, flat
-# objects of a quarter of the frame moving a steady few pixels per sampled frame): left/right (take-off after
-# ~100-300 steps: the take-off point varies from run to run, so a stage ends once it has taken off), then all
-# four directions. The full set then starts from that backbone, as the real recipe starts from ImageNet. A third
-# stage on the sense of rotation (large flat objects) reached 88 %, but what it learned did not carry over to the
-# full set's rotations and the full set ended lower, so there is none (training/REPORT.md).
-_STEADY = SyntheticSpec(max_width=320, max_height=240, min_frames=40, max_frames=40, min_speed=0.004,
-                        max_speed=0.006, min_size=0.25, max_size=0.32, plain=True)
-_DIRECTIONS = ("moving_left", "moving_right", "moving_up", "moving_down")
-WARMUPS: tuple[WarmupStage, ...] = (
-    WarmupStage("horizontal", _DIRECTIONS[:2], _STEADY, epochs=4, num_train=1600),
-    WarmupStage("translation", _DIRECTIONS, _STEADY, epochs=2, num_train=1600),
-)
-
-
 BATCH = 16  # clips per optimiser step, over all processes
 
 
-def _extract(root: Path, short_side: int) -> Path:
+@dataclass(frozen=True)
+class FrameLists:
+    """Frames lists of a training stage; their folders are relative to ``prefix``."""
+
+    train: Path
+    val: Path
+    prefix: Path
+
+
+def _extract(root: Path, short_side: int) -> FrameLists:
     """Extract the frames of ``root``'s train and val videos, scaled to the test pipeline's short side."""
     from training.frames import extract_frames
 
-    frames = root / f"frames_{short_side}"
-    for split in ("train", "val"):
-        extract_frames(root / f"{split}.list", frames, data_prefix=str(root), short_side=short_side)
-    return frames
+    out = root / f"frames_{short_side}"
+    train, val = (extract_frames(root / f"{split}.list", out, data_prefix=str(root), short_side=short_side)
+                  for split in ("train", "val"))
+    return FrameLists(train, val, out)
+
+
+def _relative_lines(list_file: Path, prefix: Path, root: Path) -> list[str]:
+    """The lines of frames list ``list_file`` (folders relative to ``prefix``), folders made relative to ``root``."""
+    lines = []
+    for line in list_file.read_text().splitlines():
+        folder, rest = line.split(maxsplit=1)
+        lines.append(f"{(prefix / folder).relative_to(root)} {rest}\n")
+    return lines
+
+
+def _mix(workdir: Path, main: FrameLists, recipe: Recipe, short_side: int) -> FrameLists:
+    """The main set's frames plus the first ``recipe.mix_clips`` training clips of warm-up set ``recipe.mix_from``
+    (classes alternate in its list, so they stay balanced), as one pair of lists relative to ``workdir``."""
+    from training.frames import extract_frames
+
+    stage = workdir / f"warmup_{recipe.mix_from}"
+    chosen = stage / "mix.list"
+    chosen.write_text("".join((stage / "train.list").read_text().splitlines(keepends=True)[:recipe.mix_clips]))
+    extra = extract_frames(chosen, stage / f"frames_{short_side}", data_prefix=str(stage), short_side=short_side)
+    out = workdir / f"mixed_{short_side}"
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = out / "train.list", out / "val.list"
+    train.write_text("".join(_relative_lines(main.train, main.prefix, workdir)
+                             + _relative_lines(extra, extra.parent, workdir)))
+    val.write_text("".join(_relative_lines(main.val, main.prefix, workdir)))  # validation stays the main set's
+    return FrameLists(train, val, workdir)
 
 
 def _video_config(data: Path, run_dir: Path, shift: bool, overrides: list[str]) -> Config:
@@ -74,13 +78,13 @@ def _video_config(data: Path, run_dir: Path, shift: bool, overrides: list[str]) 
     ])
 
 
-def _stage_config(data: Path, frames: Path | None, run_dir: Path, shift: bool, procs: int,
+def _stage_config(data: Path, frames: FrameLists | None, run_dir: Path, shift: bool, procs: int,
                   overrides: list[str]) -> Config:
-    """One training stage on a generated set (its extracted ``frames`` if given), ``BATCH`` clips per step
-    split over ``procs`` processes."""
+    """One training stage on a generated set (on ``frames`` if given), ``BATCH`` clips per step split over
+    ``procs`` processes."""
     on_frames = [] if frames is None else [
-        "data.format=frames", f"data.train_list={frames / 'train.list'}", f"data.valid_list={frames / 'val.list'}",
-        f"data.data_prefix={frames}"]
+        "data.format=frames", f"data.train_list={frames.train}", f"data.valid_list={frames.val}",
+        f"data.data_prefix={frames.prefix}"]
     return _video_config(data, run_dir, shift, [*on_frames, f"data.batch_size={BATCH // procs}", *overrides])
 
 
@@ -97,21 +101,22 @@ def _warm_up(stage: WarmupStage, data: Path, run_dir: Path, shift: bool, start_f
     return train_data_parallel(cfg, procs)
 
 
-def _generate(workdir: Path, short_side: int) -> Path:
-    """The warm-up sets and the main set (a complete earlier run is reused); returns the main set's frames."""
+def _generate(workdir: Path, short_side: int, recipe: Recipe) -> FrameLists:
+    """The warm-up sets and the main set (a complete earlier run is reused); returns the main stage's frames."""
     from training.synthetic import generate_dataset
 
-    for i, stage in enumerate(WARMUPS):
+    for i, stage in enumerate(recipe.warmups):
         generate_dataset(workdir / f"warmup_{stage.name}", stage.num_train, stage.num_val, seed=1 + i,
                          spec=stage.spec, classes=[CLASSES.index(c) for c in stage.classes])
-    generate_dataset(workdir / "data", NUM_TRAIN, NUM_VAL, seed=0)
-    return _extract(workdir / "data", short_side)
+    generate_dataset(workdir / "data", recipe.num_train, recipe.num_val, seed=0, spec=recipe.spec)
+    frames = _extract(workdir / "data", short_side)
+    return frames if recipe.mix_from is None else _mix(workdir, frames, recipe, short_side)
 
 
 def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str] | None = None,
-             procs: int | None = None) -> dict[str, object]:
-    """Generate (or reuse) the warm-up sets and the synthetic set, run the warm-up stages, train the demo
-    config from the last one's backbone on ``procs`` processes, evaluate on the held-out videos, export;
+             procs: int | None = None, recipe: Recipe = QUICK) -> dict[str, object]:
+    """Generate (or reuse) ``recipe``'s warm-up sets and the synthetic set, run the warm-up stages, train the
+    demo config from the last one's backbone on ``procs`` processes, evaluate on the held-out videos, export;
     returns a summary. ``overrides`` apply to every stage. ``procs`` defaults to one a CPU core, at most 2
     (a 2-core machine trains about twice as fast as with one), or 1 on a GPU."""
     from training.parallel import default_procs, train_data_parallel
@@ -125,11 +130,11 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     run_dir = workdir / ("tsm" if shift else "tsn")
     # Evaluation decodes the held-out videos in this one process: two loader workers use both cores.
     video_cfg = _video_config(workdir / "data", run_dir, shift, ["data.num_workers=2", *overrides])
-    frames = _generate(workdir, video_cfg.data.short_side)
+    frames = _generate(workdir, video_cfg.data.short_side, recipe)
     generated = time.perf_counter()
     warm_best: Path | None = None
     warm_top1: dict[str, float | None] = {}
-    for stage in WARMUPS:
+    for stage in recipe.warmups:
         name = f"warmup_{stage.name}"
         warm = _warm_up(stage, workdir / name, run_dir / name, shift, warm_best, procs, overrides)
         warm_top1[stage.name] = warm.best_metrics.get("val_top1")
@@ -137,7 +142,7 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     warmed = time.perf_counter()
     # The main set is seen every epoch: its frames are extracted once instead of decoded each time.
     cfg = _stage_config(workdir / "data", frames, run_dir, shift, procs, [f"model.pretrained={warm_best}",
-                                                                         *overrides])
+                                                                         *recipe.overrides, *overrides])
     result = train_data_parallel(cfg, procs)
     trained = time.perf_counter()
     best = result.best_checkpoint or result.latest_checkpoint
@@ -145,9 +150,10 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     evaluation = evaluate_checkpoint(video_cfg, best, out_dir=run_dir)
     folder = export_checkpoint(video_cfg, best, repo, metrics=evaluation.as_dict())
     summary: dict[str, object] = {
-        "model": cfg.name, "shift": shift, "published": str(folder), "val_top1": evaluation.top1,
+        "model": cfg.name, "recipe": recipe.name, "shift": shift, "published": str(folder), "val_top1": evaluation.top1,
         "val_top5": evaluation.top5, "val_clips": evaluation.count, "val_list": video_cfg.data.valid_list,
-        "epochs": cfg.train.epochs, "processes": procs, "warmup_val_top1": warm_top1,
+        "epochs": cfg.train.epochs, "processes": procs, "mixed_clips": recipe.mix_clips,
+        "warmup_val_top1": warm_top1,
         "seconds_data": round(generated - started, 1), "seconds_warmup": round(warmed - generated, 1),
         "seconds_train": round(trained - warmed, 1),
         "seconds_total": round(time.perf_counter() - started, 1),

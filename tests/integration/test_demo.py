@@ -1,6 +1,7 @@
-"""The one-command demo, shrunk: warm-up set and stage, main stage from the warmed-up backbone, export."""
+"""The one-command demo, shrunk: warm-up sets and stages, main stage from the warmed-up backbone, export."""
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,23 +10,25 @@ import pytest
 import training.demo as demo
 from service.contract.manifest import Manifest
 from training.motion_clips import CLASSES, SyntheticSpec
+from training.recipes import LONG, QUICK, Recipe
+
+SMALL = SyntheticSpec(min_width=96, max_width=96, min_height=64, max_height=64, min_frames=16, max_frames=16)
+OVERRIDES = ["data.batch_size=4", "data.test_batch_size=4", "data.num_workers=0", "train.epochs=1"]
+
+
+def _shrunk(recipe: Recipe, **changes: object) -> Recipe:
+    """``recipe`` with tiny sets and one-epoch warm-ups."""
+    stages = tuple(replace(s, spec=replace(SMALL, plain=True), epochs=1, num_train=4, num_val=2)
+                   for s in recipe.warmups)
+    return replace(recipe, warmups=stages, num_train=8, num_val=8, spec=SMALL, **changes)
 
 
 def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publishes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    small = SyntheticSpec(min_width=96, max_width=96, min_height=64, max_height=64, min_frames=16, max_frames=16)
-    stages = tuple(replace(s, spec=replace(small, plain=True), epochs=1, num_train=4, num_val=2) for s in demo.WARMUPS)
-    monkeypatch.setattr(demo, "WARMUPS", stages)
-    monkeypatch.setattr(demo, "NUM_TRAIN", 8)
-    monkeypatch.setattr(demo, "NUM_VAL", 8)
-    import training.synthetic as synthetic
-
-    real_generate = synthetic.generate_dataset
-    monkeypatch.setattr(synthetic, "generate_dataset",  # the main set at the small size too
-                        lambda out, n, m, seed=0, spec=small, **kw: real_generate(out, n, m, seed, spec, **kw))
-    overrides = ["data.batch_size=4", "data.test_batch_size=4", "data.num_workers=0", "train.epochs=1"]
-    summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=overrides, procs=2)
+    recipe = _shrunk(QUICK)
+    stages = recipe.warmups
+    summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=OVERRIDES, procs=2, recipe=recipe)
     stderr = capfd.readouterr().err  # the stages run in two spawned processes each
 
     work = tmp_path / "work"
@@ -50,3 +53,40 @@ def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publish
     manifest = Manifest.read(Path(str(summary["published"])))
     assert manifest.labels == list(CLASSES) and manifest.preprocessing.num_seg == 4
     assert manifest.preprocessing.crop_size == 64
+
+
+def test_long_recipe_adds_a_rotation_stage_and_keeps_its_first_clips_in_every_main_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recipe = _shrunk(LONG, mix_clips=2)
+    work = tmp_path / "work"
+    caplog.set_level(logging.INFO, logger="training.loop")
+    summary = demo.run_demo(tmp_path / "repo", work, overrides=OVERRIDES, procs=1, recipe=recipe)
+
+    assert [s.name for s in recipe.warmups] == ["horizontal", "translation", "rotation"]
+    translation, rotation = (str(work / f"tsm/warmup_{n}/best.pdparams") for n in ("translation", "rotation"))
+    assert json.loads((work / "tsm/warmup_rotation/config.json").read_text())["model"]["pretrained"] == translation
+    main_cfg = json.loads((work / "tsm/config.json").read_text())
+    assert main_cfg["model"]["pretrained"] == rotation
+    assert main_cfg["data"]["train_list"] == str(work / "mixed_73/train.list")
+    assert main_cfg["data"]["data_prefix"] == str(work)
+    mixed = (work / "mixed_73/train.list").read_text().splitlines()
+    main = [f"data/frames_73/{line}" for line in (work / "data/frames_73/train.list").read_text().splitlines()]
+    assert mixed[:8] == main  # the whole main set, then the first clips of the rotation set: one of each sense
+    extra = [line.split() for line in mixed[8:]]
+    assert [(folder.split("/")[0], label) for folder, _, label in extra] == [("warmup_rotation", "4"),
+                                                                             ("warmup_rotation", "5")]
+    for folder, count, _ in extra:
+        assert len(list((work / folder).glob("img_*.jpg"))) == int(count) == 16
+    val = (work / "mixed_73/val.list").read_text().splitlines()
+    assert val == [f"data/frames_73/{line}" for line in (work / "data/frames_73/val.list").read_text().splitlines()]
+    assert "rank 0 of 1: 10 training clips" in caplog.text  # the main stage really read the mixed list
+    assert summary["recipe"] == "long" and summary["mixed_clips"] == 2
+    assert summary["val_list"] == str(work / "data/val.list")  # still reported on the held-out videos
+
+
+def test_a_recipe_mixes_only_from_one_of_its_warm_up_stages() -> None:
+    with pytest.raises(ValueError, match="mix_from"):
+        replace(QUICK, mix_from="rotation", mix_clips=10)
+    with pytest.raises(ValueError, match="mix_clips"):
+        replace(LONG, mix_clips=0)

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import ServiceSettings
 from tests.conftest import LiveServer
+from training.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -242,6 +243,8 @@ def test_compose_services_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     assert api["build"]["dockerfile"] == "docker/Dockerfile" and gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
     assert trainer["profiles"] == ["train"] and trainer["command"][:3] == ["python", "-m", "training"]
     assert "/models" in trainer["command"] and trainer["restart"] == "no"
+    recipe = trainer["command"][trainer["command"].index("--recipe") + 1]
+    assert recipe.startswith("${TSM_DEMO_RECIPE:-") and recipe[len("${TSM_DEMO_RECIPE:-"):-1] in RECIPES
     assert gpu["profiles"] == ["gpu"] and "api" in gpu["networks"]["default"]["aliases"]
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]

@@ -1,0 +1,68 @@
+"""What the demo trains: named recipes of warm-up stages, the main set and the main stage's schedule.
+
+``quick`` is the default demo and fits 10 minutes on 2 CPU cores. ``long`` adds a rotation warm-up, keeps
+some of its easy clips in every main-set epoch and trains six times as many steps: it learns the sense of a
+rotation too (training/REPORT.md, fifth round), in about half an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from training.motion_clips import SyntheticSpec
+
+
+@dataclass(frozen=True)
+class WarmupStage:
+    """One easy set the backbone learns before the next stage starts from it (backbone keys only)."""
+
+    name: str
+    classes: tuple[str, ...]
+    spec: SyntheticSpec
+    epochs: int  # at most: the stage ends at the first epoch whose validation top-1 reaches ``target``
+    num_train: int
+    num_val: int = 64
+    target: float = 0.9
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A demo run: the warm-up stages in order, then the main set trained from the last one's backbone."""
+
+    name: str
+    warmups: tuple[WarmupStage, ...]
+    num_train: int = 640  # the main set (the full ranges of ``spec``); its validation split is the reported one
+    num_val: int = 160
+    spec: SyntheticSpec = field(default_factory=SyntheticSpec)
+    mix_from: str | None = None  # a warm-up stage whose first ``mix_clips`` training clips join every main epoch
+    mix_clips: int = 0
+    overrides: tuple[str, ...] = ()  # the main stage's config keys, on top of the demo config
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.warmups]
+        if self.mix_from is not None and (self.mix_from not in names or self.mix_clips < 1):
+            raise ValueError(f"mix_from must name one of the warm-up stages {names}, with mix_clips >= 1")
+
+
+# From scratch, a TSM sits at chance for thousands of steps on the full set: learning motion is a long plateau
+# and then a sudden take-off, and the plateau grows steeply with the task and shrinks with the number of
+# distinct clips. So the backbone first learns easy tasks on many cheap clips (small frames, 40 frames, flat
+# objects of a quarter of the frame moving a steady few pixels per sampled frame): left/right (take-off after
+# ~100-300 steps: the take-off point varies from run to run, so a stage ends once it has taken off), then all
+# four directions. The full set then starts from that backbone, as the real recipe starts from ImageNet.
+_STEADY = SyntheticSpec(max_width=320, max_height=240, min_frames=40, max_frames=40, min_speed=0.004,
+                        max_speed=0.006, min_size=0.25, max_size=0.32, plain=True)
+_DIRECTIONS = ("moving_left", "moving_right", "moving_up", "moving_down")
+HORIZONTAL = WarmupStage("horizontal", _DIRECTIONS[:2], _STEADY, epochs=4, num_train=1600)
+TRANSLATION = WarmupStage("translation", _DIRECTIONS, _STEADY, epochs=2, num_train=1600)
+# The sense of a turn takes off on large flat objects in short clips (~400 steps). On its own it does not carry
+# over to the full set's small objects and long clips, and the full set trained after it forgets it; kept in
+# every main epoch, its clips hold the sense while the full set teaches the rest.
+ROTATION = WarmupStage("rotation", ("rotating_clockwise", "rotating_counterclockwise"),
+                       SyntheticSpec(max_width=320, max_height=240, min_frames=40, max_frames=40, min_size=0.35,
+                                     max_size=0.45, plain=True), epochs=3, num_train=3200, target=0.85)
+
+QUICK = Recipe("quick", (HORIZONTAL, TRANSLATION))
+LONG = Recipe("long", (HORIZONTAL, TRANSLATION, ROTATION), mix_from="rotation", mix_clips=640,
+              overrides=("train.epochs=60", "optimizer.boundaries=[50]", "train.save_interval=10"))
+RECIPES: dict[str, Recipe] = {r.name: r for r in (QUICK, LONG)}
