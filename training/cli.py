@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from service.contract.manifest import Preprocessing, read_label_list
-from training.recipes import RECIPES
+from training.recipes import QUICK, RECIPES
 
 DEFAULT_REPO = "model_repo"
 
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
     p.add_argument("--procs", type=int, help="data-parallel training processes (default: a CPU core each, at most 2; "
                    "1 on a GPU); the global batch stays 16")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="quick",
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=QUICK.name,
                    help="quick: about 8 min on 2 cores, 76%% top-1; long: a rotation stage, 4x the clips, 8x the "
                    "steps: about 36 min on 2 cores, 94%% top-1 (training/REPORT.md)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")

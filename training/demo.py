@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from service.contract.manifest import Manifest, scan_repository
 from training.config import Config, load_config
+from training.listfile import parse_list
 from training.motion_clips import CLASSES
 from training.recipes import QUICK, Recipe, WarmupStage
 
@@ -43,11 +44,8 @@ def _extract(root: Path, short_side: int) -> FrameLists:
 
 def _relative_lines(list_file: Path, prefix: Path, root: Path) -> list[str]:
     """The lines of frames list ``list_file`` (folders relative to ``prefix``), folders made relative to ``root``."""
-    lines = []
-    for line in list_file.read_text().splitlines():
-        folder, rest = line.split(maxsplit=1)
-        lines.append(f"{(prefix / folder).relative_to(root)} {rest}\n")
-    return lines
+    samples = parse_list(list_file, "frames", data_prefix=str(prefix))
+    return [f"{s.path.relative_to(root)} {s.num_frames} {s.label}\n" for s in samples]
 
 
 def _mix(workdir: Path, main: FrameLists, recipe: Recipe, short_side: int) -> FrameLists:
