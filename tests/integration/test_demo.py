@@ -9,6 +9,7 @@ import pytest
 
 import training.demo as demo
 from service.contract.manifest import Manifest
+from training.export import sha256_file
 from training.motion_clips import CLASSES, SyntheticSpec
 from training.recipes import LONG, QUICK, Recipe
 
@@ -20,7 +21,7 @@ def _shrunk(recipe: Recipe, **changes: object) -> Recipe:
     """``recipe`` with tiny sets and one-epoch warm-ups."""
     stages = tuple(replace(s, spec=replace(SMALL, plain=True), epochs=1, num_train=4, num_val=2)
                    for s in recipe.warmups)
-    return replace(recipe, warmups=stages, num_train=8, num_val=8, spec=SMALL, **changes)
+    return replace(recipe, warmups=stages, num_train=8, num_val=8, num_test=8, spec=SMALL, **changes)
 
 
 def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publishes(
@@ -53,6 +54,13 @@ def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publish
     manifest = Manifest.read(Path(str(summary["published"])))
     assert manifest.labels == list(CLASSES) and manifest.preprocessing.num_seg == 4
     assert manifest.preprocessing.crop_size == 64
+    assert summary["num_seg"] == 4 and summary["refine_epochs"] == 0 and not (work / "tsm/refine").exists()
+    # Also reported on test clips that chose nothing: other clips of the main set's distribution.
+    assert summary["test_list"] == str(work / "test/val.list") and summary["test_clips"] == 8
+    test_videos = [line.split()[0] for line in (work / "test/val.list").read_text().splitlines()]
+    assert all((work / "test" / v).read_bytes() != (work / "data" / v).read_bytes() for v in test_videos)
+    assert manifest.metrics["test_top1"] == summary["test_top1"] and manifest.metrics["test_count"] == 8
+    assert (work / "tsm/test/confusion_matrix.png").is_file()
 
 
 def test_long_recipe_adds_a_rotation_stage_and_keeps_its_first_clips_in_every_main_epoch(
@@ -62,6 +70,7 @@ def test_long_recipe_adds_a_rotation_stage_and_keeps_its_first_clips_in_every_ma
     work = tmp_path / "work"
     caplog.set_level(logging.INFO, logger="training.loop")
     summary = demo.run_demo(tmp_path / "repo", work, overrides=OVERRIDES, procs=1, recipe=recipe)
+    manifest = Manifest.read(Path(str(summary["published"])))
 
     assert [s.name for s in recipe.warmups] == ["horizontal", "translation", "rotation"]
     translation, rotation = (str(work / f"tsm/warmup_{n}/best.pdparams") for n in ("translation", "rotation"))
@@ -80,9 +89,18 @@ def test_long_recipe_adds_a_rotation_stage_and_keeps_its_first_clips_in_every_ma
         assert len(list((work / folder).glob("img_*.jpg"))) == int(count) == 16
     val = (work / "mixed_73/val.list").read_text().splitlines()
     assert val == [f"data/frames_73/{line}" for line in (work / "data/frames_73/val.list").read_text().splitlines()]
-    assert "rank 0 of 1: 10 training clips" in caplog.text  # the main stage really read the mixed list
+    assert caplog.text.count("rank 0 of 1: 10 training clips") == 2  # main and refine stages read the mixed list
     assert summary["recipe"] == "long" and summary["mixed_clips"] == 2
     assert summary["val_list"] == str(work / "data/val.list")  # still reported on the held-out videos
+    # The refine stage: eight segments, from the main stage's best checkpoint, on the same mixed frames.
+    refine_cfg = json.loads((work / "tsm/refine/config.json").read_text())
+    main_best = str(work / "tsm/best.pdparams")
+    assert refine_cfg["model"]["pretrained"] == main_best and f"backbone tensors from {main_best}" in caplog.text
+    assert refine_cfg["model"]["num_seg"] == 8 and main_cfg["model"]["num_seg"] == 4
+    assert refine_cfg["data"]["train_list"] == main_cfg["data"]["train_list"]
+    assert summary["num_seg"] == 8 and summary["refine_epochs"] == 1
+    assert manifest.preprocessing.num_seg == 8 and manifest.io.input_shape[1] == 8  # the refined model is served
+    assert manifest.source_sha256 == sha256_file(work / "tsm/refine/best.pdparams")
 
 
 def test_a_recipe_mixes_only_from_one_of_its_warm_up_stages() -> None:
