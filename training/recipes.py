@@ -36,12 +36,13 @@ class RefineStage:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A demo run: the warm-up stages in order, then the main set trained from the last one's backbone."""
+    """A demo run: the warm-up stages in order, then the main set trained from the last one's backbone, then
+    the refine stage if any."""
 
     name: str
     warmups: tuple[WarmupStage, ...]
-    num_train: int = 640  # the main set (the full ranges of ``spec``); its validation split is the reported one
-    num_val: int = 160
+    num_train: int = 640  # the main set (the full ranges of ``spec``)
+    num_val: int = 160  # its validation clips: they choose each stage's best checkpoint, and are reported too
     # Fresh clips of the main set's distribution that no stage sees, not even to choose its best checkpoint
     # (the validation clips do that): the unbiased figure.
     num_test: int = 400
