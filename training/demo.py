@@ -102,9 +102,9 @@ def _warm_up(stage: WarmupStage, data: Path, run_dir: Path, shift: bool, start_f
 TEST_SEED = 100  # the test clips' seed: apart from the main set's (0) and the warm-up sets' (1, 2, ...)
 
 
-def _generate(workdir: Path, short_side: int, recipe: Recipe) -> FrameLists:
+def _generate(workdir: Path, recipe: Recipe) -> None:
     """The warm-up sets, the main set and the test set (``workdir/test``, its clips listed in ``val.list``); a
-    complete earlier run is reused. Returns the main stage's frames."""
+    complete earlier run is reused."""
     from training.synthetic import generate_dataset
 
     for i, stage in enumerate(recipe.warmups):
@@ -112,6 +112,11 @@ def _generate(workdir: Path, short_side: int, recipe: Recipe) -> FrameLists:
                          spec=stage.spec, classes=[CLASSES.index(c) for c in stage.classes])
     generate_dataset(workdir / "data", recipe.num_train, recipe.num_val, seed=0, spec=recipe.spec)
     generate_dataset(workdir / "test", 0, recipe.num_test, seed=TEST_SEED, spec=recipe.spec)
+
+
+def _frames(workdir: Path, recipe: Recipe, short_side: int) -> FrameLists:
+    """What the main and refine stages train on, at ``short_side``: the main set's frames, plus the warm-up clips
+    the recipe mixes in; a complete earlier extraction at that size is reused."""
     frames = _extract(workdir / "data", short_side)
     return frames if recipe.mix_from is None else _mix(workdir, frames, recipe, short_side)
 
@@ -130,16 +135,18 @@ def _warm_ups(recipe: Recipe, workdir: Path, run_dir: Path, shift: bool, procs: 
     return warm_best, warm_top1
 
 
-def _refine(recipe: Recipe, data: Path, frames: FrameLists, run_dir: Path, shift: bool, procs: int, start: Path,
+def _refine(recipe: Recipe, workdir: Path, run_dir: Path, shift: bool, procs: int, start: Path,
             overrides: list[str]) -> tuple[Path, int]:
-    """The recipe's refine stage on the main set, from ``start`` (the main stage's checkpoint) into
-    ``run_dir/refine``; returns the checkpoint to evaluate and export, and the stage's epochs (0 without one)."""
+    """The recipe's refine stage on the main stage's frames (extracted again if the stage takes another size),
+    from ``start`` (the main stage's checkpoint) into ``run_dir/refine``; returns the checkpoint to evaluate and
+    export, and the stage's epochs (0 without one)."""
     from training.parallel import train_data_parallel
 
     if recipe.refine is None:
         return start, 0
-    cfg = _stage_config(data, frames, run_dir / "refine", shift, procs, [
-        f"model.pretrained={start}", *recipe.model_keys(), *recipe.refine.overrides, *overrides])
+    keys = [f"model.pretrained={start}", *recipe.refine_keys(), *overrides]
+    frames = _frames(workdir, recipe, load_config("demo", keys).data.short_side)
+    cfg = _stage_config(workdir / "data", frames, run_dir / "refine", shift, procs, keys)
     result = train_data_parallel(cfg, procs)
     return result.best_checkpoint or result.latest_checkpoint, cfg.train.epochs
 
@@ -163,7 +170,8 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     # Evaluation decodes the held-out videos in this one process: two loader workers use both cores.
     eval_keys = ["data.num_workers=2", *recipe.model_keys(), *overrides]
     video_cfg = _video_config(workdir / "data", run_dir, shift, eval_keys)
-    frames = _generate(workdir, video_cfg.data.short_side, recipe)
+    _generate(workdir, recipe)
+    frames = _frames(workdir, recipe, load_config("demo", [*recipe.overrides, *overrides]).data.short_side)
     generated = time.perf_counter()
     warm_best, warm_top1 = _warm_ups(recipe, workdir, run_dir, shift, procs, overrides)
     warmed = time.perf_counter()
@@ -173,7 +181,7 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     result = train_data_parallel(cfg, procs)
     best = result.best_checkpoint or result.latest_checkpoint
     trained = time.perf_counter()
-    best, refine_epochs = _refine(recipe, workdir / "data", frames, run_dir, shift, procs, best, overrides)
+    best, refine_epochs = _refine(recipe, workdir, run_dir, shift, procs, best, overrides)
     finished = time.perf_counter()
     # Reported on videos, decoded and preprocessed as the service does: the validation clips, which chose the
     # checkpoint, and the test clips, which nothing has seen.

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field, replace
 from training.motion_clips import SyntheticSpec
 
 
+def _shaping(keys: list[str] | tuple[str, ...]) -> list[str]:
+    """Those of ``keys`` that shape a model: its network and the frames it takes."""
+    return [k for k in keys if k.startswith(("model.", "data.short_side=", "data.crop_size="))]
+
+
 @dataclass(frozen=True)
 class WarmupStage:
     """One easy set the backbone learns before the next stage starts from it (backbone keys only)."""
@@ -53,9 +58,13 @@ class Recipe:
     refine: RefineStage | None = None
 
     def model_keys(self) -> list[str]:
-        """The ``model.*`` keys of the last stage, whose checkpoint is evaluated and exported."""
-        keys = [*self.overrides, *(self.refine.overrides if self.refine else ())]
-        return [k for k in keys if k.startswith("model.")]
+        """The keys that shape the last stage's model, whose checkpoint is evaluated and exported: its network
+        and its frame size (``model.*``, ``data.short_side``, ``data.crop_size``)."""
+        return _shaping([*self.overrides, *(self.refine.overrides if self.refine else ())])
+
+    def refine_keys(self) -> list[str]:
+        """The refine stage's config keys: the main stage's model shape, then the stage's own keys."""
+        return [*_shaping(self.overrides), *(self.refine.overrides if self.refine else ())]
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.warmups]
@@ -83,12 +92,14 @@ ROTATION = WarmupStage("rotation", ("rotating_clockwise", "rotating_counterclock
 
 QUICK = Recipe("quick", (HORIZONTAL, TRANSLATION))
 # Four times the main set's clips: per step, more distinct clips learn faster than the same clips seen again.
-# Then eight segments: at four, a fast turn in a long clip is up to 180 degrees between two sampled frames, and
-# its sense is lost; at eight, at most 90. Twice the segments cost twice the time a step, so only a short last
-# stage uses them, from the four-segment model (the shift then moves 1/8 of the channels, not 1/4: it adapts).
+# Then eight segments at 96 px: at four segments, a fast turn in a long clip is up to 180 degrees between two
+# sampled frames, and its sense is lost; at eight, at most 90. At 64 px the smallest objects are 10 px across and
+# their off-centre marker a pixel or two: most wrong turns were small objects. Each costs time a step (3.2 times
+# in all), so only a short last stage uses them, from the four-segment model (the shift then moves 1/8 of the
+# channels, not 1/4, and the objects look larger: it adapts).
 LONG = Recipe("long", (HORIZONTAL, TRANSLATION, ROTATION), num_train=2560, num_test=800, mix_from="rotation",
               mix_clips=640,
               overrides=("train.epochs=30", "optimizer.boundaries=[25]", "train.save_interval=10"),
-              refine=RefineStage(("model.num_seg=8", "train.epochs=12", "optimizer.boundaries=[10]",
-                                  "train.save_interval=4")))
+              refine=RefineStage(("model.num_seg=8", "data.short_side=110", "data.crop_size=96",
+                                  "train.epochs=12", "optimizer.boundaries=[10]", "train.save_interval=4")))
 RECIPES: dict[str, Recipe] = {r.name: r for r in (QUICK, LONG)}

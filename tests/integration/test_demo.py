@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import training.demo as demo
 from service.contract.manifest import Manifest
@@ -92,14 +93,22 @@ def test_long_recipe_adds_a_rotation_stage_and_keeps_its_first_clips_in_every_ma
     assert caplog.text.count("rank 0 of 1: 10 training clips") == 2  # main and refine stages read the mixed list
     assert summary["recipe"] == "long" and summary["mixed_clips"] == 2
     assert summary["val_list"] == str(work / "data/val.list")  # still reported on the held-out videos
-    # The refine stage: eight segments, from the main stage's best checkpoint, on the same mixed frames.
+    # The refine stage: eight segments at 96 px, from the main stage's best checkpoint, on the same mixed clips
+    # extracted again at its size.
     refine_cfg = json.loads((work / "tsm/refine/config.json").read_text())
     main_best = str(work / "tsm/best.pdparams")
     assert refine_cfg["model"]["pretrained"] == main_best and f"backbone tensors from {main_best}" in caplog.text
     assert refine_cfg["model"]["num_seg"] == 8 and main_cfg["model"]["num_seg"] == 4
-    assert refine_cfg["data"]["train_list"] == main_cfg["data"]["train_list"]
+    assert (refine_cfg["data"]["short_side"], refine_cfg["data"]["crop_size"]) == (110, 96)
+    assert (main_cfg["data"]["short_side"], main_cfg["data"]["crop_size"]) == (73, 64)
+    assert refine_cfg["data"]["train_list"] == str(work / "mixed_110/train.list")
+    refined = (work / "mixed_110/train.list").read_text().splitlines()
+    assert [line.replace("frames_110", "frames_73") for line in refined] == mixed
+    for lines, side in ((refined, 110), (mixed, 73)):  # the first frame of the first clip: its short side
+        assert min(Image.open(work / lines[0].split()[0] / "img_00001.jpg").size) == side
     assert summary["num_seg"] == 8 and summary["refine_epochs"] == 1
     assert manifest.preprocessing.num_seg == 8 and manifest.io.input_shape[1] == 8  # the refined model is served
+    assert (manifest.preprocessing.short_side, manifest.preprocessing.crop_size) == (110, 96)
     assert manifest.source_sha256 == sha256_file(work / "tsm/refine/best.pdparams")
 
 
