@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                    "1 on a GPU); the global batch stays 16")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=QUICK.name,
                    help="quick: about 8 min on 2 cores, 74%% top-1 on the test clips; long: a rotation stage, 4x "
-                   "the clips, 8x the steps, then 8 segments: about 55 min on 2 cores, 92%% (training/REPORT.md)")
+                   "the clips, 8x the steps, then 8 segments at 96 px: about 70 min on 2 cores, 97%% "
+                   "(training/REPORT.md)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")

@@ -2,8 +2,8 @@
 
 ``quick`` is the default demo and fits 10 minutes on 2 CPU cores (74 % top-1 on the test clips). ``long`` adds
 a rotation warm-up, keeps some of its easy clips in every main-set epoch, makes four times the main set's clips,
-trains eight times the steps and then refines at eight segments: it learns the sense of a rotation too, 92 %
-top-1 on the test clips in about 55 minutes on 2 cores (training/REPORT.md, fifth and sixth rounds).
+trains eight times the steps and then refines at eight segments and 96 px: it learns the sense of a rotation
+too, 97 % top-1 on the test clips in about 70 minutes on 2 cores (training/REPORT.md, fifth to seventh rounds).
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ ROTATION = WarmupStage("rotation", ("rotating_clockwise", "rotating_counterclock
 QUICK = Recipe("quick", (HORIZONTAL, TRANSLATION))
 # Four times the main set's clips: per step, more distinct clips learn faster than the same clips seen again.
 # Then eight segments at 96 px: at four segments, a fast turn in a long clip is up to 180 degrees between two
-# sampled frames, and its sense is lost; at eight, at most 90. At 64 px the smallest objects are 10 px across and
-# their off-centre marker a pixel or two: most wrong turns were small objects. Each costs time a step (3.2 times
+# sampled frames, and its sense is lost; at eight, at most 90. At 64 px the smallest objects are 11 px across and
+# their off-centre marker a pixel or two: most wrong turns were small objects. Both cost time a step (three times
 # in all), so only a short last stage uses them, from the four-segment model (the shift then moves 1/8 of the
 # channels, not 1/4, and the objects look larger: it adapts).
 LONG = Recipe("long", (HORIZONTAL, TRANSLATION, ROTATION), num_train=2560, num_test=800, mix_from="rotation",
