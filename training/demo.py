@@ -114,9 +114,10 @@ def _generate(workdir: Path, recipe: Recipe) -> None:
     generate_dataset(workdir / "test", 0, recipe.num_test, seed=TEST_SEED, spec=recipe.spec)
 
 
-def _frames(workdir: Path, recipe: Recipe, short_side: int) -> FrameLists:
-    """What the main and refine stages train on, at ``short_side``: the main set's frames, plus the warm-up clips
-    the recipe mixes in; a complete earlier extraction at that size is reused."""
+def _frames(workdir: Path, recipe: Recipe, keys: list[str]) -> FrameLists:
+    """What a main or refine stage with config ``keys`` trains on, at its short side: the main set's frames, plus
+    the warm-up clips the recipe mixes in; a complete earlier extraction at that size is reused."""
+    short_side = load_config("demo", keys).data.short_side
     frames = _extract(workdir / "data", short_side)
     return frames if recipe.mix_from is None else _mix(workdir, frames, recipe, short_side)
 
@@ -145,7 +146,7 @@ def _refine(recipe: Recipe, workdir: Path, run_dir: Path, shift: bool, procs: in
     if recipe.refine is None:
         return start, 0
     keys = [f"model.pretrained={start}", *recipe.refine_keys(), *overrides]
-    frames = _frames(workdir, recipe, load_config("demo", keys).data.short_side)
+    frames = _frames(workdir, recipe, keys)
     cfg = _stage_config(workdir / "data", frames, run_dir / "refine", shift, procs, keys)
     result = train_data_parallel(cfg, procs)
     return result.best_checkpoint or result.latest_checkpoint, cfg.train.epochs
@@ -171,7 +172,7 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     eval_keys = ["data.num_workers=2", *recipe.model_keys(), *overrides]
     video_cfg = _video_config(workdir / "data", run_dir, shift, eval_keys)
     _generate(workdir, recipe)
-    frames = _frames(workdir, recipe, load_config("demo", [*recipe.overrides, *overrides]).data.short_side)
+    frames = _frames(workdir, recipe, [*recipe.overrides, *overrides])
     generated = time.perf_counter()
     warm_best, warm_top1 = _warm_ups(recipe, workdir, run_dir, shift, procs, overrides)
     warmed = time.perf_counter()

@@ -34,7 +34,8 @@ class WarmupStage:
 @dataclass(frozen=True)
 class RefineStage:
     """A last stage on the main set, from the main stage's best checkpoint (backbone keys only), with its own
-    config keys; its ``model.*`` keys (e.g. more segments) also shape the evaluated and exported model."""
+    config keys; those that shape a model (``model.*``, e.g. more segments, and the frame size) also shape the
+    evaluated and exported model."""
 
     overrides: tuple[str, ...]
 
