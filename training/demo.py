@@ -169,7 +169,7 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     started = time.perf_counter()
     run_dir = workdir / ("tsm" if shift else "tsn")
     # Evaluation decodes the held-out videos in this one process: two loader workers use both cores.
-    eval_keys = ["data.num_workers=2", *recipe.model_keys(), *overrides]
+    eval_keys = ["data.num_workers=2", *recipe.exported_shape_keys(), *overrides]
     video_cfg = _video_config(workdir / "data", run_dir, shift, eval_keys)
     _generate(workdir, recipe)
     frames = _frames(workdir, recipe, [*recipe.overrides, *overrides])

@@ -58,7 +58,7 @@ class Recipe:
     overrides: tuple[str, ...] = ()  # the main stage's config keys, on top of the demo config
     refine: RefineStage | None = None
 
-    def model_keys(self) -> list[str]:
+    def exported_shape_keys(self) -> list[str]:
         """The keys that shape the last stage's model, whose checkpoint is evaluated and exported: its network
         and its frame size (``model.*``, ``data.short_side``, ``data.crop_size``)."""
         return _shaping([*self.overrides, *(self.refine.overrides if self.refine else ())])
