@@ -79,6 +79,14 @@ class SignalGuard:
                 signal.signal(sig, handler)
 
 
+def races_onnx(backend: str, paddle_device: str, has_onnx: bool) -> bool:
+    """Whether a version's Paddle predictor is timed against ONNX Runtime (the faster one serves): with
+    ``backend=auto`` on the CPU only (the GPU path is Paddle Inference, with TensorRT when enabled), when the
+    version has an ONNX file and onnxruntime is installed. ``paddle_device`` is ``cpu`` or ``gpu:N``."""
+    return backend == "auto" and paddle_device == "cpu" and has_onnx \
+        and importlib.util.find_spec("onnxruntime") is not None
+
+
 def default_factory(settings: ServiceSettings) -> PredictorFactory:
     """Paddle Inference predictors built with the settings' device options (GPU looked up once)."""
     options = PredictorOptions.from_settings(settings)
@@ -94,9 +102,8 @@ def default_factory(settings: ServiceSettings) -> PredictorFactory:
             return onnx(version_dir, manifest)  # raises (and the version is refused) without model.onnx
         paddle = Predictor(version_dir, manifest, options, has_gpu=has_gpu)
         has_onnx = bool(manifest.onnx_file) and (version_dir / str(manifest.onnx_file)).is_file()
-        if settings.backend == "paddle" or paddle.choice.device == "gpu" or not has_onnx \
-                or importlib.util.find_spec("onnxruntime") is None:
-            return paddle  # the GPU path is Paddle Inference (with TensorRT when enabled)
+        if not races_onnx(settings.backend, paddle.choice.device, has_onnx):
+            return paddle
         from service.onnx_backend import pick_faster
 
         return pick_faster([paddle, onnx(version_dir, manifest)], (1, *manifest.io.input_shape[1:]))

@@ -19,6 +19,7 @@ import numpy as np
 
 from service.contract.manifest import Manifest
 from service.settings import Device, Precision, ServiceSettings
+from service.trt_convert import TrtConversion, convert_with_paddle, converted_model
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +94,24 @@ def trt_cache_dir(version_dir: Path, options: PredictorOptions, choice: BackendC
 
 
 def build_config(version_dir: Path, manifest: Manifest, options: PredictorOptions, choice: BackendChoice,
-                 config_cls: Callable[[str, str], Any] | None = None) -> Any:
-    """The ``paddle.inference.Config`` for ``choice`` (``config_cls`` replaces the real class in tests).
+                 config_cls: Callable[[str, str], Any] | None = None,
+                 trt_convert: Callable[[TrtConversion, str], None] = convert_with_paddle) -> Any:
+    """The ``paddle.inference.Config`` for ``choice`` (``config_cls`` and ``trt_convert`` replace the real
+    class and the TensorRT conversion in tests).
 
-    Never calls ``enable_memory_optim()``: on Paddle 3.3.1 with a PIR model it makes
-    ``create_predictor`` fail.
+    TensorRT: a PIR model (``.json``, what this Paddle exports) is converted once by ``paddle.tensorrt`` and
+    the converted pair runs on a plain GPU config; ``enable_tensorrt_engine`` only applies to a ``.pdmodel``.
+    Never calls ``enable_memory_optim()``: on Paddle 3.3.1 with a PIR model it makes ``create_predictor`` fail.
     """
     from paddle import inference
 
     cls = config_cls or inference.Config
-    config = cls(str(version_dir / manifest.model_file), str(version_dir / manifest.params_file))
+    model, params = version_dir / manifest.model_file, version_dir / manifest.params_file
+    pir_trt = choice.backend == "tensorrt" and model.suffix == ".json"
+    if pir_trt:
+        model, params = converted_model(trt_conversion(version_dir, manifest, options, choice),
+                                        trt_cache_dir(version_dir, options, choice), trt_convert)
+    config = cls(str(model), str(params))
     if choice.device == "cpu":
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(options.cpu_threads)
@@ -112,8 +121,9 @@ def build_config(version_dir: Path, manifest: Manifest, options: PredictorOption
     else:
         precision = _precision_type(choice.precision)
         if choice.backend == "tensorrt":
-            config.enable_use_gpu(options.gpu_memory_mb, options.gpu_id)
-            _enable_tensorrt(config, version_dir, manifest, options, choice, precision)
+            config.enable_use_gpu(options.gpu_memory_mb, options.gpu_id)  # precision is TensorRT's, below
+            if not pir_trt:
+                _enable_tensorrt(config, version_dir, manifest, options, choice, precision)
         else:
             config.enable_use_gpu(options.gpu_memory_mb, options.gpu_id, precision)
     config.switch_ir_optim(True)
@@ -127,9 +137,30 @@ def _precision_type(precision: Precision) -> Any:
     return {"fp32": PrecisionType.Float32, "fp16": PrecisionType.Half, "int8": PrecisionType.Int8}[precision]
 
 
+def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOptions,
+                   choice: BackendChoice) -> TrtConversion:
+    """The ``paddle.tensorrt`` conversion of a PIR model: batch axis 1..max_batch_size (clips of num_seg frames).
+
+    Paddle finds the parameters by the model file's stem, so both files must share it. (Paddle converts on
+    GPU 0 whatever ``gpu_id`` is; the engines then run on the configured GPU, of the same model in a node.)
+    """
+    model, params = Path(manifest.model_file), Path(manifest.params_file)
+    if model.stem != params.stem:
+        raise ValueError(f"TensorRT conversion needs {model.name} and its parameters to share a name, "
+                         f"got {params.name}")
+    num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
+    clip = (num_seg, 3, crop, crop)
+    return TrtConversion(
+        model_path=str(version_dir / model), input_name=manifest.io.input_name,
+        min_shape=(1, *clip), opt_shape=(options.max_batch_size, *clip), max_shape=(options.max_batch_size, *clip),
+        precision=choice.precision.upper(), workspace_bytes=options.trt_workspace_bytes,
+        min_subgraph_size=options.trt_min_subgraph_size)
+
+
 def _enable_tensorrt(config: Any, version_dir: Path, manifest: Manifest, options: PredictorOptions,
                      choice: BackendChoice, precision: Any) -> None:
-    """TensorRT subgraphs with a dynamic batch axis 1..max_batch_size (the network sees N*num_seg frames)."""
+    """TensorRT subgraphs of a ``.pdmodel`` with a dynamic batch axis 1..max_batch_size (the network sees
+    N*num_seg frames)."""
     num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
     config.enable_tensorrt_engine(
         workspace_size=options.trt_workspace_bytes,

@@ -3,6 +3,9 @@ the CPU fallback, and the real CPU predictor."""
 
 from __future__ import annotations
 
+import enum
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +13,10 @@ import numpy as np
 import pytest
 from paddle.inference import PrecisionType
 
+from service.app import races_onnx
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
 from service.predictor import BackendChoice, Predictor, PredictorOptions, build_config, choose_backend
+from service.trt_convert import TrtConversion, convert_with_paddle
 
 MANIFEST = Manifest(name="m", version=3, labels=["a", "b"],
                     io=ModelIO(input_name="clips", input_shape=(-1, 8, 3, 112, 112)),
@@ -57,11 +62,105 @@ def test_gpu_cuda_fp16(tmp_path: Path) -> None:
     assert choice == BackendChoice("paddle", "gpu:1", "fp16")
 
 
-def test_gpu_tensorrt_fp16(tmp_path: Path) -> None:
-    options = PredictorOptions(device="auto", precision="fp16", tensorrt=True, gpu_memory_mb=1024,
-                               trt_workspace_bytes=1 << 28, trt_min_subgraph_size=5, max_batch_size=4)
-    calls, choice = build(tmp_path, options, has_gpu=True)
+class RecordingConverter:
+    """Stands in for the ``paddle.tensorrt`` conversion (no GPU here): records each job, writes the pair."""
+
+    def __init__(self, files: tuple[str, ...] = (".json", ".pdiparams")) -> None:
+        self.jobs: list[tuple[TrtConversion, str]] = []
+        self.files = files
+
+    def __call__(self, job: TrtConversion, save_prefix: str) -> None:
+        self.jobs.append((job, save_prefix))
+        for suffix in self.files:
+            Path(save_prefix + suffix).write_text("converted")
+
+
+TRT_FP16 = PredictorOptions(device="auto", precision="fp16", tensorrt=True, gpu_memory_mb=1024,
+                            trt_workspace_bytes=1 << 28, trt_min_subgraph_size=5, max_batch_size=4)
+
+
+def test_gpu_tensorrt_fp16_converts_the_pir_model_once_and_runs_the_converted_pair(tmp_path: Path) -> None:
+    version_dir, convert = tmp_path / "m" / "3", RecordingConverter()
+    choice = choose_backend(TRT_FP16, has_gpu=True)
+    calls = build_config(version_dir, MANIFEST, TRT_FP16, choice, RecordingConfig, convert).calls
     cache = tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0"
+    (job, save_prefix), = convert.jobs
+    assert job == TrtConversion(model_path=str(version_dir / "model.json"), input_name="clips",
+                                min_shape=(1, 8, 3, 112, 112), opt_shape=(4, 8, 3, 112, 112),
+                                max_shape=(4, 8, 3, 112, 112), precision="FP16", workspace_bytes=1 << 28,
+                                min_subgraph_size=5)
+    assert Path(save_prefix).parent.parent == cache  # a private folder, renamed into place when complete
+    converted = cache / "pir-trt"
+    assert calls == [("__init__", (str(converted / "model.json"), str(converted / "model.pdiparams")), {}),
+                     ("enable_use_gpu", (1024, 0), {}),
+                     ("switch_ir_optim", (True,), {}), ("disable_glog_info", (), {})]
+    assert "enable_tensorrt_engine" not in [c[0] for c in calls]  # Paddle ignores it for a PIR model
+    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]  # no work folder left behind
+    assert choice == BackendChoice("tensorrt", "gpu:0", "fp16")
+    again = build_config(version_dir, MANIFEST, TRT_FP16, choice, RecordingConfig, convert).calls
+    assert len(convert.jobs) == 1 and again == calls  # a restart reuses the converted model
+
+
+def test_a_conversion_that_writes_half_a_model_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    choice = choose_backend(TRT_FP16, has_gpu=True)
+    with pytest.raises(RuntimeError, match=r"wrote no model\.pdiparams"):
+        build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choice, RecordingConfig,
+                     RecordingConverter(files=(".json",)))
+    assert list((tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0").iterdir()) == []
+
+
+def test_a_replica_that_converts_second_uses_the_pair_converted_first(tmp_path: Path) -> None:
+    cache = tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0"
+
+    def racing(job: TrtConversion, save_prefix: str) -> None:
+        RecordingConverter()(job, save_prefix)
+        (cache / "pir-trt").mkdir()  # another replica sharing the cache finishes first
+        for suffix in (".json", ".pdiparams"):
+            (cache / "pir-trt" / f"model{suffix}").write_text("first")
+
+    calls = build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
+                         racing).calls
+    assert calls[0][1][0] == str(cache / "pir-trt" / "model.json")
+    assert (cache / "pir-trt" / "model.json").read_text() == "first"
+    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
+
+
+def test_tensorrt_conversion_needs_model_and_params_of_one_name(tmp_path: Path) -> None:
+    manifest = MANIFEST.model_copy(update={"params_file": "weights.pdiparams"})
+    with pytest.raises(ValueError, match="share a name"):
+        build_config(tmp_path, manifest, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
+                     RecordingConverter())
+
+
+def test_convert_with_paddle_hands_the_job_to_paddle_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented ``paddle.tensorrt`` API (Input, TensorRTConfig, PrecisionMode, convert), recorded."""
+    seen: dict[str, Any] = {}
+    fake = types.ModuleType("paddle.tensorrt")
+    fake.Input = lambda **kw: ("Input", kw)  # type: ignore[attr-defined]
+    fake.TensorRTConfig = lambda **kw: ("TensorRTConfig", kw)  # type: ignore[attr-defined]
+    fake.PrecisionMode = enum.Enum("PrecisionMode", {"FP32": "FP32", "FP16": "FP16", "INT8": "INT8"})  # type: ignore[attr-defined]
+    fake.convert = lambda path, config: seen.update(path=path, config=config)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "paddle.tensorrt", fake)
+    job = TrtConversion("/r/m/3/model.json", "clips", (1, 8, 3, 96, 96), (4, 8, 3, 96, 96), (4, 8, 3, 96, 96),
+                        "FP16", 1 << 28, 5)
+    convert_with_paddle(job, "/r/m/.cache/3/x/model")
+    assert seen["path"] == "/r/m/3/model.json"
+    name, kw = seen["config"]
+    clip = ("Input", {"min_input_shape": (1, 8, 3, 96, 96), "optim_input_shape": (4, 8, 3, 96, 96),
+                      "max_input_shape": (4, 8, 3, 96, 96), "input_data_type": "float32", "name": "clips"})
+    assert name == "TensorRTConfig" and kw == {
+        "inputs": [clip], "min_subgraph_size": 5, "save_model_dir": "/r/m/.cache/3/x/model",
+        "precision_mode": fake.PrecisionMode.FP16, "workspace_size": 1 << 28}
+
+
+def test_gpu_tensorrt_fp16_on_a_pdmodel_uses_the_subgraph_engine(tmp_path: Path) -> None:
+    manifest = MANIFEST.model_copy(update={"model_file": "model.pdmodel"})
+    choice = choose_backend(TRT_FP16, has_gpu=True)
+    convert = RecordingConverter()
+    calls = build_config(tmp_path / "m" / "3", manifest, TRT_FP16, choice, RecordingConfig, convert).calls
+    cache = tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0"
+    assert calls[0] == ("__init__", (str(tmp_path / "m" / "3" / "model.pdmodel"),
+                                     str(tmp_path / "m" / "3" / "model.pdiparams")), {})
     assert calls[1:] == [
         ("enable_use_gpu", (1024, 0), {}),
         ("enable_tensorrt_engine", (), {"workspace_size": 1 << 28, "max_batch_size": 4 * 8, "min_subgraph_size": 5,
@@ -71,11 +170,16 @@ def test_gpu_tensorrt_fp16(tmp_path: Path) -> None:
                                         {"clips": [4, 8, 3, 112, 112]}), {}),
         ("set_optim_cache_dir", (str(cache),), {}),
         ("switch_ir_optim", (True,), {}), ("disable_glog_info", (), {})]
-    assert cache.is_dir() and choice == BackendChoice("tensorrt", "gpu:0", "fp16")
+    assert cache.is_dir() and convert.jobs == []
 
 
 def test_tensorrt_int8(tmp_path: Path) -> None:
-    calls, _ = build(tmp_path, PredictorOptions(device="gpu", precision="int8", tensorrt=True), has_gpu=True)
+    options = PredictorOptions(device="gpu", precision="int8", tensorrt=True)
+    convert = RecordingConverter()
+    build_config(tmp_path / "a", MANIFEST, options, choose_backend(options, True), RecordingConfig, convert)
+    assert convert.jobs[0][0].precision == "INT8"
+    legacy = MANIFEST.model_copy(update={"model_file": "model.pdmodel"})
+    calls = build_config(tmp_path / "b", legacy, options, choose_backend(options, True), RecordingConfig).calls
     trt = next(c for c in calls if c[0] == "enable_tensorrt_engine")
     assert trt[2]["precision_mode"] == PrecisionType.Int8 and trt[2]["use_calib_mode"] is False
 
@@ -99,3 +203,10 @@ def test_real_cpu_predictor(tiny_repo_template: Path) -> None:
     alone = np.concatenate([predictor.run(batch[i:i + 1]) for i in range(3)])
     assert together.shape == (3, len(manifest.labels))
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)  # batching doesn't change a clip's logits
+
+
+def test_onnx_runtime_is_raced_only_against_a_cpu_predictor() -> None:
+    gpu = choose_backend(PredictorOptions(device="auto"), has_gpu=True).device
+    assert gpu == "gpu:0" and not races_onnx("auto", gpu, has_onnx=True)  # a GPU never loses to a CPU session
+    assert races_onnx("auto", "cpu", has_onnx=True)  # onnxruntime is installed with the dev extras
+    assert not races_onnx("auto", "cpu", has_onnx=False) and not races_onnx("paddle", "cpu", has_onnx=True)

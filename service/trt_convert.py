@@ -1,0 +1,80 @@
+"""TensorRT for PIR models (``model.json``): convert once with ``paddle.tensorrt.convert``, cache, reuse.
+
+Paddle 3's predictor ignores ``Config.enable_tensorrt_engine`` for a ``.json`` (PIR) model: its PIR
+optimisation adds no TensorRT pass. Paddle's documented route (Paddle Inference 3.0, "GPU TensorRT
+加速推理", and ``paddle.tensorrt.convert``'s docstring) is an offline conversion that writes a new
+``.json``/``.pdiparams`` pair whose TensorRT subgraphs are ``tensorrt_engine`` ops with built engines,
+which a plain GPU predictor then runs. The conversion builds the engines, so it is slow (minutes); its
+result is kept in the version's TensorRT cache folder and reused on the next load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CONVERTED = "pir-trt"  # folder inside the cache dir holding the converted pair
+PREFIX = "model"  # the converted pair is <CONVERTED>/model.json + model.pdiparams
+
+
+@dataclass(frozen=True)
+class TrtConversion:
+    """Everything handed to ``paddle.tensorrt``: plain values, so a test can check them without a GPU."""
+
+    model_path: str  # the exported .json model; Paddle finds its .pdiparams by the same stem
+    input_name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    precision: str  # "FP32", "FP16" or "INT8": the names of paddle.tensorrt.PrecisionMode
+    workspace_bytes: int
+    min_subgraph_size: int
+
+
+def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
+    """Run the documented conversion, writing ``save_prefix``.json/.pdiparams (needs a CUDA + TensorRT build of
+    Paddle, and a GPU)."""
+    from paddle.tensorrt import Input, PrecisionMode, TensorRTConfig, convert
+
+    clip = Input(min_input_shape=job.min_shape, optim_input_shape=job.opt_shape, max_input_shape=job.max_shape,
+                 input_data_type="float32", name=job.input_name)
+    config = TensorRTConfig(inputs=[clip], min_subgraph_size=job.min_subgraph_size, save_model_dir=save_prefix,
+                            precision_mode=PrecisionMode[job.precision], workspace_size=job.workspace_bytes)
+    convert(job.model_path, config)
+
+
+def converted_model(job: TrtConversion, cache: Path,
+                    convert: Callable[[TrtConversion, str], None] = convert_with_paddle) -> tuple[Path, Path]:
+    """The converted (model, params) files in ``cache``, converting first unless a complete pair is there.
+
+    The pair is written into a private folder beside the final one and renamed into place, so a crash
+    mid-conversion or two replicas sharing the cache never leave half a pair.
+    """
+    final = cache / CONVERTED
+    files = (final / f"{PREFIX}.json", final / f"{PREFIX}.pdiparams")
+    if all(f.is_file() for f in files):
+        return files
+    work = cache / f".{CONVERTED}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log.info("converting %s for TensorRT (%s); the engines are built now, this takes a while",
+             job.model_path, job.precision)
+    try:
+        convert(job, str(work / PREFIX))
+        missing = [f.name for f in (work / f"{PREFIX}.json", work / f"{PREFIX}.pdiparams") if not f.is_file()]
+        if missing:
+            raise RuntimeError(f"the TensorRT conversion wrote no {', '.join(missing)}")
+        try:
+            work.rename(final)
+        except OSError:  # another replica finished first: use its pair
+            if not all(f.is_file() for f in files):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return files
