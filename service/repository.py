@@ -61,6 +61,9 @@ class ModelVersion:
     leases: int = 0
     since: float = field(default_factory=time.time)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    failures: int = 0  # failed load attempts in a row (a failed version is retried, see ModelRepository)
+    retry_at: float = 0.0  # time.monotonic() after which a failed version is tried again
+    files: tuple[tuple[str, int, int], ...] = ()  # the folder's files (name, size, mtime) when it failed
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -80,10 +83,15 @@ class ModelRepository:
 
     def __init__(self, root: Path, metrics: Metrics, factory: PredictorFactory, policy: BatchPolicy, *,
                  pins: dict[str, int] | None = None, default_model: str | None = None,
-                 warmup_runs: int = 2, poll_interval_s: float = 0.0,
+                 warmup_runs: int = 2, poll_interval_s: float = 0.0, retry_failed_s: float = 30.0,
                  after_load: Callable[[], None] | None = None) -> None:
-        """``after_load`` runs on the event loop after every load attempt (the app restores signal handlers)."""
+        """``after_load`` runs on the event loop after every load attempt (the app restores signal handlers).
+
+        A version that failed to load is tried again by a later scan as soon as its files change (a copy that
+        was caught half done), else after ``retry_failed_s``, doubling with each failure up to 20 times that
+        (a GPU that was short of memory while the old version was loaded)."""
         self.root, self.metrics, self.factory, self.policy = root, metrics, factory, policy
+        self.retry_failed_s = retry_failed_s
         self.pins, self.default_model = pins or {}, default_model
         self.warmup_runs, self.poll_interval_s = warmup_runs, poll_interval_s
         self.serving: dict[str, ModelVersion] = {}
@@ -136,10 +144,15 @@ class ModelRepository:
             wanted = sorted(versions, reverse=True)
         return [v for v in wanted
                 if (current is None or v > current.version or (name in self.pins and v != current.version))
-                and (name, v) not in self.others]
+                and ((name, v) not in self.others or self._retry_due(self.others[(name, v)]))]
+
+    def _retry_due(self, mv: ModelVersion) -> bool:
+        return mv.state is State.FAILED and (time.monotonic() >= mv.retry_at or _files(mv.path) != mv.files)
 
     async def _load_and_swap(self, name: str, version: int) -> bool:
         mv = ModelVersion(name, version, self.root / name / str(version))
+        before = self.others.get((name, version))
+        mv.failures = before.failures if before is not None and before.state is State.FAILED else 0
         self.others[(name, version)] = mv
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tsm-infer-{name}-{version}")
         try:
@@ -149,8 +162,12 @@ class ModelRepository:
                 self._after_load()
             executor.shutdown(wait=False)
             mv.state, mv.error = State.FAILED, f"{type(exc).__name__}: {exc}"
+            mv.failures += 1
+            wait_s = self.retry_failed_s * min(2 ** (mv.failures - 1), 20)
+            mv.retry_at, mv.files = time.monotonic() + wait_s, await asyncio.to_thread(_files, mv.path)
             self.metrics.model_loads.labels(name, "failed").inc()
-            log.error("refused %s version %d: %s", name, version, mv.error)
+            log.error("refused %s version %d (attempt %d; next try in %.0f s or when its files change): %s",
+                      name, version, mv.failures, wait_s, mv.error)
             return False
         if self._after_load is not None:
             self._after_load()
@@ -221,6 +238,11 @@ class ModelRepository:
                                         "choose one with the 'model' parameter")
         mv = self.serving.get(model)
         if mv is None:
+            pending = [o for (n, _), o in self.others.items() if n == model]
+            if pending or model == self.default_model:  # expected to serve, just not yet: retry later
+                why = "; ".join(f"version {o.version} {o.state.value}" + (f" ({o.error})" if o.error else "")
+                                for o in pending) or "not found in the repository yet"
+                raise NotReadyError(f"model {model!r} is not ready: {why}", retry_after_s=5)
             raise ModelNotFoundError(f"no model named {model!r} is served")
         if version is not None and version != mv.version:
             raise VersionNotFoundError(f"{model} version {version} is not served (serving version {mv.version})")
@@ -243,3 +265,12 @@ class ModelRepository:
         versions = [*self.serving.values(), *self.others.values()]
         return [mv.describe() for mv in sorted(versions, key=lambda m: (m.name, m.version))
                 if name is None or mv.name == name]
+
+
+def _files(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of a version folder's files: what tells that a failed version was rewritten."""
+    try:
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir() if p.is_file()
+                            for st in [p.stat()]))
+    except OSError:  # the folder went away
+        return ()

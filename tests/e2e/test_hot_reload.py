@@ -115,3 +115,24 @@ def test_no_model_not_ready(tmp_path: Path, videos: dict[str, Path]) -> None:
         assert http.get("/healthz").status_code == 200
         r = http.post("/classify", content=videos["a"].read_bytes(), headers={"content-type": "video/mp4"})
         assert r.status_code == 503 and r.json()["type"] == "not-ready" and r.headers["retry-after"]
+
+
+def test_default_model_not_loaded_yet_is_503_and_an_unknown_one_404(tmp_path: Path, videos: dict[str, Path]) -> None:
+    """TSM_DEFAULT_MODEL names a model the repository does not hold yet: retry later, not "no such model"."""
+    with LiveServer({"model_repo": tmp_path, "decode_workers": 1, "default_model": TINY_NAME}) as live, \
+            live.client() as http:
+        mp4 = {"content-type": "video/mp4"}
+        r = http.post("/classify", content=videos["a"].read_bytes(), headers=mp4)
+        assert r.status_code == 503 and r.json()["type"] == "not-ready" and r.headers["retry-after"]
+        assert TINY_NAME in r.json()["detail"]
+        r = http.post("/classify", params={"model": "nope"}, content=videos["a"].read_bytes(), headers=mp4)
+        assert r.status_code == 404 and r.json()["type"] == "model-not-found"
+
+
+def test_a_model_whose_only_version_failed_is_503_with_the_reason(model_repo: Path, videos: dict[str, Path]) -> None:
+    (model_repo / TINY_NAME / "1" / "model.pdiparams").write_bytes(b"truncated")
+    with LiveServer({"model_repo": model_repo, "decode_workers": 1}) as live, live.client() as http:
+        r = http.post("/classify", params={"model": TINY_NAME}, content=videos["a"].read_bytes(),
+                      headers={"content-type": "video/mp4"})
+        assert r.status_code == 503 and r.json()["type"] == "not-ready"
+        assert "version 1 failed" in r.json()["detail"]
