@@ -1,6 +1,6 @@
 """Data-parallel training started from Python: one process per CPU core (or GPU) on this machine.
 
-The same as ``python -m paddle.distributed.launch --nproc_per_node N -m training train``, for callers such as
+The same as ``python -m paddle.distributed.launch --nproc_per_node N tsm-train train``, for callers such as
 the demo that run several training stages in a row. Each process trains on its share of every global batch
 and gradients are all-reduced (gloo on the CPU, NCCL on GPUs).
 """

@@ -112,19 +112,37 @@ def test_undecodable_clip_is_reported_by_path_and_skipped(tiny_set: Path, tmp_pa
     assert result.confusion.sum() == 2
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.mark.slow
-def test_two_process_data_parallel_launch(tiny_set: Path, tmp_path: Path) -> None:
-    """`paddle.distributed.launch` with two CPU processes (gloo): each rank takes half the batches."""
+@pytest.mark.parametrize("how", ["seed-m-training", "tsm-train-master"])
+def test_two_process_data_parallel_launch(tiny_set: Path, tmp_path: Path, how: str) -> None:
+    """`paddle.distributed.launch` with two CPU processes (gloo): each rank takes half the batches. The seed's
+    `-m training` from the checkout (the launcher's legacy mode runs the `training/` folder), and the installed
+    `tsm-train` program from another folder with a `--master` rendezvous (the new launcher, as across nodes)."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    repo = Path(__file__).parents[2]
+    if how == "seed-m-training":
+        env, cwd, target = {**os.environ, "PYTHONPATH": str(repo)}, repo, ["-m", "training"]
+    else:
+        program = Path(sys.executable).parent / "tsm-train"
+        assert program.is_file(), "tsm-train is installed with the project (pip install -e .)"
+        env, cwd = dict(os.environ), tmp_path  # no checkout on the path: the installed package only
+        target = [f"--master=127.0.0.1:{_free_port()}", "--nnodes=1", str(program)]
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-           str(tmp_path / "log"), "-m", "training", "train", "-c", "tiny", "-o",
+           str(tmp_path / "log"), *target, "train", "-c", "tiny", "-o",
            f"data.train_list={tiny_set / 'train.list'}", "-o", f"data.data_prefix={tiny_set}",
            "-o", "train.epochs=1", "-o", f"train.output_dir={tmp_path / 'run'}"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     steps = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
              if r["kind"] == "step"]
