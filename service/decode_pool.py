@@ -5,7 +5,9 @@ segfault, the OOM killer, ``kill -9``) the whole executor turns into ``BrokenPro
 every queued and future task fails, and it cannot kill a single hung task. Here each worker
 is one process with its own pipe, so a crash shows up as EOF on that pipe only, a hang as a
 poll timeout on it; either way only that worker is killed and replaced and only its request
-fails with a clear error.
+fails with a clear error. When the replacement cannot be started (the OS refuses a process or
+a file descriptor), the slot is kept and its start retried after a short backoff, also without
+traffic; while no slot has a worker, requests get a 503 at once and /readyz answers 503.
 
 Processes come from the ``forkserver`` context with the worker module preloaded: replacements
 start in milliseconds, and nothing is ever forked from the server process after Paddle (with
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 from service import decode_worker
 from service.errors import (
     DecoderCrashedError,
+    DecoderUnavailableError,
     DecodeTimeoutError,
     QueueFullError,
     UndecodableVideoError,
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _CTX = mp.get_context("forkserver")
 _CTX.set_forkserver_preload(["service.decode_worker"])
+RESPAWN_BACKOFF_S = 1.0  # between attempts to start a worker the OS refused; short, an outage costs 503s
 
 
 class _Worker:
@@ -43,10 +48,15 @@ class _Worker:
 
     def __init__(self, task: Callable[..., Any], memory_mb: int) -> None:
         self.conn, child = _CTX.Pipe(duplex=True)
-        self.process = _CTX.Process(
-            target=decode_worker.worker_main, args=(child, task, memory_mb), name="tsm-decoder", daemon=True)
-        self.process.start()
-        child.close()  # only the child holds it now, so its death reads as EOF here
+        try:
+            self.process = _CTX.Process(
+                target=decode_worker.worker_main, args=(child, task, memory_mb), name="tsm-decoder", daemon=True)
+            self.process.start()
+        except BaseException:
+            self.conn.close()  # a refused start must not leak the pipe (out of descriptors is one cause)
+            raise
+        finally:
+            child.close()  # only the child holds it now, so its death reads as EOF here
         self.failure = "crashed"  # why it died, once it has: crashed, timeout or out_of_memory
 
     @property
@@ -97,22 +107,32 @@ class _Worker:
 
 
 class DecodePool:
-    """``size`` decoder processes; :meth:`run` is awaited by requests, one task per worker at a time."""
+    """``size`` decoder processes; :meth:`run` is awaited by requests, one task per worker at a time.
+
+    A slot is an index into ``_workers``; whoever takes it from the idle queue owns it until it
+    hands it back, so a slot's worker is only ever replaced by its owner.
+    """
 
     def __init__(self, size: int, timeout_s: float, memory_mb: int,
                  task: Callable[..., Any] = decode_worker.decode_task,
-                 on_replace: Callable[[str], None] | None = None, queue_capacity: int | None = None) -> None:
+                 on_replace: Callable[[str], None] | None = None, queue_capacity: int | None = None,
+                 respawn_backoff_s: float = RESPAWN_BACKOFF_S) -> None:
         """``on_replace(reason)`` is called for each replaced worker (crashed, timeout, out_of_memory);
         at most ``queue_capacity`` requests wait for a free worker (more get 503 at once)."""
         self.size, self.timeout_s, self.memory_mb, self.task = size, timeout_s, memory_mb, task
         self.queue_capacity = queue_capacity
+        self.respawn_backoff_s = respawn_backoff_s
         self.waiting = 0
         self._on_replace = on_replace
-        self._workers: list[_Worker] = []
+        self._workers: list[_Worker] = []  # by slot; a broken slot keeps its dead worker
         self._busy: dict[int, _Worker] = {}
+        self._broken: dict[int, float] = {}  # slot -> when its next start may be tried (monotonic)
+        self._parked: set[int] = set()  # broken slots held out of the idle queue while others still serve
         self._lock = threading.Lock()
-        self._idle: asyncio.Queue[_Worker] | None = None
+        self._idle: asyncio.Queue[int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._heal_timer: asyncio.TimerHandle | None = None
+        self._closed = False
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="tsm-decode")
         self.replaced = 0
 
@@ -120,10 +140,13 @@ class DecodePool:
         """Start the processes (blocking; call from the lifespan before serving)."""
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Queue()
-        for _ in range(self.size):
-            worker = _Worker(self.task, self.memory_mb)
-            self._workers.append(worker)
-            self._idle.put_nowait(worker)
+        for slot in range(self.size):
+            self._workers.append(self._spawn())
+            self._idle.put_nowait(slot)
+
+    def _spawn(self) -> _Worker:
+        """One new decoder process; raises whatever the OS refuses it with (``OSError`` mostly)."""
+        return _Worker(self.task, self.memory_mb)
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -134,12 +157,24 @@ class DecodePool:
         with self._lock:
             return [w.pid for w in self._busy.values()]
 
+    def usable(self) -> int:
+        """Slots that have a started worker (the others wait for a retry of a refused start)."""
+        with self._lock:
+            return self.size - len(self._broken)
+
     def admit(self) -> None:
         """Raise the 503 :meth:`run` would, before a request spends time uploading (cheap overload refusal)."""
         assert self._idle is not None
+        if self.usable() == 0:
+            raise self._unavailable()
         if self.queue_capacity is not None and self._idle.empty() and self.waiting >= self.queue_capacity:
             raise QueueFullError(f"{self.waiting} videos are already waiting for a decoder; retry shortly",
                                  retry_after_s=1)
+
+    def _unavailable(self) -> DecoderUnavailableError:
+        return DecoderUnavailableError(
+            "no decoder process could be started (the system refused a new process); the server keeps "
+            "trying, retry shortly", retry_after_s=max(1, round(self.respawn_backoff_s)))
 
     async def run(self, *args: Any) -> Any:
         """Run the task with ``args`` in a free worker; raises an :class:`UndecodableVideoError` kind."""
@@ -147,43 +182,116 @@ class DecodePool:
         self.admit()  # overload shows here first when decoding is the bottleneck: refuse now, not at the deadline
         self.waiting += 1
         try:
-            worker = await self._idle.get()
+            slot = await self._idle.get()
         finally:
             self.waiting -= 1
-        # The thread owns the worker until it hands it back, so a cancelled request (deadline)
+        # The thread owns the slot until it hands it back, so a cancelled request (deadline)
         # never returns a still-busy worker to the idle queue.
-        return await self._loop.run_in_executor(self._threads, self._call_and_release, worker, args)
+        return await self._loop.run_in_executor(self._threads, self._call_and_release, slot, args)
 
-    def _call_and_release(self, worker: _Worker, args: tuple[Any, ...]) -> Any:
-        with self._lock:
-            self._busy[worker.pid] = worker
+    def _call_and_release(self, slot: int, args: tuple[Any, ...]) -> Any:
         try:
-            return worker.call(args, self.timeout_s)
-        finally:
+            if not self._revive(slot):
+                raise self._unavailable()
+            worker = self._workers[slot]
             with self._lock:
-                self._busy.pop(worker.pid, None)
-            if not worker.alive():
-                worker = self._replace(worker)
-            assert self._loop is not None and self._idle is not None
-            if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._idle.put_nowait, worker)
+                self._busy[worker.pid] = worker
+            try:
+                return worker.call(args, self.timeout_s)
+            finally:
+                with self._lock:
+                    self._busy.pop(worker.pid, None)
+        finally:
+            self._revive(slot)  # replace a worker that just died now, not when the next request waits
+            self._release(slot)
 
-    def _replace(self, dead: _Worker) -> _Worker:
-        log.warning("decoder worker %d ended (%s, exit code %s); starting a replacement",
-                    dead.pid, dead.failure, dead.process.exitcode)
-        dead.conn.close()
-        fresh = _Worker(self.task, self.memory_mb)
+    def _revive(self, slot: int) -> bool:
+        """True when ``slot`` has a live worker, starting one if it died (and its backoff, if any, is over).
+
+        Never raises: a refused start marks the slot broken instead of losing it.
+        """
+        if self._closed:
+            return False  # shutting down: start nothing new
+        dead = self._workers[slot]
+        if dead.alive():
+            return True
         with self._lock:
-            self._workers = [fresh if w is dead else w for w in self._workers]
+            retry_at = self._broken.get(slot)
+        if retry_at is not None and time.monotonic() < retry_at:
+            return False
+        try:
+            self._replace(slot, dead, first_try=retry_at is None)
+        except Exception as exc:  # the OS's refusal, whatever its type: keep the slot, try again later
+            log.error("could not start a decoder worker (%s: %s); retrying in %g s",
+                      type(exc).__name__, exc, self.respawn_backoff_s)
+            with self._lock:
+                self._broken[slot] = time.monotonic() + self.respawn_backoff_s
+            return False
+        with self._lock:
+            self._broken.pop(slot, None)
+        return True
+
+    def _replace(self, slot: int, dead: _Worker, *, first_try: bool) -> None:
+        if first_try:  # retries of a refused start log only their error
+            log.warning("decoder worker %d ended (%s, exit code %s); starting a replacement",
+                        dead.pid, dead.failure, dead.process.exitcode)
+        dead.conn.close()
+        fresh = self._spawn()
+        with self._lock:
+            self._workers[slot] = fresh
         self.replaced += 1
         if self._on_replace is not None:
             self._on_replace(dead.failure)
-        return fresh
+
+    def _release(self, slot: int) -> None:
+        """Hand ``slot`` back: to the idle queue, or, when broken while another slot still has a worker,
+        aside (waiters then get a working slot, not a quick 503). A broken slot gets a retry scheduled."""
+        assert self._loop is not None and self._idle is not None
+        with self._lock:
+            broken = slot in self._broken
+            park = broken and len(self._broken) < self.size
+            if park:
+                self._parked.add(slot)
+        if self._loop.is_closed():
+            return
+        if not park:  # with every slot broken it goes back too, so that a waiter gets its 503 instead of hanging
+            self._loop.call_soon_threadsafe(self._idle.put_nowait, slot)
+        if broken:
+            self._loop.call_soon_threadsafe(self._schedule_heal)
+
+    def _schedule_heal(self) -> None:
+        assert self._loop is not None
+        if self._heal_timer is None and not self._closed:
+            self._heal_timer = self._loop.call_later(self.respawn_backoff_s, self._heal)
+
+    def _heal(self) -> None:
+        """Retry starting the broken slots nobody holds (on the loop), so the pool recovers without traffic."""
+        assert self._loop is not None and self._idle is not None
+        self._heal_timer = None
+        if self._closed:
+            return
+        idle = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
+        with self._lock:
+            broken = [slot for slot in idle if slot in self._broken] + sorted(self._parked)
+            self._parked.clear()
+        for slot in idle:
+            if slot not in broken:
+                self._idle.put_nowait(slot)
+        for slot in broken:  # the slot is owned by this retry until _release hands it back
+            self._loop.run_in_executor(self._threads, self._revive_and_release, slot)
+
+    def _revive_and_release(self, slot: int) -> None:
+        try:
+            self._revive(slot)
+        finally:
+            self._release(slot)
 
     def close(self) -> None:
+        self._closed = True
+        if self._heal_timer is not None:
+            self._heal_timer.cancel()
         with self._lock:
             workers = list(self._workers)
-            self._workers.clear()
         for worker in workers:
             worker.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)

@@ -42,7 +42,8 @@ class ServiceSettings(BaseSettings):
     max_batch_files: int = Field(16, ge=1, le=256, description="Most files accepted by one /classify/batch request.")
     decode_workers: int = Field(2, ge=1, le=64, description="Decoder worker processes (decode + sample + preprocess).")
     decode_timeout_s: float = Field(
-        30.0, gt=0, le=600, description="A decode slower than this kills its worker; the request gets 422.")
+        10.0, gt=0, le=600, description="A decode slower than this kills its worker; the request gets 422. "
+        "Below request_deadline_ms (else the deadline's 504 comes first).")
     decode_memory_mb: int = Field(
         4096, ge=256, le=65536,
         description="Address-space limit of a decoder worker in MiB (a blow-up loses only the worker).")
@@ -77,9 +78,9 @@ class ServiceSettings(BaseSettings):
     onednn: bool = Field(True, description="Use oneDNN (MKL-DNN) kernels on the CPU.")
     warmup_runs: int = Field(2, ge=1, le=100, description="Warm-up inferences before a version is marked ready.")
     upload_timeout_s: float = Field(
-        60.0, gt=0, le=3600,
-        description="Longest an upload may take to arrive, within request_deadline_ms too (a trickling client "
-                    "gets 408 and its partial file is removed).")
+        15.0, gt=0, le=3600,
+        description="Longest an upload may take to arrive (a trickling client gets 408 and its partial file is "
+                    "removed). Below request_deadline_ms, which bounds the upload too.")
     upload_dir: Path | None = Field(
         None, description="Folder for uploads while they are processed (default: the system temp folder).")
     api_key: SecretStr | None = Field(
@@ -122,7 +123,20 @@ class ServiceSettings(BaseSettings):
             raise ValueError("tensorrt=true needs a GPU; set device=auto or device=gpu")
         if self.api_key is not None and len(self.api_key.get_secret_value()) < 8:
             raise ValueError("api_key must be at least 8 characters")
+        self._timeouts_within_deadline()
         return self
+
+    def _timeouts_within_deadline(self) -> None:
+        """A stage timeout at or past the request deadline never takes effect: the deadline always ends first."""
+        deadline_s = self.request_deadline_ms / 1000
+        consequences = {"decode_timeout_s": "a hung decoder would get the deadline's 504, not its 422",
+                        "upload_timeout_s": "the deadline would always cut a slow upload first"}
+        for name, consequence in consequences.items():
+            value = getattr(self, name)
+            if value >= deadline_s:
+                raise ValueError(
+                    f"{name} ({value:g} s) must be below request_deadline_ms ({self.request_deadline_ms:g} ms = "
+                    f"{deadline_s:g} s), or {consequence}; lower {name} or raise request_deadline_ms")
 
     def content_type_allowed(self, content_type: str | None) -> bool:
         """True when ``content_type`` (parameters ignored) matches an allowed type or wildcard."""

@@ -21,12 +21,16 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, tags=["operations"], dependencies=[OperationsAuthorized],
-            responses={503: {"model": Health, "description": "No model loaded and warmed up yet"},
+            responses={503: {"model": Health, "description": "No model loaded and warmed up yet, or no decoder "
+                                                            "process running (the system refused to start one)"},
                        **problem_responses(401)},
-            summary="At least one model version is loaded and warmed up")
+            summary="At least one model version is loaded and warmed up and a decoder process runs")
 async def readyz(res: ResourcesDep) -> JSONResponse:
-    ready = sum(1 for mv in res.repository.serving.values() if mv.state.value == "ready")
-    body = Health(status="ready" if ready else "not-ready", models_ready=ready).model_dump()
+    models = sum(1 for mv in res.repository.serving.values() if mv.state.value == "ready")
+    # Without a decoder every /classify would answer 503: take the replica out of rotation until one starts.
+    decoders = res.pool.usable()
+    ready = models > 0 and decoders > 0
+    body = Health(status="ready" if ready else "not-ready", models_ready=models, decoders_ready=decoders).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"})
 
 

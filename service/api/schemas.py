@@ -73,3 +73,4 @@ class ModelsResponse(BaseModel):
 class Health(BaseModel):
     status: str
     models_ready: int = 0
+    decoders_ready: int = 0

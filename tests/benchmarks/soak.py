@@ -279,6 +279,7 @@ def run_soak(model_repo: Path, video: bytes, seconds: float, *, load: float = 2.
     shutil.copytree(model_repo, repo)
     server = Server(repo, port or free_port(), decode_workers=2, cpu_threads=1, max_batch_size=4,
                     max_queue_delay_ms=10, queue_capacity=8, decode_queue_capacity=4, request_deadline_ms=deadline_ms,
+                    decode_timeout_s=deadline_ms / 2000, upload_timeout_s=deadline_ms / 2000,  # below the deadline
                     poll_interval_s=0.5, upload_dir=work)
     try:
         server.wait_ready()

@@ -117,7 +117,8 @@ def test_full_queue_503_at_once_and_deadline_504(tiny_repo_template: Path, video
     """Capacity 1 and a 5 s batching window: the first clip waits, the second is refused at once;
     the first then passes its 2 s deadline while still queued."""
     overrides = {"model_repo": tiny_repo_template, "queue_capacity": 1, "max_batch_size": 4,
-                 "max_queue_delay_ms": 5000, "request_deadline_ms": 2000, "decode_workers": 2}
+                 "max_queue_delay_ms": 5000, "request_deadline_ms": 2000, "decode_workers": 2,
+                 "decode_timeout_s": 1.9, "upload_timeout_s": 1.9}  # stage timeouts must be below the deadline
     data = videos["a"].read_bytes()
     with LiveServer(overrides) as live, live.client() as http, concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(http.post, "/classify", content=data, headers={"content-type": "video/mp4"})
@@ -134,6 +135,7 @@ def test_full_queue_503_at_once_and_deadline_504(tiny_repo_template: Path, video
         metrics = http.get("/metrics").text
     assert 'tsm_rejected_requests_total{reason="queue-full"} 1.0' in metrics
     assert 'tsm_requests_total{model="tiny",status="504",version="1"} 1.0' in metrics
+    assert "deadline-exceeded" not in metrics  # a passed deadline is not a refusal (tsm_rejected_requests_total)
 
 
 def test_killed_decoder_fails_only_its_request(tiny_repo_template: Path, videos: dict[str, Path]) -> None:

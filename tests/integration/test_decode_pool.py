@@ -1,0 +1,127 @@
+"""The decode pool when the OS refuses to start a replacement worker: the slot is kept, no request hangs.
+
+Real worker processes; only the process start is made to fail (``OSError(EMFILE)``, as when the
+server is out of file descriptors), by patching the multiprocessing context the pool starts them from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import pytest
+
+from service import decode_pool
+from service.decode_pool import DecodePool
+from service.errors import DecoderCrashedError, DecoderUnavailableError
+
+BACKOFF_S = 0.3
+HANG_GUARD_S = 10.0  # far above any answer the pool should give; reaching it means a request hung
+
+
+def echo_or_die(word: str) -> str:
+    """Runs in a decoder worker: ``die<seconds>`` kills the worker (as a decoder segfault would) after a pause."""
+    if word.startswith("die"):
+        time.sleep(float(word[3:] or 0))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return word
+
+
+def refused_start(*_: Any, **__: Any) -> NoReturn:
+    raise OSError(errno.EMFILE, "Too many open files")
+
+
+class Refusal:
+    """Switches the OS's refusal to start decoder processes on and off."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monkeypatch = monkeypatch
+
+    def on(self) -> None:
+        self.monkeypatch.setattr(decode_pool._CTX, "Process", refused_start)
+
+    def off(self) -> None:
+        self.monkeypatch.undo()
+
+
+@pytest.fixture
+def refusal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Refusal]:
+    yield Refusal(monkeypatch)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.02)
+
+
+def with_pool(size: int, scenario: Callable[[DecodePool], Any]) -> None:
+    async def main() -> None:
+        pool = DecodePool(size, timeout_s=5, memory_mb=1024, task=echo_or_die, respawn_backoff_s=BACKOFF_S)
+        pool.start()
+        try:
+            await scenario(pool)
+        finally:
+            pool.close()
+
+    asyncio.run(main())
+
+
+def test_refused_replacement_keeps_the_slot_and_recovers_without_traffic(refusal: Refusal) -> None:
+    async def scenario(pool: DecodePool) -> None:
+        assert await pool.run("hi") == "hi"
+        refusal.on()
+        with pytest.raises(DecoderCrashedError):  # the crash is the request's answer, not the refused restart
+            await asyncio.wait_for(pool.run("die"), HANG_GUARD_S)
+        assert pool.usable() == 0
+        start = time.monotonic()
+        with pytest.raises(DecoderUnavailableError) as refused:
+            await asyncio.wait_for(pool.run("hi"), HANG_GUARD_S)
+        assert time.monotonic() - start < 1.0 and refused.value.status == 503 and refused.value.retry_after_s
+        await asyncio.sleep(3 * BACKOFF_S)  # retries meanwhile fail too; the slot must survive them
+        assert pool.usable() == 0 and len(pool.pids()) == 1
+        refusal.off()
+        await until(lambda: pool.usable() == 1, HANG_GUARD_S)  # no request needed to recover
+        assert await asyncio.wait_for(pool.run("back"), HANG_GUARD_S) == "back"
+        assert pool.replaced == 1
+
+    with_pool(1, scenario)
+
+
+def test_waiter_gets_503_at_once_when_the_last_worker_cannot_be_replaced(refusal: Refusal) -> None:
+    async def scenario(pool: DecodePool) -> None:
+        refusal.on()
+        crashing = asyncio.ensure_future(pool.run("die0.5"))
+        await until(lambda: bool(pool.busy_pids()), HANG_GUARD_S)
+        waiting = asyncio.ensure_future(pool.run("hi"))  # queued behind the worker about to die
+        await until(lambda: pool.waiting == 1, HANG_GUARD_S)
+        with pytest.raises(DecoderCrashedError):
+            await asyncio.wait_for(crashing, HANG_GUARD_S)
+        with pytest.raises(DecoderUnavailableError):
+            await asyncio.wait_for(waiting, HANG_GUARD_S)
+        with pytest.raises(DecoderUnavailableError):  # newcomers are refused before they wait at all
+            pool.admit()
+
+    with_pool(1, scenario)
+
+
+def test_broken_slot_is_kept_aside_while_another_worker_serves(refusal: Refusal) -> None:
+    async def scenario(pool: DecodePool) -> None:
+        refusal.on()
+        with pytest.raises(DecoderCrashedError):
+            await asyncio.wait_for(pool.run("die"), HANG_GUARD_S)
+        assert pool.usable() == 1
+        words = [f"w{i}" for i in range(6)]
+        results = await asyncio.wait_for(asyncio.gather(*(pool.run(w) for w in words)), HANG_GUARD_S)
+        assert results == words  # all served by the one live worker, none refused for the broken slot
+        refusal.off()
+        await until(lambda: pool.usable() == 2, HANG_GUARD_S)
+        assert len(set(await asyncio.gather(*(pool.run(w) for w in words)))) == len(words)
+
+    with_pool(2, scenario)
