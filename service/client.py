@@ -35,14 +35,14 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def classify(self, video: Path, top_k: int = 5, model: str | None = None,
+    def classify(self, video: Path, top_k: int | None = None, model: str | None = None,
                  version: int | None = None) -> dict[str, Any]:
         params = _params(top_k, model, version)
         with video.open("rb") as fh:  # httpx streams the file from disk
             response = self._http.post("/classify", params=params, files={"file": (video.name, fh, "video/mp4")})
         return _json(response)
 
-    def classify_batch(self, videos: list[Path], top_k: int = 5, model: str | None = None) -> dict[str, Any]:
+    def classify_batch(self, videos: list[Path], top_k: int | None = None, model: str | None = None) -> dict[str, Any]:
         handles = [p.open("rb") for p in videos]
         try:
             files = [("files", (p.name, fh, "video/mp4")) for p, fh in zip(videos, handles, strict=True)]
@@ -56,8 +56,11 @@ class Client:
         return _json(self._http.get("/models"))
 
 
-def _params(top_k: int, model: str | None, version: int | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"top_k": top_k}
+def _params(top_k: int | None, model: str | None, version: int | None) -> dict[str, Any]:
+    # Only what the user chose: the server's default top_k fits the model (a fixed 5 is a 400 on fewer labels).
+    params: dict[str, Any] = {}
+    if top_k is not None:
+        params["top_k"] = top_k
     if model:
         params["model"] = model
     if version:
@@ -76,11 +79,11 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``tsm-classify VIDEO... --url URL --top-k 5 [--model M] [--json]``; exit 1 if any video failed."""
+    """``tsm-classify VIDEO... --url URL [--top-k K] [--model M] [--json]``; exit 1 if any video failed."""
     parser = argparse.ArgumentParser(prog="tsm-classify", description="Classify videos with a TSM service.")
     parser.add_argument("videos", nargs="+", type=Path)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=int, help="classes to show (default: the server's, 5 or the label count)")
     parser.add_argument("--model")
     parser.add_argument("--version", type=int)
     parser.add_argument("--api-key")

@@ -10,11 +10,16 @@ from typing import ClassVar
 
 
 class ServiceError(Exception):
-    """Base: ``status`` and ``type`` are fixed per subclass; ``detail`` is a sentence for people."""
+    """Base: ``status`` and ``type`` are fixed per subclass; ``detail`` is a sentence for people.
+
+    ``refusal``: the request was turned away before any inference (tsm_rejected_requests_total counts
+    those); a request that was admitted and then failed, timed out or lost its client is not one.
+    """
 
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
+    refusal: ClassVar[bool] = False
 
     def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
@@ -24,34 +29,44 @@ class ServiceError(Exception):
 
 class BadParameterError(ServiceError):
     status, type, title = 400, "bad-parameter", "Bad parameter"
+    refusal = True
 
 
 class UnauthorizedError(ServiceError):
     status, type, title = 401, "unauthorized", "Missing or wrong API key"
+    refusal = True
 
 
 class ModelNotFoundError(ServiceError):
     status, type, title = 404, "model-not-found", "Unknown model"
+    refusal = True
 
 
 class VersionNotFoundError(ServiceError):
     status, type, title = 404, "version-not-found", "Unknown or not serving model version"
+    refusal = True
 
 
 class UploadTimeoutError(ServiceError):
     status, type, title = 408, "upload-timeout", "The upload took too long"
+    refusal = True
 
 
 class UploadTooLargeError(ServiceError):
     status, type, title = 413, "upload-too-large", "Upload over the size limit"
+    refusal = True
 
 
 class UnsupportedMediaTypeError(ServiceError):
     status, type, title = 415, "unsupported-media-type", "Not a video"
+    refusal = True
 
 
 class UndecodableVideoError(ServiceError):
-    """422: the file is not a video we can decode (bad data, no video stream, no frames)."""
+    """422: the file is not a video we can decode (bad data, no video stream, no frames).
+
+    Not a ``refusal``: these have their own counter, tsm_decode_failures_total, by ``reason``.
+    """
 
     status, type, title = 422, "undecodable-video", "The video cannot be decoded"
 
@@ -77,13 +92,26 @@ class ClientClosedError(ServiceError):
 
     status, type, title = 499, "client-closed-request", "The client closed the connection"
 
+    def __init__(self, detail: str, stage: str) -> None:
+        super().__init__(detail)
+        self.stage = stage  # where the client left: upload or processing (tsm_cancelled_requests_total's label)
+
 
 class QueueFullError(ServiceError):
     status, type, title = 503, "queue-full", "Overloaded: the model's queue is full"
+    refusal = True
+
+
+class DecoderUnavailableError(ServiceError):
+    """503: no decoder process could be started (the OS refused it); the decode pool keeps retrying."""
+
+    status, type, title = 503, "decoder-unavailable", "No decoder process is available"
+    refusal = True  # turned away before any decoding or inference
 
 
 class NotReadyError(ServiceError):
     status, type, title = 503, "not-ready", "No model is ready to serve"
+    refusal = True
 
 
 class InferenceFailedError(ServiceError):

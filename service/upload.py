@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.errors import (
     BadParameterError,
+    ClientClosedError,
     UnsupportedMediaTypeError,
     UploadTimeoutError,
     UploadTooLargeError,
@@ -66,7 +67,7 @@ def _new_file(folder: Path | None, filename: str | None, content_type: str | Non
 
 async def receive_upload(request: Request, settings: ServiceSettings, file_fields: tuple[str, ...],
                          max_files: int, timeout_s: float | None = None) -> Upload:
-    """Receive the request body within ``timeout_s``; raises 400/408/413/415 errors, removing partial files first."""
+    """Receive the body within ``timeout_s``; raises 400/408/413/415/499 errors, removing partial files first."""
     start = time.perf_counter()
     upload = Upload()
     timeout_s = settings.upload_timeout_s if timeout_s is None else min(timeout_s, settings.upload_timeout_s)
@@ -78,7 +79,9 @@ async def receive_upload(request: Request, settings: ServiceSettings, file_field
             f"the upload did not arrive within {timeout_s:.1f} s; send it faster or make it smaller") from exc
     except ClientDisconnect as exc:
         upload.cleanup()
-        raise BadParameterError("the client disconnected before the upload finished") from exc
+        # A gone client did nothing wrong with its parameters: count it as cancelled (499), like one that
+        # leaves later, not as a refused bad request.
+        raise ClientClosedError("the client disconnected before the upload finished", stage="upload") from exc
     except BaseException:
         upload.cleanup()
         raise

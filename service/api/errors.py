@@ -30,6 +30,12 @@ def problem_response(error: ServiceError) -> JSONResponse:
                         media_type=PROBLEM_JSON)
 
 
+def validation_error(exc: RequestValidationError) -> BadParameterError:
+    """What FastAPI's parameter validation failure is answered as: a 400 naming each bad parameter."""
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+    return BadParameterError("; ".join(parts) or "invalid parameters")
+
+
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for error statuses a route can answer (bodies: :class:`Problem`)."""
     text = {400: "Bad parameters", 401: "Missing or wrong API key", 404: "Unknown model or version",
@@ -69,8 +75,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
-        return problem_response(BadParameterError("; ".join(parts) or "invalid parameters"))
+        return problem_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from service.api.deps import Authorized, RequestIdDep, Resources, ResourcesDep
-from service.api.errors import problem
+from service.api.errors import problem, validation_error
 from service.api.schemas import BatchItem, BatchResponse, ClassifyResponse, Problem
-from service.errors import BadParameterError, ClientClosedError, ServiceError, UndecodableVideoError
+from service.errors import BadParameterError, ClientClosedError, ServiceError, UnauthorizedError
+from service.metrics import Metrics
 from service.pipeline import Deadline, classify_file
 from service.upload import Upload, receive_upload
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["classify"])
 T = TypeVar("T")
 
 _VIDEO_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -52,30 +54,65 @@ class _Outcome:
     model: str = ""
     version: str = ""
     status: int = 200
+    type: str = ""
+
+
+def _count_failure(metrics: Metrics, outcome: _Outcome, exc: Exception) -> None:
+    """Status and type of the answer ``exc`` becomes; a gone client or a refusal is also counted as such."""
+    error = validation_error(exc) if isinstance(exc, RequestValidationError) else exc
+    if not isinstance(error, ServiceError):
+        outcome.status, outcome.type = 500, ServiceError.type
+        return
+    outcome.status, outcome.type = error.status, error.type
+    if isinstance(error, ClientClosedError):
+        metrics.cancelled.labels(error.stage).inc()
+    elif error.refusal and not isinstance(error, UnauthorizedError):  # the auth dependency counts its own 401s
+        metrics.rejected.labels(error.type).inc()
 
 
 @contextmanager
-def _tracked(res: Resources) -> Iterator[_Outcome]:
+def _tracked(metrics: Metrics) -> Iterator[_Outcome]:
     """In-flight gauge, request counter and duration for one classification request."""
-    metrics, outcome, start = res.metrics, _Outcome(), time.perf_counter()
+    outcome, start = _Outcome(), time.perf_counter()
     metrics.inflight.inc()
     try:
         yield outcome
-    except ServiceError as exc:
-        outcome.status = exc.status
-        if not isinstance(exc, UndecodableVideoError):  # decode failures have their own counter
-            metrics.rejected.labels(exc.type).inc()
-        raise
-    except Exception:
-        outcome.status = 500
+    except Exception as exc:
+        _count_failure(metrics, outcome, exc)
         raise
     finally:
         elapsed = time.perf_counter() - start
         metrics.inflight.dec()
         metrics.requests.labels(outcome.model, outcome.version, str(outcome.status)).inc()
         metrics.request_duration.observe(elapsed)
-        log.info("classify model=%s version=%s status=%d in %.1f ms",
-                 outcome.model or "-", outcome.version or "-", outcome.status, elapsed * 1000)
+        log.info("classify model=%s version=%s status=%d type=%s in %.1f ms", outcome.model or "-",
+                 outcome.version or "-", outcome.status, outcome.type or "-", elapsed * 1000)
+
+
+class _TrackedRoute(APIRoute):
+    """Tracks every answer of the route, also those given before the endpoint runs (bad query parameters,
+    a missing API key), which a ``with`` inside the endpoint never sees."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def tracked(request: Request) -> Response:
+            resources: Resources = request.app.state.resources
+            with _tracked(resources.metrics) as outcome:
+                request.state.outcome = outcome  # the endpoint fills in the model version it leased
+                response = await handler(request)
+                outcome.status = response.status_code
+                return response
+
+        return tracked
+
+
+def _outcome(request: Request) -> _Outcome:
+    outcome: _Outcome = request.state.outcome
+    return outcome
+
+
+router = APIRouter(tags=["classify"], route_class=_TrackedRoute)
 
 
 def _option(name: str, query: Any, upload: Upload) -> str | None:
@@ -88,9 +125,11 @@ def _int_option(name: str, query: int | None, upload: Upload) -> int | None:
     raw = _option(name, query, upload)
     if raw is None:
         return None
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise BadParameterError(f"{name} must be a positive integer, got {raw!r}")
-    return int(raw)
+    digits = raw.strip()
+    # ASCII only: str.isdigit() also passes '²' (int() refuses it) and other scripts' digits (int() reads them).
+    if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
+        raise BadParameterError(f"{name} must be a positive integer written in the digits 0-9, got {raw!r}")
+    return int(digits)
 
 
 def _top_k(value: int | None, num_labels: int) -> int:
@@ -137,8 +176,8 @@ async def _unless_disconnected(request: Request, res: Resources, work: Awaitable
             task.cancel()
             await asyncio.wait({task})
     if task.cancelled():
-        res.metrics.cancelled.labels("processing").inc()
-        raise ClientClosedError("the client disconnected before the answer; the request was cancelled")
+        raise ClientClosedError("the client disconnected before the answer; the request was cancelled",
+                                stage="processing")
     return task.result()
 
 
@@ -148,20 +187,20 @@ async def classify(request: Request, res: ResourcesDep, request_id: RequestIdDep
                    model: ModelName = None, version: Version = None) -> ClassifyResponse:
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
-    with _tracked(res) as outcome:
-        res.pool.admit()  # refuse an overloaded server's request before reading its body
-        upload = await _receive(request, res, ("file",), 1, deadline)
-        try:
-            k = _int_option("top_k", top_k, upload)
-            want_version = _int_option("version", version, upload)
-            async with res.repository.lease(_option("model", model, upload), want_version) as mv:
-                outcome.model, outcome.version = mv.name, str(mv.version)
-                assert mv.manifest is not None
-                work = classify_file(str(upload.files[0].path), mv, res.pool, res.limits, res.metrics, deadline,
-                                     _top_k(k, mv.manifest.num_classes), request_id, upload.seconds, started)
-                return await _unless_disconnected(request, res, work)
-        finally:
-            upload.cleanup()
+    outcome = _outcome(request)
+    res.pool.admit()  # refuse an overloaded server's request before reading its body
+    upload = await _receive(request, res, ("file",), 1, deadline)
+    try:
+        k = _int_option("top_k", top_k, upload)
+        want_version = _int_option("version", version, upload)
+        async with res.repository.lease(_option("model", model, upload), want_version) as mv:
+            outcome.model, outcome.version = mv.name, str(mv.version)
+            assert mv.manifest is not None
+            work = classify_file(str(upload.files[0].path), mv, res.pool, res.limits, res.metrics, deadline,
+                                 _top_k(k, mv.manifest.num_classes), request_id, upload.seconds, started)
+            return await _unless_disconnected(request, res, work)
+    finally:
+        upload.cleanup()
 
 
 @router.post("/classify/batch", response_model=BatchResponse, dependencies=[Authorized], responses=_ERRORS,
@@ -170,27 +209,27 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
                          model: ModelName = None, version: Version = None) -> BatchResponse:
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
-    with _tracked(res) as outcome:
-        res.pool.admit()
-        upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files, deadline)
-        try:
-            k = _int_option("top_k", top_k, upload)
-            async with res.repository.lease(_option("model", model, upload),
-                                            _int_option("version", version, upload)) as mv:
-                outcome.model, outcome.version = mv.name, str(mv.version)
-                assert mv.manifest is not None
-                k = _top_k(k, mv.manifest.num_classes)
-                results = await _unless_disconnected(request, res, asyncio.gather(*(
-                    classify_file(str(f.path), mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
-                                  upload.seconds, started) for f in upload.files), return_exceptions=True))
-        finally:
-            upload.cleanup()
-        items = []
-        for f, result in zip(upload.files, results, strict=True):
-            if isinstance(result, ServiceError):
-                items.append(BatchItem(filename=f.filename, status=result.status, error=problem(result)))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                items.append(BatchItem(filename=f.filename, status=200, result=result))
-        return BatchResponse(request_id=request_id, results=items)
+    outcome = _outcome(request)
+    res.pool.admit()
+    upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files, deadline)
+    try:
+        k = _int_option("top_k", top_k, upload)
+        async with res.repository.lease(_option("model", model, upload),
+                                        _int_option("version", version, upload)) as mv:
+            outcome.model, outcome.version = mv.name, str(mv.version)
+            assert mv.manifest is not None
+            k = _top_k(k, mv.manifest.num_classes)
+            results = await _unless_disconnected(request, res, asyncio.gather(*(
+                classify_file(str(f.path), mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
+                              upload.seconds, started) for f in upload.files), return_exceptions=True))
+    finally:
+        upload.cleanup()
+    items = []
+    for f, result in zip(upload.files, results, strict=True):
+        if isinstance(result, ServiceError):
+            items.append(BatchItem(filename=f.filename, status=result.status, error=problem(result)))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            items.append(BatchItem(filename=f.filename, status=200, result=result))
+    return BatchResponse(request_id=request_id, results=items)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import STRICT_UPLOAD_BYTES, LiveServer, leftover_uploads, pool_healthy
 from tests.e2e.test_errors import assert_problem
+from tests.e2e.test_metrics_batching import counter
 from tests.videos import bad_videos
 
 pytestmark = pytest.mark.slow
@@ -120,3 +121,53 @@ def test_slow_upload_gets_408_and_no_file(strict_server: LiveServer) -> None:
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert b"upload-timeout" in reply or b"content-length" in reply.lower()
     assert 1.2 < elapsed < 5, elapsed
+
+
+@pytest.mark.parametrize("field", ["top_k", "version"])
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663"])  # superscript two (int() refuses it), Arabic-Indic three
+def test_option_with_non_ascii_digits_400(strict_server: LiveServer, good: bytes, field: str, value: str) -> None:
+    """Form options take ASCII digits only: str.isdigit() also passes digits int() refuses or reads differently."""
+    with strict_server.client() as http:
+        r = http.post("/classify", files={"file": ("c.mp4", good, "video/mp4")}, data={field: value})
+    detail = assert_problem(r, 400, "bad-parameter")["detail"]
+    assert field in detail and "positive integer" in detail
+
+
+def test_every_refused_request_counted_once(strict_server: LiveServer, good: bytes) -> None:
+    """400s from query validation (before the route runs) count like the route's own: once as a request, once
+    as a refusal."""
+    with strict_server.client() as http:
+        before = http.get("/metrics").text
+        assert_problem(http.post("/classify", params={"top_k": 0}, content=good, headers=MP4), 400, "bad-parameter")
+        assert_problem(http.post("/classify", params={"version": "x"}, content=good, headers=MP4),
+                       400, "bad-parameter")
+        assert_problem(http.post("/classify", files={"file": ("c.mp4", good, "video/mp4")}, data={"top_k": "0"}),
+                       400, "bad-parameter")
+        after = http.get("/metrics").text
+    requests = {"model": "", "version": "", "status": "400"}
+    assert counter(after, "tsm_requests_total", **requests) - counter(before, "tsm_requests_total", **requests) == 3
+    rejected = {"reason": "bad-parameter"}
+    assert (counter(after, "tsm_rejected_requests_total", **rejected)
+            - counter(before, "tsm_rejected_requests_total", **rejected)) == 3
+
+
+def test_client_gone_mid_upload_is_cancelled_not_refused(strict_server: LiveServer) -> None:
+    """A client that hangs up during its upload counts as 499 and cancelled at stage upload, not as a bad request."""
+    cancelled, gone = {"stage": "upload"}, {"model": "", "version": "", "status": "499"}
+    with strict_server.client() as http:
+        before = http.get("/metrics").text
+        with socket.create_connection(("127.0.0.1", strict_server.settings.port), timeout=10) as sock:
+            sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                         b"Content-Length: 10000\r\n\r\n" + b"\0" * 100)
+            time.sleep(0.2)  # the route is now waiting for the rest of the body
+        after, deadline = http.get("/metrics").text, time.monotonic() + 5
+        while counter(after, "tsm_requests_total", **gone) == counter(before, "tsm_requests_total", **gone) \
+                and time.monotonic() < deadline:  # the server notices the hang-up on its own time
+            time.sleep(0.1)
+            after = http.get("/metrics").text
+    series = {"cancelled upload": ("tsm_cancelled_requests_total", cancelled),
+              "499": ("tsm_requests_total", gone), "400": ("tsm_requests_total", {**gone, "status": "400"}),
+              "refused": ("tsm_rejected_requests_total", {"reason": "bad-parameter"})}
+    changes = {key: counter(after, name, **labels) - counter(before, name, **labels)
+               for key, (name, labels) in series.items()}
+    assert changes == {"cancelled upload": 1, "499": 1, "400": 0, "refused": 0}

@@ -38,6 +38,13 @@ def faulty_decode(path: str, *args: Any) -> DecodedClip:
     return decode_task(path, *args)
 
 
+def wait_until(condition: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def metric(text: str, line_start: str) -> float:
     for line in text.splitlines():
         if line.startswith(line_start):
@@ -94,6 +101,43 @@ def test_client_disconnect_cancels_work(faulty_server: LiveServer, videos: dict[
     assert metric(metrics, 'tsm_stage_duration_seconds_count{stage="decode"}') == decodes_before  # no decode
     assert metric(metrics, 'tsm_cancelled_requests_total{stage="processing"}') == 1.0
     assert metric(metrics, 'tsm_requests_total{model="tiny",status="499",version="1"}') == 1.0
+    assert "client-closed-request" not in metrics  # a client gone is cancelled, not refused
+
+
+class BrokenInference:
+    """The real predictor for loading and warm-up; every inference call after that fails."""
+
+    def __init__(self, settings: Any) -> None:
+        from service.app import default_factory
+
+        self.inner = default_factory(settings)
+
+    def __call__(self, version_dir: Path, manifest: Any) -> Any:
+        predictor = self.inner(version_dir, manifest)
+        warm_up = predictor.warm_up
+
+        def warm_up_then_break(*args: Any) -> int:
+            outputs = warm_up(*args)
+
+            def broken(*_: Any) -> Any:
+                raise RuntimeError("the device fell over (injected)")
+            predictor.run = broken  # the batcher takes predictor.run after warm-up
+            return outputs
+        predictor.warm_up = warm_up_then_break
+        return predictor
+
+
+def test_failed_inference_is_503_not_a_refusal(tiny_repo_template: Path, videos: dict[str, Path]) -> None:
+    from service.settings import ServiceSettings
+
+    overrides = {"model_repo": tiny_repo_template, "decode_workers": 1, "cpu_threads": 1, "poll_interval_s": 0,
+                 "max_queue_delay_ms": 5}
+    with LiveServer(overrides, predictor_factory=BrokenInference(ServiceSettings(**overrides))) as live, \
+            live.client() as http:
+        assert_problem(http.post("/classify", content=videos["c"].read_bytes(), headers=MP4), 503, "inference-failed")
+        metrics = http.get("/metrics").text
+    assert metric(metrics, 'tsm_requests_total{model="tiny",status="503",version="1"}') == 1.0
+    assert "inference-failed" not in metrics  # the request was admitted: not counted as refused
 
 
 class FailingWarmup:
@@ -123,9 +167,10 @@ def test_failing_new_versions_keep_the_old_one_serving(model_repo: Path, videos:
     with LiveServer(overrides, predictor_factory=factory) as live, live.client() as http:
         assert http.post("/classify", content=good, headers=MP4).json()["version"] == 1
         export_tiny(model_repo, seed=3)  # -> tiny/2, which fails warm-up
-        half = model_repo / TINY_NAME / "3"
+        half = model_repo / TINY_NAME / ".copying-3"
         half.mkdir()
-        (half / "model.pdmodel").write_bytes(b"\0" * 10)  # no manifest, no params: a half-written copy
+        (half / "model.pdmodel").write_bytes(b"\0" * 10)  # no manifest, no params: a copy stuck half way
+        half.rename(model_repo / TINY_NAME / "3")  # in one step: changing files would make it be tried again
         staging = model_repo / TINY_NAME / ".stage-interrupted"
         staging.mkdir()
         (staging / "model.pdiparams").write_bytes(b"\0" * 10)
@@ -143,6 +188,64 @@ def test_failing_new_versions_keep_the_old_one_serving(model_repo: Path, videos:
         assert "warm-up failed" in models[2]["error"]
         metrics = http.get("/metrics").text
     assert metric(metrics, 'tsm_model_loads_total{model="tiny",result="failed"}') == 2.0
+
+
+def test_a_failed_version_is_tried_again_once_its_files_change(model_repo: Path, videos: dict[str, Path]) -> None:
+    """v2 fails its warm-up; the cause goes away but nothing retries it until its files change (the default
+    back-off is 30 s), then the next scan loads it and it serves."""
+    from service.settings import ServiceSettings
+
+    overrides = {"model_repo": model_repo, "poll_interval_s": 0.2, "decode_workers": 1, "cpu_threads": 1}
+    factory = FailingWarmup(ServiceSettings(**overrides), fail={2})
+    good = videos["c"].read_bytes()
+    with LiveServer(overrides, predictor_factory=factory) as live, live.client() as http:
+        export_tiny(model_repo, seed=3)
+        def version_state() -> dict[int, str]:
+            return {m["version"]: m["state"] for m in http.get(f"/models/{TINY_NAME}").json()["models"]}
+
+        wait_until(lambda: version_state().get(2) == "failed", 30)
+        factory.fail.clear()
+        time.sleep(1.0)  # five scans
+        assert version_state() == {1: "ready", 2: "failed"}
+        manifest = model_repo / TINY_NAME / "2" / "manifest.json"
+        manifest.write_text(manifest.read_text())  # the copy is written again
+        wait_until(lambda: http.post("/classify", content=good, headers=MP4).json().get("version") == 2, 30)
+        metrics = http.get("/metrics").text
+    assert metric(metrics, 'tsm_model_loads_total{model="tiny",result="failed"}') == 1.0
+    assert metric(metrics, 'tsm_model_loads_total{model="tiny",result="ok"}') == 2.0
+
+
+def test_a_failed_version_is_tried_again_after_the_back_off(model_repo: Path) -> None:
+    """Straight on the repository: no retry before ``retry_failed_s``, a retry after it, the wait doubling."""
+    import asyncio
+
+    from service.batcher import BatchPolicy
+    from service.metrics import Metrics
+    from service.repository import ModelRepository
+    from service.settings import ServiceSettings
+
+    factory = FailingWarmup(ServiceSettings(model_repo=model_repo, cpu_threads=1), fail={1})
+
+    async def scenario() -> list[str]:
+        repo = ModelRepository(model_repo, Metrics(process=False), factory, BatchPolicy(2, 5, 8),
+                               warmup_runs=1, retry_failed_s=0.5)
+        seen = []
+        await repo.start()  # attempt 1 fails
+        await repo.poll_once()  # too early: not tried
+        seen.append(repo.describe()[0]["state"])
+        await asyncio.sleep(0.6)
+        await repo.poll_once()  # attempt 2 fails: the next wait is 1 s
+        await asyncio.sleep(0.6)
+        await repo.poll_once()  # too early again
+        seen.append(f"{repo.describe()[0]['state']} after {repo.others[(TINY_NAME, 1)].failures}")
+        factory.fail.clear()
+        await asyncio.sleep(0.5)
+        await repo.poll_once()  # attempt 3 loads
+        seen.append(repo.describe()[0]["state"])
+        await repo.close()
+        return seen
+
+    assert asyncio.run(scenario()) == ["failed", "failed after 2", "ready"]
 
 
 def test_sigterm_finishes_in_flight_then_exits(tiny_repo_template: Path, videos: dict[str, Path]) -> None:

@@ -23,6 +23,11 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def counter(text: str, name: str, **labels: str) -> float:
+    """One sample's value, 0 when the series is absent (a counter nothing has incremented yet)."""
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
 def stage_count(text: str, stage: str) -> float:
     return samples(text)[("tsm_stage_duration_seconds_count", (("stage", stage),))]
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import LiveServer, leftover_uploads
 from tests.e2e.test_errors import assert_problem
+from tests.e2e.test_metrics_batching import counter
 
 pytestmark = pytest.mark.slow
 KEY = "k3y-for-tests-only"
@@ -41,6 +42,19 @@ def test_api_key_bearer_and_closed_probes(locked_server: LiveServer, videos: dic
         ok = http.post("/classify", content=data, headers={**mp4, "authorization": f"Bearer {KEY}"})
         assert ok.status_code == 200, ok.text
         assert leftover_uploads(locked_server) == []
+
+
+def test_refused_key_counted_once(locked_server: LiveServer, videos: dict[str, Path]) -> None:
+    """A 401 on /classify (answered before the route runs) is one request with status 401 and one refusal."""
+    key = {"authorization": f"Bearer {KEY}"}
+    with locked_server.client() as http:
+        before = http.get("/metrics", headers=key).text
+        assert_problem(http.post("/classify", content=videos["c"].read_bytes(), headers={"content-type": "video/mp4"}),
+                       401, "unauthorized")
+        after = http.get("/metrics", headers=key).text
+    for name, labels in (("tsm_requests_total", {"model": "", "version": "", "status": "401"}),
+                         ("tsm_rejected_requests_total", {"reason": "unauthorized"})):
+        assert counter(after, name, **labels) - counter(before, name, **labels) == 1, name
 
 
 def test_probes_open_by_default(strict_server: LiveServer) -> None:

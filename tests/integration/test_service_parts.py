@@ -123,3 +123,23 @@ def test_client_cli(server, videos: dict[str, Path], capsys: pytest.CaptureFixtu
     with Client(server.url) as client:
         batch = client.classify_batch([videos["a"], bad], top_k=1)
     assert [r["status"] for r in batch["results"]] == [200, 422]
+
+
+@pytest.mark.slow
+def test_client_leaves_top_k_to_the_server(tmp_path: Path, videos: dict[str, Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Against a 3-label model, the CLI and client without a top_k get the server's default, not a 400."""
+    from service.client import Client, main
+    from tests.conftest import LiveServer, export_tiny
+
+    export_tiny(tmp_path, labels=["archery", "bowling", "cooking"])
+    overrides = {"model_repo": tmp_path, "decode_workers": 1, "cpu_threads": 1, "poll_interval_s": 0,
+                 "max_queue_delay_ms": 5}
+    with LiveServer(overrides) as live:
+        assert main([str(videos["c"]), "--url", live.url]) == 0, capsys.readouterr().err
+        with Client(live.url) as client:
+            one = client.classify(videos["c"])
+            batch = client.classify_batch([videos["c"]])
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 3
+    assert len(one["predictions"]) == 3
+    assert [len(r["result"]["predictions"]) for r in batch["results"]] == [3]

@@ -14,6 +14,16 @@ def test_every_setting_is_in_the_settings_table() -> None:
     assert documented == {name.upper() for name in ServiceSettings.model_fields}
 
 
+def test_the_settings_table_shows_each_default() -> None:
+    import json
+
+    shown = dict(re.findall(r"^\| `TSM_([A-Z0-9_]+)` \| `([^`]*)` \|", README, flags=re.M))
+    for name, field in ServiceSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        text = "—" if default is None else json.dumps(default) if isinstance(default, (list, dict)) else str(default)
+        assert shown[name.upper()] == text, f"TSM_{name.upper()}: README says {shown[name.upper()]}, code {text}"
+
+
 def test_every_metric_is_documented() -> None:
     from prometheus_client import CollectorRegistry
 
