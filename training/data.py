@@ -100,10 +100,16 @@ def collate_clips(items: list[Item]) -> dict[str, Any]:
 
 def make_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, shuffle: bool,
                 distributed: bool = False) -> paddle.io.DataLoader:
-    """A DataLoader with worker processes; a DistributedBatchSampler when running data-parallel."""
+    """A DataLoader with worker processes; a DistributedBatchSampler when running data-parallel.
+
+    Training (``shuffle``) drops a last partial batch, as PaddleVideo's loaders do (BatchNorm statistics of a
+    clip or two are noise), unless the set is smaller than one batch on every process.
+    """
+    ranks = paddle.distributed.get_world_size() if distributed else 1
+    drop_last = shuffle and len(dataset) >= batch_size * ranks  # type: ignore[arg-type]
     if distributed:
-        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, shuffle=shuffle, drop_last=shuffle)
+        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, shuffle=shuffle, drop_last=drop_last)
     else:
-        sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False)
+        sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                 collate_fn=collate_clips, use_shared_memory=False)

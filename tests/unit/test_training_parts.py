@@ -169,3 +169,19 @@ def test_the_demo_refuses_a_process_count_that_does_not_divide_its_batch(tmp_pat
     with pytest.raises(ValueError, match="must divide the global batch of 16"):
         run_demo(tmp_path / "repo", tmp_path / "work", procs=3)
     assert not (tmp_path / "work").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(("size", "shuffle", "batches"), [(10, True, [4, 4]), (10, False, [4, 4, 2]), (3, True, [3])])
+def test_training_loader_drops_a_partial_last_batch_unless_that_leaves_none(size: int, shuffle: bool,
+                                                                            batches: list[int]) -> None:
+    from training.data import make_loader
+
+    class Numbers(paddle.io.Dataset):
+        def __len__(self) -> int:
+            return size
+
+        def __getitem__(self, i: int) -> int:
+            return i
+
+    loader = make_loader(Numbers(), 4, 0, shuffle)
+    assert [len(b) for b in loader.batch_sampler] == batches
