@@ -4,6 +4,7 @@ The GPU image gets Paddle (CUDA/cuDNN/TensorRT build) from its base image, so it
 dependency from the same single source, pyproject.toml, and checks the base's Paddle against the pin:
 
     python pyproject_requirements.py pyproject.toml --exclude paddlepaddle      # requirements, one a line
+    python pyproject_requirements.py pyproject.toml --exclude paddlepaddle --extra onnx   # plus an extra's
     python pyproject_requirements.py pyproject.toml --version-of paddlepaddle   # the pinned version: 3.3.1
 """
 
@@ -23,8 +24,14 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def dependencies(pyproject: Path) -> list[str]:
-    return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+def dependencies(pyproject: Path, extras: list[str] | None = None) -> list[str]:
+    """``[project] dependencies``, then those of each named ``[project.optional-dependencies]`` group."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    optional = project.get("optional-dependencies", {})
+    unknown = [e for e in extras or [] if e not in optional]
+    if unknown:
+        raise ValueError(f"no optional-dependencies group {', '.join(unknown)} in {pyproject}")
+    return [*project["dependencies"], *(d for e in extras or [] for d in optional[e])]
 
 
 def name_of(requirement: str) -> str:
@@ -38,9 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject", type=Path)
     parser.add_argument("--exclude", action="append", default=[], help="distribution to leave out (repeatable)")
+    parser.add_argument("--extra", action="append", default=[], help="optional-dependencies group to add (repeatable)")
     parser.add_argument("--version-of", help="print the ==-pinned version of this distribution and exit")
     args = parser.parse_args(argv)
-    deps = dependencies(args.pyproject)
+    try:
+        deps = dependencies(args.pyproject, args.extra)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     if args.version_of:
         wanted = canonical(args.version_of)
         pins = [d.split("==", 1)[1].split(";")[0].strip() for d in deps if name_of(d) == wanted and "==" in d]

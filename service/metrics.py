@@ -44,8 +44,8 @@ class Metrics:
         self.model_loads = Counter("tsm_model_loads", "Model version loads by result (ok, failed).",
                                    ["model", "result"], registry=r)
         self.decoder_replacements = Counter(
-            "tsm_decoder_replacements", "Decoder worker processes replaced, by reason (crashed, timeout, memory).",
-            ["reason"], registry=r)
+            "tsm_decoder_replacements",
+            "Decoder worker processes replaced, by reason (crashed, timeout, out_of_memory).", ["reason"], registry=r)
         self.cancelled = Counter("tsm_cancelled_requests", "Requests whose client left before the answer, by stage.",
                                  ["stage"], registry=r)
         self.upload_bytes = Histogram("tsm_upload_bytes", "Size of uploaded videos, bytes.", buckets=_BYTES,

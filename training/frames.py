@@ -78,6 +78,17 @@ def _folder_name(video: Path, data_prefix: str, index: int) -> str:
     return str(rel.with_suffix(""))
 
 
+def _folder_names(videos: list[Path], data_prefix: str) -> list[str]:
+    """Each video's folder: its path without the suffix, the suffix kept (``a_mp4``) where two different videos
+    (``a.mp4``, ``a.avi``) would share one. A video listed twice keeps one folder."""
+    names = [_folder_name(v, data_prefix, i) for i, v in enumerate(videos)]
+    owners: dict[str, set[Path]] = {}
+    for video, name in zip(videos, names, strict=True):
+        owners.setdefault(name, set()).add(video)
+    return [name if len(owners[name]) == 1 else name + video.suffix.replace(".", "_")
+            for video, name in zip(videos, names, strict=True)]
+
+
 def extract_frames(video_list: Path, out_dir: Path, data_prefix: str = "", short_side: int | None = None,
                    workers: int = 2) -> Path:
     """Decode every video of ``video_list`` (``<path> <label>``) into ``out_dir/<path without suffix>/``, scaled to
@@ -92,15 +103,19 @@ def extract_frames(video_list: Path, out_dir: Path, data_prefix: str = "", short
     stamp = {"list_sha256": hashlib.sha256(Path(video_list).read_bytes()).hexdigest(), "data_prefix": data_prefix,
              "short_side": short_side, "jpeg_quality": JPEG_QUALITY}
     out_list = out_dir / Path(video_list).name
+    if out_list.resolve() == Path(video_list).resolve():
+        raise ValueError(f"the frames list would overwrite the video list {video_list}: choose another output folder")
     done = out_list.with_suffix(out_list.suffix + ".json")
     if out_list.is_file() and done.is_file() and json.loads(done.read_text()) == stamp:
         return out_list
     done.unlink(missing_ok=True)
-    rel_dirs = [_folder_name(s.path, data_prefix, i) for i, s in enumerate(samples)]
-    jobs = [_Job(s.path, out_dir / rel, short_side) for s, rel in zip(samples, rel_dirs, strict=True)]
-    results = run_tasks(_extract, jobs, workers, desc=f"frames of {Path(video_list).name}", unit="video")
+    rel_dirs = _folder_names([s.path for s in samples], data_prefix)
+    unique = {rel: _Job(s.path, out_dir / rel, short_side) for s, rel in zip(samples, rel_dirs, strict=True)}
+    extracted = dict(zip(unique, run_tasks(_extract, list(unique.values()), workers,
+                                           desc=f"frames of {Path(video_list).name}", unit="video"), strict=True))
     lines = []
-    for sample, rel, (count, error) in zip(samples, rel_dirs, results, strict=True):
+    for sample, rel in zip(samples, rel_dirs, strict=True):
+        count, error = extracted[rel]
         if error:
             log.warning("skipped undecodable video %s: %s", sample.path, error)
             continue

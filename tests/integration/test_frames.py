@@ -71,6 +71,24 @@ def test_a_complete_extraction_is_reused_and_a_changed_list_redone(video_set: Pa
     assert Image.open(marker).size == (53, 40)  # another size: extracted again
 
 
+def test_videos_sharing_a_stem_get_their_own_folders_and_a_repeated_one_shares(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "v").mkdir(parents=True)
+    make_video(src / "v" / "a.mp4", num_frames=10, width=64, height=48, seed=1)
+    make_video(src / "v" / "a.mkv", num_frames=14, width=64, height=48, seed=2)
+    (src / "list.txt").write_text("v/a.mp4 0\nv/a.mkv 1\nv/a.mp4 2\n")
+    out = extract_frames(src / "list.txt", tmp_path / "out", data_prefix=str(src), workers=2)
+    assert out.read_text().splitlines() == ["v/a_mp4 10 0", "v/a_mkv 14 1", "v/a_mp4 10 2"]
+    assert len(list((tmp_path / "out" / "v" / "a_mkv").glob("img_*.jpg"))) == 14
+
+
+def test_extraction_refuses_to_overwrite_its_own_video_list(video_set: Path) -> None:
+    before = (video_set / "train.list").read_text()
+    with pytest.raises(ValueError, match="would overwrite the video list"):
+        extract_frames(video_set / "train.list", video_set, data_prefix=str(video_set), workers=1)
+    assert (video_set / "train.list").read_text() == before
+
+
 def test_long_videos_are_decoded_a_chunk_at_a_time_with_every_frame_in_order(video_set: Path) -> None:
     from training.frames import decoded_chunks
 

@@ -120,6 +120,23 @@ def test_hadolint_really_lints(tmp_path: Path) -> None:
     assert done.returncode != 0 and "DL3015" in done.stdout and "DL3002" in done.stdout, done.stdout
 
 
+def test_every_cpu_image_stage_that_imports_paddle_has_its_openmp_runtime() -> None:
+    """python:3.11-slim lacks libgomp1, which libpaddle needs: a stage importing Paddle installs it first."""
+    stages: list[list[tuple[str, str]]] = [[]]  # the first: ARGs before any FROM
+    for instruction, args in dockerfile_instructions(DOCKER / "Dockerfile"):
+        if instruction == "FROM":
+            stages.append([])
+        stages[-1].append((instruction, args))
+    importing = 0
+    for steps in stages:
+        runs = [a for i, a in steps if i == "RUN"]
+        first_import = next((n for n, a in enumerate(runs) if re.search(r"import [^;\"]*\bpaddle\b", a)), None)
+        if first_import is not None:
+            importing += 1
+            assert any("libgomp1" in a for a in runs[:first_import]), "Paddle imported before libgomp1 is installed"
+    assert importing >= 1  # the build stage checks that the installed packages import
+
+
 def test_cpu_dockerfile_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     steps = dockerfile_instructions(DOCKER / "Dockerfile")
     froms = [a for i, a in steps if i == "FROM"]
@@ -192,6 +209,13 @@ def test_gpu_requirements_come_from_pyproject() -> None:
     assert pin.returncode == 0 and f"paddlepaddle=={pin.stdout.strip()}" in deps
     unknown = run([sys.executable, script, str(ROOT / "pyproject.toml"), "--exclude", "paddlepaddle-gpu"])
     assert unknown.returncode == 1 and "not a dependency" in unknown.stderr
+    onnx = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["onnx"]
+    with_onnx = run([sys.executable, script, str(ROOT / "pyproject.toml"), "--exclude", "paddlepaddle",
+                     "--extra", "onnx"])
+    assert with_onnx.returncode == 0 and with_onnx.stdout.split() == done.stdout.split() + onnx
+    assert "--extra onnx" in (DOCKER / "Dockerfile.gpu").read_text()  # the k8s Job's exports carry model.onnx
+    bad_extra = run([sys.executable, script, str(ROOT / "pyproject.toml"), "--extra", "nope"])
+    assert bad_extra.returncode == 1 and "no optional-dependencies group nope" in bad_extra.stderr
 
 
 def test_gpu_build_check_refuses_a_cpu_paddle(capsys: pytest.CaptureFixture[str]) -> None:
