@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +25,31 @@ def build_model(cfg: Config) -> Recognizer2D:
 
 def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: int,
                     metrics: dict[str, float], optimizer: paddle.optimizer.Optimizer | None = None) -> Path:
-    """Write ``<prefix>.pdparams`` (+ ``.pdopt``) and ``<prefix>.json``; returns the params path."""
+    """Write ``<prefix>.pdparams`` (+ ``.pdopt``) and ``<prefix>.json``; returns the params path.
+
+    Each file is written under a temporary name and renamed over the old one, so a run killed while
+    saving keeps its previous ``latest`` checkpoint whole. The sidecar goes last: its epoch never
+    claims weights that were not written.
+    """
     prefix.parent.mkdir(parents=True, exist_ok=True)
     layer = model._layers if isinstance(model, paddle.DataParallel) else model
-    paddle.save(layer.state_dict(), str(prefix) + ".pdparams")
+    params = Path(str(prefix) + ".pdparams")
+    write_atomically(params, lambda tmp: paddle.save(layer.state_dict(), str(tmp)))
     if optimizer is not None:
-        paddle.save(optimizer.state_dict(), str(prefix) + ".pdopt")
+        write_atomically(Path(str(prefix) + ".pdopt"), lambda tmp: paddle.save(optimizer.state_dict(), str(tmp)))
     meta = {"epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json")}
-    Path(str(prefix) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
-    return Path(str(prefix) + ".pdparams")
+    write_atomically(Path(str(prefix) + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    return params
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` into ``<path>.tmp`` in the same folder (a rename is atomic only within one file system),
+    flush it to disk, then rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def read_meta(params: Path) -> dict[str, Any]:
@@ -43,24 +61,31 @@ def read_meta(params: Path) -> dict[str, Any]:
 def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = False) -> tuple[int, list[str]]:
     """Load a state dict; returns (tensors loaded, keys of the model left untouched).
 
+    A full load (evaluate, export, resume) takes the file only if it is exactly this network: a
+    ValueError names what differs, as a partial load would leave random layers in the result.
     ``backbone_only`` follows PaddleVideo's ``load_ckpt`` for pretrained weights: for each
     backbone key K take ``file[K]`` else ``file['backbone.'+K]`` (ImageNet files have no prefix),
     skipping what is missing or has another shape.
     """
     state = paddle.load(str(params))
-    own = model.state_dict()
+    if not isinstance(state, dict):
+        raise ValueError(f"{params}: not a state dict (a .pdparams file of a TSM/ResNet network)")
+    if backbone_only:
+        return _load_backbone(model, params, state)
+    _check_recorded_network(model, params)
+    _check_state_dict(model, params, state)
+    model.set_state_dict(state)
+    return len(state), []
+
+
+def _load_backbone(model: paddle.nn.Layer, params: Path, state: dict[str, Any]) -> tuple[int, list[str]]:
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     chosen: dict[str, Any] = {}
     for key, tensor in own.items():
-        if backbone_only:
-            if not key.startswith("backbone."):
-                continue
-            bare = key[len("backbone."):]
-            value = state.get(bare, state.get(key))
-        else:
-            value = state.get(key)
+        value = state.get(key[len("backbone."):], state.get(key))
         if value is not None and list(value.shape) == list(tensor.shape):
             chosen[key] = value
-    missing = [k for k in own if k not in chosen and (not backbone_only or k.startswith("backbone."))]
+    missing = [k for k in own if k not in chosen]
     if not chosen:
         raise ValueError(f"{params}: no tensor matches the model (is it a TSM/ResNet checkpoint of this depth?)")
     model.set_state_dict(chosen)
@@ -68,3 +93,42 @@ def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = Fal
         log.warning("%s: %d model tensors not in the file, left as initialised (e.g. %s)",
                     params, len(missing), missing[0])
     return len(chosen), missing
+
+
+# The model fields that decide what the weights compute. ``data_format`` is only the memory layout
+# (an NHWC run exports as NCHW) and ``drop_ratio`` acts in training only, so those may differ.
+NETWORK_FIELDS = ("depth", "num_classes", "base_width", "shift", "num_seg")
+
+
+def _check_recorded_network(model: paddle.nn.Layer, params: Path) -> None:
+    """Compare the network the sidecar records with the one built (``build_tsm`` sets ``model.arch``).
+
+    Shift and segment count leave the state dict unchanged, so only the sidecar can tell them apart.
+    """
+    recorded = read_meta(params).get("config", {}).get("model", {})
+    built: dict[str, Any] = getattr(model, "arch", {})
+    for field in NETWORK_FIELDS:
+        if field in recorded and field in built and recorded[field] != built[field]:
+            raise ValueError(f"{params} was trained with model.{field}={recorded[field]}, but the config has "
+                             f"model.{field}={built[field]}: use the config it was trained with (its "
+                             f"{params.with_suffix('.json').name} records it) or -o model.{field}={recorded[field]}")
+
+
+def _check_state_dict(model: paddle.nn.Layer, params: Path, state: dict[str, Any]) -> None:
+    own = model.state_dict()
+    differences = {
+        "missing from the file": [k for k in own if k not in state],
+        "unexpected in the file": [k for k in state if k not in own],
+        "with another shape": [f"{k}: file {list(state[k].shape)}, model {list(own[k].shape)}" for k in own
+                               if k in state and list(state[k].shape) != list(own[k].shape)],
+    }
+    problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in differences.items() if keys]
+    if problems:
+        arch = getattr(model, "arch", {})
+        network = ", ".join(f"{f}={arch[f]}" for f in NETWORK_FIELDS if f in arch) or type(model).__name__
+        raise ValueError(f"{params} is not a checkpoint of this config's network ({network}): {'; '.join(problems)}")
+
+
+def _first(keys: list[str], shown: int = 3) -> str:
+    more = f", ... {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more

@@ -14,7 +14,7 @@ import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
 
-from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
+from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint, write_atomically
 from training.config import Config
 from training.data import ClipDataset, make_loader
 from training.evaluate import EvalResult, evaluate, merge_ranks
@@ -52,6 +52,44 @@ class TrainResult:
 def _log_line(path: Path, record: dict[str, float | str]) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+def _start_log(log_file: Path, resumed_at: int | None) -> None:
+    """Make ``log_file`` hold this run's history only, so its curves show one run.
+
+    A fresh run (``resumed_at`` None) moves an earlier log aside to the first free ``<name>.<n>``; a run
+    resumed after epoch ``resumed_at`` drops the records of later epochs, which it trains again, and a
+    line torn by a kill.
+    """
+    if not log_file.exists():
+        return
+    if resumed_at is None:
+        kept = _free_name(log_file)
+        log_file.rename(kept)
+        log.info("starting a new %s; the earlier run's log is kept as %s", log_file.name, kept.name)
+        return
+    lines = log_file.read_text().splitlines(keepends=True)
+    current = [line for line in lines if _epoch_of(line) <= resumed_at]
+    if len(current) < len(lines):
+        write_atomically(log_file, lambda tmp: tmp.write_text("".join(current)))
+        log.info("dropped %d records after epoch %d from %s: the resumed run writes them anew",
+                 len(lines) - len(current), resumed_at, log_file.name)
+
+
+def _free_name(path: Path) -> Path:
+    n = 1
+    while path.with_name(f"{path.name}.{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}.{n}")
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch a log line belongs to; infinite (so dropped) for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return float("inf")
+    return float(record.get("epoch", 0)) if isinstance(record, dict) else float("inf")
 
 
 def _autocast(plan: AmpPlan) -> contextlib.AbstractContextManager[object]:
@@ -163,6 +201,10 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     log.info("rank %d of %d: %d training clips, %d steps per epoch", dist.get_rank(), dist.get_world_size(),
              len(train_set), len(train_loader))
     log_file = out / "metrics.jsonl"
+    if dist.get_rank() == 0:
+        _start_log(log_file, run.start_epoch if resume is not None else None)
+        if log_file.exists():
+            plot_curves(log_file, out / "curves.png")  # the resumed history, until its next epoch is drawn
     (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     history: list[dict[str, float]] = []
     # A resumed run competes with the best checkpoint it already has, not with nothing.

@@ -198,3 +198,51 @@ def test_a_resumed_data_parallel_run_continues_the_shuffle_where_it_stopped(tiny
     train_data_parallel(resumed, 2, validate=False, resume=tmp_path / "split" / "latest.pdparams")
     assert len(_step_losses(tmp_path / "split")) == len(_step_losses(tmp_path / "straight")) == 3 * 3
     np.testing.assert_allclose(_step_losses(tmp_path / "split"), _step_losses(tmp_path / "straight"), rtol=1e-5)
+
+
+def _records(path: Path) -> list[dict[str, float | str]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _plotted_epochs(monkeypatch: pytest.MonkeyPatch) -> list[list[float]]:
+    """The epochs in the log each time the curves are drawn, as the curves see them."""
+    import training.loop
+    from training.plots import plot_curves
+
+    seen: list[list[float]] = []
+
+    def recording(log: Path, out: Path) -> Path:
+        seen.append([r["epoch"] for r in _records(log) if r["kind"] == "epoch"])
+        return plot_curves(log, out)
+
+    monkeypatch.setattr(training.loop, "plot_curves", recording)
+    return seen
+
+
+def test_a_fresh_run_starts_a_new_log_and_keeps_the_old_one(tiny_set: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    short = ["train.max_steps_per_epoch=1"]
+    train(_cfg(tiny_set, tmp_path, "train.epochs=2", *short), validate=False)
+    first = (tmp_path / "metrics.jsonl").read_text()
+    plotted = _plotted_epochs(monkeypatch)
+    train(_cfg(tiny_set, tmp_path, "train.epochs=1", *short), validate=False)
+    assert [r["epoch"] for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"] == [1]
+    assert (tmp_path / "metrics.jsonl.1").read_text() == first  # the earlier run's log, not lost
+    assert plotted == [[1]]  # the curves show this run only, not a zigzag through both
+    train(_cfg(tiny_set, tmp_path, "train.epochs=1", *short), validate=False)
+    assert (tmp_path / "metrics.jsonl.1").read_text() == first and (tmp_path / "metrics.jsonl.2").is_file()
+
+
+def test_resuming_an_earlier_epoch_drops_the_later_records(tiny_set: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    short = ["train.max_steps_per_epoch=1"]
+    train(_cfg(tiny_set, tmp_path, "train.epochs=3", *short), validate=False)
+    with (tmp_path / "metrics.jsonl").open("a") as fh:
+        fh.write('{"kind": "step", "ep')  # a record torn by a kill
+    plotted = _plotted_epochs(monkeypatch)
+    train(_cfg(tiny_set, tmp_path, "train.epochs=2", *short), validate=False, resume=tmp_path / "epoch_1.pdparams")
+    records = _records(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert [r["epoch"] for r in records if r["kind"] == "step"] == [1, 2]  # epoch 3's steps went with it
+    assert plotted == [[1], [1, 2]]  # redrawn from the cleaned log at once, then after epoch 2
+    assert not (tmp_path / "metrics.jsonl.1").exists()  # a resumed run continues its log

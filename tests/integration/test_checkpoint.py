@@ -1,0 +1,137 @@
+"""Checkpoint files: a full load refuses another network, a pretrained init stays lenient, writes are atomic."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
+from training.config import Config, load_config
+from training.loop import train
+from training.tsm import build_tsm
+from training.workflows import export_checkpoint
+
+
+def _tiny(*extra: str) -> Config:
+    return load_config("tiny", list(extra))
+
+
+def _saved(tmp_path: Path, *extra: str) -> Path:
+    """A checkpoint with its sidecar, of the tiny config with ``extra`` overrides."""
+    cfg = _tiny(*extra)
+    return save_checkpoint(tmp_path / "ckpt", build_model(cfg), cfg, 3, {"val_top1": 0.5})
+
+
+def _bare(tmp_path: Path, model: paddle.nn.Layer, state: dict[str, object] | None = None) -> Path:
+    """A state dict without a sidecar, as PaddleVideo writes them."""
+    path = tmp_path / "foreign.pdparams"
+    paddle.save(state if state is not None else model.state_dict(), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("override", "field", "recorded", "current"), [
+    ("model.num_classes=3", "num_classes", "3", "4"),
+    ("model.depth=34", "depth", "34", "18"),
+    ("model.base_width=16", "base_width", "16", "8"),
+    ("model.shift=false", "shift", "False", "True"),
+    ("model.num_seg=8", "num_seg", "8", "4"),
+])
+def test_a_checkpoint_of_another_network_is_refused_by_its_recorded_config(
+        tmp_path: Path, override: str, field: str, recorded: str, current: str) -> None:
+    params = _saved(tmp_path, override)
+    model = build_model(_tiny())
+    with pytest.raises(ValueError, match=rf"model\.{field}={recorded}.*model\.{field}={current}"):
+        load_weights(model, params)
+
+
+def test_the_layout_and_dropout_may_differ_from_the_recorded_config(tmp_path: Path) -> None:
+    # NHWC is a memory layout and dropout acts in training only: the weights compute the same network.
+    params = _saved(tmp_path, "model.data_format=NHWC", "model.drop_ratio=0.3")
+    model = build_model(_tiny())
+    loaded, missing = load_weights(model, params)
+    assert loaded == len(model.state_dict()) and missing == []
+
+
+def test_a_foreign_checkpoint_with_another_fc_is_refused_by_shape(tmp_path: Path) -> None:
+    params = _bare(tmp_path, build_tsm(18, num_classes=3, num_seg=4, base_width=8))
+    with pytest.raises(ValueError, match=r"head\.fc\.weight: file \[64, 3\], model \[64, 4\]"):
+        load_weights(build_model(_tiny()), params)
+
+
+def test_a_deeper_foreign_checkpoint_is_refused_rather_than_cut_down(tmp_path: Path) -> None:
+    # Every key of ResNet-18 is in a ResNet-34 file: only the keys left over show it is another network.
+    params = _bare(tmp_path, build_tsm(34, num_classes=4, num_seg=4, base_width=8))
+    with pytest.raises(ValueError, match=r"unexpected in the file.*backbone\.res2c"):
+        load_weights(build_model(_tiny()), params)
+
+
+def test_a_foreign_checkpoint_missing_a_key_is_refused(tmp_path: Path) -> None:
+    state = build_tsm(18, num_classes=4, num_seg=4, base_width=8).state_dict()
+    del state["head.fc.bias"]
+    with pytest.raises(ValueError, match=r"missing from the file.*head\.fc\.bias"):
+        load_weights(build_model(_tiny()), _bare(tmp_path, build_model(_tiny()), state))
+
+
+def test_a_matching_foreign_checkpoint_loads_every_tensor(tmp_path: Path) -> None:
+    source = build_tsm(18, num_classes=4, num_seg=4, base_width=8)
+    model = build_model(_tiny())
+    loaded, missing = load_weights(model, _bare(tmp_path, source))
+    assert loaded == len(model.state_dict()) and missing == []
+    fc = "head.fc.weight"
+    np.testing.assert_array_equal(model.state_dict()[fc].numpy(), source.state_dict()[fc].numpy())
+
+
+def test_a_pretrained_backbone_init_still_takes_what_fits(tmp_path: Path) -> None:
+    # PaddleVideo's load_ckpt: a 3-class (or deeper) file initialises the backbone of a 4-class network.
+    source = build_tsm(18, num_classes=3, num_seg=8, base_width=8, shift=False)
+    params = save_checkpoint(tmp_path / "other", source, _tiny("model.num_classes=3", "model.num_seg=8"), 1, {})
+    model = build_model(_tiny())
+    loaded, missing = load_weights(model, params, backbone_only=True)
+    assert loaded == len([k for k in model.state_dict() if k.startswith("backbone.")]) and missing == []
+
+
+def test_export_of_a_checkpoint_with_another_class_count_fails_before_publishing(tmp_path: Path) -> None:
+    params = _saved(tmp_path, "model.num_classes=3")
+    with pytest.raises(ValueError, match=r"model\.num_classes=3"):
+        export_checkpoint(_tiny(), params, tmp_path / "repo", with_onnx=False)
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").rglob("*.pdiparams"))
+
+
+def test_resume_from_another_model_config_is_refused(tmp_path: Path) -> None:
+    params = _saved(tmp_path, "model.num_classes=3")
+    cfg = _tiny(f"train.output_dir={tmp_path / 'run'}", "data.train_list=unused.list")
+    with pytest.raises(ValueError, match=r"model\.num_classes=3"):
+        train(cfg, validate=False, resume=params)
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _tiny()
+    model = build_model(cfg)
+    save_checkpoint(tmp_path / "latest", model, cfg, 1, {"val_top1": 0.25})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_save = paddle.save
+
+    def dies_halfway(obj: object, path: str) -> None:
+        Path(path).write_bytes(b"half a pickle")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paddle, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "latest", model, cfg, 2, {"val_top1": 0.5})
+    monkeypatch.setattr(paddle, "save", real_save)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert read_meta(tmp_path / "latest.pdparams")["epoch"] == 1
+    load_weights(build_model(cfg), tmp_path / "latest.pdparams")
+
+
+def test_a_finished_write_leaves_only_the_checkpoint_files(tmp_path: Path) -> None:
+    cfg = _tiny()
+    model = build_model(cfg)
+    optimizer = paddle.optimizer.Momentum(parameters=model.parameters())
+    for epoch in (1, 2):
+        save_checkpoint(tmp_path / "latest", model, cfg, epoch, {}, optimizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "latest.pdopt", "latest.pdparams"]
+    assert json.loads((tmp_path / "latest.json").read_text())["epoch"] == 2
