@@ -83,12 +83,14 @@ def choose_backend(options: PredictorOptions, has_gpu: bool) -> BackendChoice:
 
 
 def trt_cache_dir(version_dir: Path, options: PredictorOptions, choice: BackendChoice) -> Path:
-    """Engine cache beside the version: ``<name>/.cache/<version>/trt-<precision>-b<N>-<device>``.
+    """Engine cache beside the version: ``<name>/.cache/<version>/trt-<precision>-b<N>-<device>`` (with
+    ``trt_cache_dir``: ``<trt_cache_dir>/<name>/<version>/...``).
 
     Hidden (the repository scan skips dot folders) and keyed by everything that changes the
     engine, so a restart with the same settings loads the engines instead of rebuilding them.
     """
-    root = options.trt_cache_dir or version_dir.parent / ".cache"
+    # A shared root (TSM_TRT_CACHE_DIR) holds every model: it needs the model's name, the default one is inside it.
+    root = options.trt_cache_dir / version_dir.parent.name if options.trt_cache_dir else version_dir.parent / ".cache"
     tag = f"trt-{choice.precision}-b{options.max_batch_size}-{choice.device.replace(':', '')}"
     return root / version_dir.name / tag
 

@@ -73,7 +73,8 @@ class ServiceSettings(BaseSettings):
     trt_workspace_bytes: int = Field(1 << 30, ge=1 << 20, description="TensorRT builder workspace in bytes.")
     trt_min_subgraph_size: int = Field(3, ge=1, description="Smallest op subgraph handed to TensorRT.")
     trt_cache_dir: Path | None = Field(
-        None, description="TensorRT engine cache root; default <repo>/<name>/.cache/<version>/.")
+        None,
+        description="TensorRT engine cache root (<root>/<name>/<version>/); default <repo>/<name>/.cache/<version>/.")
     cpu_threads: int = Field(2, ge=1, le=256, description="CPU math library threads per predictor.")
     onednn: bool = Field(True, description="Use oneDNN (MKL-DNN) kernels on the CPU.")
     warmup_runs: int = Field(2, ge=1, le=100, description="Warm-up inferences before a version is marked ready.")

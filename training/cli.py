@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
 
 from service.contract.manifest import Preprocessing, read_label_list
 from training.recipes import QUICK, RECIPES
 
-DEFAULT_REPO = "model_repo"
+if TYPE_CHECKING:
+    from training.config import Config
+
+REPO_HELP = "model repository (default: $TSM_MODEL_REPO, else model_repo)"
+
+
+def _default_repo() -> Path:
+    """The service's model repository setting when set (the images set it to /models), else ./model_repo."""
+    return Path(os.environ.get("TSM_MODEL_REPO") or "model_repo")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -52,21 +64,24 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="publish a checkpoint as an inference model into model_repo")
     _config_args(p)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
     p.add_argument("--name", help="model name (default: the config's name)")
 
     p = sub.add_parser("import-paddlevideo", help="publish a PaddleVideo checkpoint or export into model_repo")
-    p.add_argument("source", type=Path, help="TSM_k400.pdparams, or TSM.json / TSM.pdmodel of an export")
+    p.add_argument("source", type=Path, help="TSM_k400.pdparams (a checkpoint), or TSM.json / TSM.pdmodel of an "
+                   "export (its .pdiparams must lie beside it)")
+    p.add_argument("--tsn", action="store_true", help="the network is a TSN (no temporal shift). A TSN checkpoint "
+                   "has exactly TSM's weights, so they cannot tell TSN from TSM: without --tsn it is served as TSM")
     p.add_argument("--labels", type=Path, default=Path(__file__).parent / "labels" / "kinetics400_label_list.txt")
     p.add_argument("--name", default="tsm-k400")
-    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
     p.add_argument("--dataset", default="Kinetics-400")
     p.add_argument("--num-seg", type=int, default=8)
     p.add_argument("--sampling", choices=["paddlevideo_test", "paddlevideo_predict"], default="paddlevideo_test")
     p.add_argument("--fixed-ratio", action="store_true", help="predict.py's resize to 256x341")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> export (about 10 min on 2 cores)")
-    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
     p.add_argument("--procs", type=int, help="data-parallel training processes (default: a CPU core each, at most 2; "
@@ -78,12 +93,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")
-    p.add_argument("--repo", type=Path, default=Path(DEFAULT_REPO))
+    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
     return parser
 
 
 def _labels_for(cfg_labels: str, num_classes: int) -> list[str]:
     return read_label_list(Path(cfg_labels)) if cfg_labels else [f"class_{i}" for i in range(num_classes)]
+
+
+def _import_kind(source: Path) -> str:
+    """The kind of PaddleVideo file, "checkpoint" or "export", from its suffix: others crash inside Paddle."""
+    if source.suffix == ".pdparams":
+        kind = "checkpoint"
+    elif source.suffix in (".json", ".pdmodel"):
+        kind = "export"
+    else:
+        raise ValueError(f"{source}: give a PaddleVideo checkpoint (.pdparams) or the model file of an export "
+                         f"(.json or .pdmodel, with its .pdiparams beside it), not a {source.suffix or 'suffix-less'} "
+                         "file")
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found")
+    return kind
+
+
+def _import(args: argparse.Namespace) -> Path:
+    from training.importers import import_checkpoint, import_inference_model
+
+    kind = _import_kind(args.source)
+    labels = read_label_list(args.labels)
+    spec = Preprocessing(num_seg=args.num_seg, sampling=args.sampling, fixed_ratio=args.fixed_ratio)
+    importer = import_checkpoint if kind == "checkpoint" else import_inference_model
+    return importer(args.source, labels, args.repo, args.name, spec, args.dataset, shift=not args.tsn)
+
+
+def _require_train_lists(cfg: Config, validate: bool) -> None:
+    """Name a missing list up front: an empty one would be read as the folder '.' (IsADirectoryError),
+    and an empty valid_list would silently skip the validation that --validate asked for."""
+    needed = {"data.train_list": cfg.data.train_list}
+    if validate:
+        needed["data.valid_list"] = cfg.data.valid_list
+    for key, value in needed.items():
+        if not value:
+            raise ValueError(f"{key} is not set in config {cfg.name!r}: give it with -o {key}=FILE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,15 +163,7 @@ def run(args: argparse.Namespace) -> int:
                  recipe=RECIPES[args.recipe])
         return 0
     if args.command == "import-paddlevideo":
-        from training.importers import import_checkpoint, import_inference_model
-
-        labels = read_label_list(args.labels)
-        spec = Preprocessing(num_seg=args.num_seg, sampling=args.sampling, fixed_ratio=args.fixed_ratio)
-        if args.source.suffix == ".pdparams":
-            folder = import_checkpoint(args.source, labels, args.repo, args.name, spec, args.dataset)
-        else:
-            folder = import_inference_model(args.source, labels, args.repo, args.name, spec, args.dataset)
-        print(f"published {folder}")
+        print(f"published {_import(args)}")
         return 0
 
     from training.config import load_config
@@ -130,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from training.loop import train
 
+        _require_train_lists(cfg, args.validate)
         result = train(cfg, validate=args.validate, resume=args.resume)
         print(f"best {result.best_metrics} -> {result.best_checkpoint}; latest -> {result.latest_checkpoint}")
         return 0
@@ -154,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except yaml.YAMLError as exc:  # config.py parses text, so the file's name is not in the error
+        logging.getLogger("training").error("invalid YAML in config %s or an -o override: %s",
+                                            getattr(args, "config", "?"), exc)
+        return 2
+    except (ValueError, OSError) as exc:  # the user's input is wrong: a message, not a traceback
         logging.getLogger("training").error("%s", exc)
         return 2
 

@@ -1,11 +1,13 @@
 """Export a TSM network as a Paddle inference model and publish it into ``model_repo``.
 
 Publishing is atomic: the version is assembled in a hidden temporary folder beside the
-final one and renamed into place, so a reader never sees half a version.
+final one and renamed into place, so a reader never sees half a version. A version number is
+never issued twice for a model, even after its folder was deleted (see :func:`claim_version`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -20,6 +22,18 @@ from paddle.static import InputSpec
 from service.contract.manifest import MODEL_PREFIX, ONNX_FILE, Manifest, ModelIO, is_valid_name, list_versions
 
 log = logging.getLogger(__name__)
+
+ISSUED_DIR = ".issued-versions"
+"""``<repo>/<name>/.issued-versions/<n>``: one empty file per version number ever issued (hidden from the service)."""
+CACHE_DIR = ".cache"
+"""The service's TensorRT engine cache, ``<repo>/<name>/.cache/<version>/``."""
+
+
+def check_name(name: str) -> None:
+    """Refuse a model name that is not a plain folder name, before anything is written."""
+    if not is_valid_name(name):
+        raise ValueError(f"invalid model name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a "
+                         "letter or digit, without '..'")
 
 
 def as_nchw(model: paddle.nn.Layer) -> paddle.nn.Layer:
@@ -82,27 +96,55 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _numbered(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+
+
+def claim_version(model_dir: Path) -> int:
+    """Reserve the next version number of a model for this publisher alone.
+
+    The number goes above every published version, every TensorRT cache folder and every number
+    issued before: a deleted version's number must not come back, or a service already past it
+    would never load the new model and a cached engine of the old one would be reused for it.
+    The claim is an exclusive file create, so two publishers at once never get the same number.
+    """
+    issued = model_dir / ISSUED_DIR
+    issued.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        seen = list_versions(model_dir) + _numbered(model_dir / CACHE_DIR) + _numbered(issued)
+        version = max(seen, default=0) + 1
+        try:
+            (issued / str(version)).open("x").close()
+        except FileExistsError:  # another publisher claimed it between our scan and our create
+            continue
+        return version
+    raise RuntimeError(f"could not claim a version number under {model_dir}")
+
+
 def publish(repo: Path, staged: Path, manifest: Manifest) -> Path:
     """Move a staged version folder into ``repo/<name>/<next version>`` atomically.
 
     ``staged`` holds the model files; the manifest is (re)written there with the version it
     finally gets, and the folder is renamed into place. Returns the published folder.
     """
-    if not is_valid_name(manifest.name):
-        raise ValueError(f"invalid model name {manifest.name!r}")
+    check_name(manifest.name)
     model_dir = repo / manifest.name
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
     shutil.move(str(staged), tmp)  # same filesystem from here on, so the rename below is atomic
     try:
         for _ in range(100):
-            version = max(list_versions(model_dir), default=0) + 1
+            version = claim_version(model_dir)
             final = manifest.model_copy(update={"version": version})
             final.write(tmp)
             try:
                 os.rename(tmp, model_dir / str(version))
-            except OSError:  # another publisher took this number first
-                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                continue  # a folder made by hand holds this number: claim the next one
             log.info("published %s version %d at %s", manifest.name, version, model_dir / str(version))
             return model_dir / str(version)
         raise RuntimeError(f"could not find a free version number under {model_dir}")
@@ -120,6 +162,7 @@ def onnx_available() -> bool:
 
 def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest, with_onnx: bool = False) -> Path:
     """Save ``model`` as an inference model (and as ONNX with ``with_onnx``), check its IO, publish it."""
+    check_name(manifest.name)
     spec = manifest.preprocessing
     staging = repo / manifest.name
     staging.mkdir(parents=True, exist_ok=True)

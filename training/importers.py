@@ -3,25 +3,36 @@
 Two sources: a training checkpoint (``TSM_k400.pdparams``: a state dict with ``backbone.*``
 and ``head.*`` keys) which we load into our identical network and export, or an inference
 export (``TSM.pdmodel``/``TSM.json`` + ``TSM.pdiparams``) which we publish as it is.
+
+A TSN checkpoint has exactly TSM's keys and shapes (the shift has no weights), so only the
+caller can say which one it is (``shift=False``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
+import struct
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 import paddle
 
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
-from training.export import export_to_repo, onnx_available, probe_inference_model, publish, sha256_file
+from training.export import check_name, export_to_repo, onnx_available, probe_inference_model, publish, sha256_file
 from training.tsm import build_tsm
 
 log = logging.getLogger(__name__)
 
 _STAGE4_BLOCKS = {6: 50, 23: 101, 36: 152}
+_CONVS_TO_DEPTH = {21: 18, 37: 34, 53: 50, 104: 101, 155: 152}
+"""Conv kernels (4-D tensors) of PaddleVideo's ResNet-TSM at each depth, stem and shortcuts included."""
+_DTYPE_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2, 23: 8, 24: 16}
+"""Bytes per element of Paddle's ``VarType`` data types (bool, int16/32/64, fp16/32/64, uint8, int8, bf16...)."""
+UNKNOWN = "unknown"
 
 
 def infer_architecture(state: dict[str, object]) -> tuple[int, int, int]:
@@ -39,24 +50,123 @@ def infer_architecture(state: dict[str, object]) -> tuple[int, int, int]:
     return (34 if len(stage4) == 6 else 18), num_classes, base_width
 
 
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated tensor description")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _tensor_desc(desc: bytes) -> tuple[int, tuple[int, ...]]:
+    """(data type, dims) of a serialized ``VarType.TensorDesc`` protobuf (field 1: type, field 2: dims)."""
+    pos, dtype, dims = 0, -1, []
+    while pos < len(desc):
+        key, pos = _varint(desc, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(desc, pos)
+            if field == 1:
+                dtype = value
+            elif field == 2:
+                dims.append(value)
+        elif wire == 2:  # packed dims
+            length, pos = _varint(desc, pos)
+            chunk, pos = desc[pos:pos + length], pos + length
+            inner = 0
+            while field == 2 and inner < len(chunk):
+                value, inner = _varint(chunk, inner)
+                dims.append(value)
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire} in a tensor description")
+    return dtype, tuple(dims)
+
+
+def _read(fh: BinaryIO, fmt: str) -> int:
+    raw = fh.read(struct.calcsize(fmt))
+    if len(raw) != struct.calcsize(fmt):
+        raise ValueError("truncated tensor header")
+    return int(struct.unpack(fmt, raw)[0])
+
+
+def param_shapes(params: Path) -> list[tuple[int, ...]]:
+    """Shapes of the tensors of a combined ``.pdiparams`` file, in file order, without loading Paddle.
+
+    Paddle's save_combine format, the same on Paddle 2 and 3: per tensor a uint32 version, a uint64
+    LoD level count and the LoD levels, a uint32 version, an int32 size and that many bytes of
+    ``TensorDesc``, then the raw data. Raises ValueError when the file does not follow it.
+    """
+    shapes: list[tuple[int, ...]] = []
+    size = params.stat().st_size
+    with params.open("rb") as fh:
+        while fh.tell() < size:
+            _read(fh, "<I")
+            for _ in range(_read(fh, "<Q")):
+                fh.seek(_read(fh, "<Q"), 1)
+            _read(fh, "<I")
+            desc_size = _read(fh, "<i")
+            if desc_size < 0:
+                raise ValueError(f"{params.name}: negative tensor description size")
+            dtype, dims = _tensor_desc(fh.read(desc_size))
+            if dtype not in _DTYPE_BYTES:
+                raise ValueError(f"{params.name}: unknown tensor data type {dtype}")
+            fh.seek(math.prod(dims) * _DTYPE_BYTES[dtype], 1)
+            shapes.append(dims)
+        if fh.tell() != size:
+            raise ValueError(f"{params.name}: the last tensor runs past the end of the file")
+    return shapes
+
+
+def infer_export_architecture(params: Path) -> tuple[int, int] | None:
+    """(depth, base_width) of an exported ResNet-TSM from its tensor shapes; None when it is not one we know."""
+    try:
+        shapes = param_shapes(params)
+    except (ValueError, OSError) as exc:
+        log.warning("cannot read the tensor shapes of %s: %s", params, exc)
+        return None
+    kernels = [s for s in shapes if len(s) == 4]
+    stems = [s for s in kernels if s[1:] == (3, 7, 7)]
+    depth = _CONVS_TO_DEPTH.get(len(kernels))
+    if depth is None or len(stems) != 1:
+        return None
+    return depth, stems[0][0]
+
+
+def has_fused_shift(model_file: Path) -> bool:
+    """Whether an exported graph calls Paddle's ``temporal_shift`` op, as PaddleVideo's TSM exports do.
+
+    Without it the graph may still shift with slices (our own exports), so False proves nothing.
+    """
+    return b"temporal_shift" in model_file.read_bytes()
+
+
 def _manifest(name: str, labels: list[str], spec: Preprocessing, source: Path, dataset: str,
-              depth: int, base_width: int) -> Manifest:
+              depth: int, base_width: int, shift: bool) -> Manifest:
+    """``depth`` 0 means the network is not a ResNet we recognise; base_width is then 0 as well."""
+    backbone = f"ResNet{'TSM' if shift else 'TSN'}-{depth}" if depth else UNKNOWN
     return Manifest(
         name=name, version=1, labels=labels, preprocessing=spec,
         io=ModelIO(input_shape=(-1, spec.num_seg, 3, spec.crop_size, spec.crop_size)),
-        backbone=f"ResNetTSM-{depth}", depth=depth, base_width=base_width, dataset=dataset,
+        backbone=backbone, depth=depth, base_width=base_width, shift=shift, dataset=dataset,
         source=source.name, source_sha256=sha256_file(source), config={"imported_from": "PaddleVideo"},
     )
 
 
 def import_checkpoint(params: Path, labels: list[str], repo: Path, name: str, spec: Preprocessing,
-                      dataset: str = "") -> Path:
-    """Load a PaddleVideo TSM ``.pdparams`` into our network (every key must match) and export it."""
+                      dataset: str = "", shift: bool = True) -> Path:
+    """Load a PaddleVideo TSM ``.pdparams`` (TSN with ``shift=False``) into our network, every key matching,
+    and export it."""
+    check_name(name)
     state = paddle.load(str(params))
     depth, num_classes, base_width = infer_architecture(state)
     if num_classes != len(labels):
         raise ValueError(f"{params.name} has {num_classes} classes but the label list has {len(labels)}")
-    model = build_tsm(depth, num_classes, spec.num_seg, base_width=base_width)
+    model = build_tsm(depth, num_classes, spec.num_seg, shift=shift, base_width=base_width)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(k for k in set(state) - set(own) if not k.endswith("num_batches_tracked"))
@@ -64,16 +174,24 @@ def import_checkpoint(params: Path, labels: list[str], repo: Path, name: str, sp
         raise ValueError(f"{params.name} does not match ResNetTSM-{depth}: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
     model.set_state_dict({k: state[k] for k in own})
-    return export_to_repo(model, repo, _manifest(name, labels, spec, params, dataset, depth, base_width),
-                          with_onnx=onnx_available())
+    manifest = _manifest(name, labels, spec, params, dataset, depth, base_width, shift)
+    return export_to_repo(model, repo, manifest, with_onnx=onnx_available())
 
 
 def import_inference_model(model_file: Path, labels: list[str], repo: Path, name: str, spec: Preprocessing,
-                           dataset: str = "", depth: int = 50) -> Path:
-    """Publish a PaddleVideo export (``TSM.json``/``TSM.pdmodel`` + ``TSM.pdiparams``) after checking it runs."""
+                           dataset: str = "", shift: bool = True) -> Path:
+    """Publish a PaddleVideo export (``TSM.json``/``TSM.pdmodel`` + ``TSM.pdiparams``) after checking it runs.
+
+    The manifest's depth and base width come from the tensor shapes (0 and backbone "unknown" when
+    the network is not a ResNet-TSM we know); ``shift`` says whether it is TSM or TSN.
+    """
+    check_name(name)
     params = model_file.with_suffix(".pdiparams")
     if not params.exists():
         raise FileNotFoundError(f"{params} not found beside {model_file}")
+    if not shift and has_fused_shift(model_file):
+        raise ValueError(f"{model_file.name} calls temporal_shift: it is a TSM export, not TSN (drop --tsn)")
+    depth, base_width = infer_export_architecture(params) or (0, 0)
     staged = repo / name / f".stage-{uuid.uuid4().hex}"
     staged.mkdir(parents=True)
     try:
@@ -83,7 +201,7 @@ def import_inference_model(model_file: Path, labels: list[str], repo: Path, name
         io, outputs = probe_inference_model(staged, target_model, "model.pdiparams", spec.num_seg, spec.crop_size)
         if outputs != len(labels):
             raise ValueError(f"{model_file.name} outputs {outputs} classes but the label list has {len(labels)}")
-        manifest = _manifest(name, labels, spec, params, dataset, depth, 64).model_copy(
+        manifest = _manifest(name, labels, spec, params, dataset, depth, base_width, shift).model_copy(
             update={"io": io, "model_file": target_model, "paddle_version": paddle.__version__})
         return publish(repo, staged, manifest)
     except BaseException:

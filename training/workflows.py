@@ -10,7 +10,7 @@ from training.checkpoint import build_model, load_weights, read_meta
 from training.config import Config
 from training.data import ClipDataset, make_loader
 from training.evaluate import EvalResult, evaluate
-from training.export import export_to_repo, onnx_available, sha256_file
+from training.export import check_name, export_to_repo, onnx_available, sha256_file
 from training.plots import plot_confusion
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,19 @@ def labels_of(cfg: Config) -> list[str]:
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = None,
                         out_dir: Path | None = None) -> EvalResult:
     """Evaluate with the shared test pipeline; writes ``confusion_matrix.png`` into ``out_dir``."""
+    labels = labels_of(cfg)  # a wrong label list must fail now, not after the whole evaluation
+    list_file = list_file or cfg.data.valid_list
+    if not list_file:
+        raise ValueError("no list file to evaluate on: data.valid_list is empty (set it with "
+                         "-o data.valid_list=FILE, or give --list FILE)")
     model = build_model(cfg)
     load_weights(model, checkpoint)
-    dataset = ClipDataset(cfg, list_file or cfg.data.valid_list, train=False)
+    dataset = ClipDataset(cfg, list_file, train=False)
     loader = make_loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers, shuffle=False)
     result = evaluate(model, loader, cfg.model.num_classes)
     out = out_dir or Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_confusion(result.confusion, labels_of(cfg), out / "confusion_matrix.png",
+    plot_confusion(result.confusion, labels, out / "confusion_matrix.png",
                    title=f"{cfg.name}: top-1 {result.top1:.3f} on {result.count} clips")
     log.info("evaluated %s: top-1 %.4f, top-5 %.4f on %d clips", checkpoint, result.top1, result.top5, result.count)
     return result
@@ -61,11 +66,12 @@ def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | Non
 
     ``with_onnx`` (default: when paddle2onnx is installed) also writes ``model.onnx`` for ONNX Runtime.
     """
-    model = build_model(cfg)
-    load_weights(model, checkpoint)
+    check_name(name or cfg.name)  # before anything is built or written (model_copy does not validate)
     found = metrics if metrics is not None else read_meta(checkpoint).get("metrics", {})
     numeric = {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
     manifest = manifest_for(cfg, checkpoint, numeric)
     if name:
         manifest = manifest.model_copy(update={"name": name})
+    model = build_model(cfg)
+    load_weights(model, checkpoint)
     return export_to_repo(model, repo, manifest, onnx_available() if with_onnx is None else with_onnx)

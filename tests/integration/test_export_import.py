@@ -1,16 +1,19 @@
 """Export into model_repo and import of PaddleVideo checkpoints/exports, checked through Paddle Inference."""
 
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
+from paddle.static import InputSpec
 
-from service.contract.manifest import Manifest, ModelIO, Preprocessing, list_versions
+from service.contract.manifest import Manifest, ModelIO, Preprocessing, list_versions, scan_repository
 from tests.oracles import paddle_logits
-from training.export import export_to_repo
-from training.importers import import_checkpoint, import_inference_model, infer_architecture
+from training.export import export_to_repo, publish
+from training.importers import import_checkpoint, import_inference_model, infer_architecture, param_shapes
 from training.tsm import build_tsm
 
 SPEC = Preprocessing(num_seg=4, short_side=40, crop_size=32)
@@ -42,7 +45,7 @@ def test_publish_numbers_versions_and_leaves_no_temporaries(tmp_path: Path) -> N
     assert (first.name, second.name) == ("1", "8")
     assert Manifest.read(second).version == 8
     assert list_versions(tmp_path / "net") == [1, 7, 8]
-    assert not [p for p in (tmp_path / "net").iterdir() if p.name.startswith(".")]
+    assert [p.name for p in (tmp_path / "net").iterdir() if p.name.startswith(".")] == [".issued-versions"]
     assert sorted(p.name for p in second.iterdir()) == ["labels.txt", "manifest.json", "model.json",
                                                         "model.pdiparams"]
 
@@ -91,4 +94,84 @@ def test_import_inference_export(tmp_path: Path) -> None:
     np.testing.assert_allclose(paddle_logits(folder, x, False), paddle_logits(exported, x, False), rtol=1e-6)
     with pytest.raises(ValueError, match="outputs 5 classes but the label list has 4"):
         import_inference_model(pv / "TSM.json", list("abcd"), tmp_path / "repo", "pv", SPEC)
-    assert [p.name for p in (tmp_path / "repo" / "pv").iterdir()] == ["1"]
+    assert sorted(p.name for p in (tmp_path / "repo" / "pv").iterdir()) == [".issued-versions", "1"]
+
+
+def test_a_deleted_version_number_is_never_published_again(tmp_path: Path) -> None:
+    # A service already serving 2 only loads versions above 2, and .cache/2 holds the old model's engines.
+    model = build_tsm(18, num_classes=5, num_seg=4, base_width=8)
+    export_to_repo(model, tmp_path, _manifest())
+    second = export_to_repo(model, tmp_path, _manifest())
+    shutil.rmtree(second)
+    assert export_to_repo(model, tmp_path, _manifest()).name == "3"
+    (tmp_path / "net" / ".cache" / "9" / "trt-fp16-b4-gpu0").mkdir(parents=True)  # a version deleted long ago
+    assert export_to_repo(model, tmp_path, _manifest()).name == "10"
+    assert list_versions(tmp_path / "net") == [1, 3, 10]
+    assert scan_repository(tmp_path) == {"net": [1, 3, 10]}  # the bookkeeping is invisible to the service
+
+
+def test_concurrent_publishers_never_share_a_version(tmp_path: Path) -> None:
+    exported = export_to_repo(build_tsm(18, num_classes=5, num_seg=4, base_width=8), tmp_path / "src", _manifest())
+    stages = [shutil.copytree(exported, tmp_path / f"stage-{i}") for i in range(8)]
+    start = threading.Barrier(len(stages))
+
+    def publish_one(staged: Path) -> Path:
+        start.wait()
+        return publish(tmp_path / "repo", staged, _manifest())
+
+    with ThreadPoolExecutor(len(stages)) as pool:
+        folders = list(pool.map(publish_one, stages))
+    assert sorted(int(f.name) for f in folders) == list(range(1, 9))
+    assert all(Manifest.read(f).version == int(f.name) for f in folders)
+
+
+def test_invalid_names_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    model = build_tsm(18, num_classes=5, num_seg=4, base_width=8)
+    params = tmp_path / "src" / "TSM.pdparams"
+    params.parent.mkdir()
+    paddle.save(model.state_dict(), str(params))
+    exported = export_to_repo(model, tmp_path / "src", _manifest())
+    repo = tmp_path / "box" / "repo"
+    with pytest.raises(ValueError, match=r"invalid model name '\.\./escaped'"):
+        export_to_repo(model, repo, _manifest().model_copy(update={"name": "../escaped"}))
+    assert not (tmp_path / "box").exists()
+    with pytest.raises(ValueError, match="invalid model name"):
+        import_inference_model(exported / "model.json", list("abcde"), repo, "../escaped", SPEC)
+    assert not (tmp_path / "box").exists()
+    with pytest.raises(ValueError, match="invalid model name"):
+        import_checkpoint(params, list("abcde"), repo, "../escaped", SPEC)
+
+
+def test_import_tsn_checkpoint_keeps_the_shift_off(tmp_path: Path) -> None:
+    # The same keys and shapes as TSM: served with the shift on, the predictions would be wrong.
+    tsn = build_tsm(18, num_classes=5, num_seg=4, shift=False, base_width=8)
+    params = tmp_path / "TSN_tiny.pdparams"
+    paddle.save(tsn.state_dict(), str(params))
+    folder = import_checkpoint(params, list("abcde"), tmp_path / "repo", "tsn", SPEC, shift=False)
+    manifest = Manifest.read(folder)
+    assert (manifest.shift, manifest.backbone, manifest.depth, manifest.base_width) == (False, "ResNetTSN-18", 18, 8)
+    x = np.random.default_rng(3).standard_normal((2, 4, 3, 32, 32)).astype(np.float32)
+    tsn.eval()
+    np.testing.assert_allclose(paddle_logits(folder, x), tsn(paddle.to_tensor(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_import_export_records_the_architecture_its_tensors_show(tmp_path: Path) -> None:
+    model = build_tsm(18, num_classes=5, num_seg=4, base_width=8, shift_impl="fused")  # PaddleVideo's shift op
+    exported = export_to_repo(model, tmp_path / "first", _manifest())
+    expected = sorted(tuple(v.shape) for v in model.state_dict().values())
+    assert sorted(param_shapes(exported / "model.pdiparams")) == expected  # the file orders tensors its own way
+    manifest = Manifest.read(import_inference_model(exported / "model.json", list("abcde"), tmp_path / "repo", "pv",
+                                                    SPEC))
+    assert (manifest.backbone, manifest.depth, manifest.base_width, manifest.shift) == ("ResNetTSM-18", 18, 8, True)
+    with pytest.raises(ValueError, match="calls temporal_shift: it is a TSM export"):
+        import_inference_model(exported / "model.json", list("abcde"), tmp_path / "repo", "pv", SPEC, shift=False)
+
+
+def test_import_export_of_an_unknown_network_says_so(tmp_path: Path) -> None:
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(4 * 3 * 32 * 32, 5))
+    model.eval()
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 4, 3, 32, 32], "float32")],
+                                         full_graph=True), str(tmp_path / "pv" / "Other"))
+    manifest = Manifest.read(import_inference_model(tmp_path / "pv" / "Other.json", list("abcde"), tmp_path / "repo",
+                                                    "other", SPEC))
+    assert (manifest.backbone, manifest.depth, manifest.base_width) == ("unknown", 0, 0)

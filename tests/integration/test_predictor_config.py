@@ -210,3 +210,14 @@ def test_onnx_runtime_is_raced_only_against_a_cpu_predictor() -> None:
     assert gpu == "gpu:0" and not races_onnx("auto", gpu, has_onnx=True)  # a GPU never loses to a CPU session
     assert races_onnx("auto", "cpu", has_onnx=True)  # onnxruntime is installed with the dev extras
     assert not races_onnx("auto", "cpu", has_onnx=False) and not races_onnx("paddle", "cpu", has_onnx=True)
+
+
+def test_a_shared_tensorrt_cache_root_keeps_each_model_apart(tmp_path: Path) -> None:
+    from service.predictor import trt_cache_dir
+
+    options = PredictorOptions(device="gpu", tensorrt=True, trt_cache_dir=tmp_path / "cache")
+    choice = choose_backend(options, has_gpu=True)
+    a, b = (trt_cache_dir(tmp_path / "repo" / name / "1", options, choice) for name in ("a", "b"))
+    assert a != b and a == tmp_path / "cache" / "a" / "1" / "trt-fp32-b8-gpu0"
+    default = trt_cache_dir(tmp_path / "repo" / "a" / "1", PredictorOptions(device="gpu", tensorrt=True), choice)
+    assert default == tmp_path / "repo" / "a" / ".cache" / "1" / "trt-fp32-b8-gpu0"

@@ -1,0 +1,124 @@
+"""``python -m training``: wrong input ends in one clear message and exit 2, before any long work."""
+
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from service.contract.manifest import Manifest, ModelIO, Preprocessing
+from tests.oracles import paddle_logits
+from training import workflows
+from training.checkpoint import build_model
+from training.cli import main
+from training.config import load_config
+from training.export import export_to_repo
+from training.tsm import build_tsm
+from training.workflows import evaluate_checkpoint, export_checkpoint
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """Fresh weights of the ``tiny`` config's network, saved as a training checkpoint."""
+    params = tmp_path / "ckpt" / "tiny.pdparams"
+    params.parent.mkdir()
+    paddle.save(build_model(load_config("tiny")).state_dict(), str(params))
+    return params
+
+
+def _error(caplog: pytest.LogCaptureFixture, argv: list[str]) -> str:
+    assert main(argv) == 2
+    return caplog.records[-1].getMessage()
+
+
+def test_train_without_lists_names_the_missing_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = f"train.output_dir={tmp_path / 'run'}"
+    assert "data.train_list is not set" in _error(caplog, ["train", "-c", "tiny", "-o", out])
+    listed = tmp_path / "train.list"
+    listed.write_text("clip.mp4 0\n")
+    message = _error(caplog, ["train", "-c", "tiny", "--validate", "-o", out, "-o", f"data.train_list={listed}"])
+    assert "data.valid_list is not set" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_without_a_list(checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
+    message = _error(caplog, ["evaluate", "-c", "tiny", "--checkpoint", str(checkpoint)])
+    assert "data.valid_list is empty" in message
+
+
+def test_unreadable_configs_end_in_a_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [depth: 18\n")
+    assert "broken.yaml" in _error(caplog, ["train", "-c", str(broken)])
+    assert _error(caplog, ["train", "-c", str(tmp_path)])  # a folder: IsADirectoryError
+
+
+def test_wrong_label_count_fails_before_evaluating(tmp_path: Path, checkpoint: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def evaluate_not_expected(*args: object) -> None:
+        raise AssertionError("evaluated with a label list that cannot be used")
+
+    monkeypatch.setattr(workflows, "evaluate", evaluate_not_expected)
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    (tmp_path / "val.list").write_text("clip.mp4 0\n")
+    cfg = load_config("tiny", [f"data.labels={tmp_path / 'labels.txt'}", f"data.valid_list={tmp_path / 'val.list'}"])
+    with pytest.raises(ValueError, match=r"has 3 labels, model\.num_classes is 4"):
+        evaluate_checkpoint(cfg, checkpoint, out_dir=tmp_path / "out")
+
+
+def test_export_refuses_an_escaping_name_before_exporting(tmp_path: Path, checkpoint: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    repo = tmp_path / "box" / "repo"
+    message = _error(caplog, ["export", "-c", "tiny", "--checkpoint", str(checkpoint), "--repo", str(repo),
+                              "--name", "../escaped"])
+    assert "invalid model name '../escaped'" in message
+    assert not (tmp_path / "box").exists()
+    with pytest.raises(ValueError, match="invalid model name"):
+        export_checkpoint(load_config("tiny", ["name=a..b"]), checkpoint, repo)
+
+
+@pytest.mark.parametrize("source", ["TSM.pdiparams", "TSM.onnx", "TSM"])
+def test_import_accepts_only_checkpoints_and_model_files(tmp_path: Path, source: str,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    # A .pdiparams used to reach Paddle as a model file: IndexError basic_string::at.
+    spec = Preprocessing(num_seg=4, short_side=40, crop_size=32)
+    manifest = Manifest(name="net", version=1, labels=list("abcde"), preprocessing=spec,
+                        io=ModelIO(input_shape=(-1, 4, 3, 32, 32)), depth=18, base_width=8)
+    exported = export_to_repo(build_tsm(18, num_classes=5, num_seg=4, base_width=8), tmp_path / "src", manifest)
+    target = tmp_path / source
+    target.write_bytes((exported / "model.pdiparams").read_bytes())
+    message = _error(caplog, ["import-paddlevideo", str(target), "--repo", str(tmp_path / "repo")])
+    assert "give a PaddleVideo checkpoint (.pdparams) or the model file of an export" in message
+    assert not (tmp_path / "repo").exists()
+
+
+def test_import_reports_a_missing_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert "not found" in _error(caplog, ["import-paddlevideo", str(tmp_path / "TSM_k400.pdparams")])
+
+
+def test_import_tsn_from_the_command_line(tmp_path: Path) -> None:
+    tsn = build_tsm(18, num_classes=3, num_seg=4, shift=False, base_width=8)
+    params = tmp_path / "TSN.pdparams"
+    paddle.save(tsn.state_dict(), str(params))
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    assert main(["import-paddlevideo", str(params), "--tsn", "--labels", str(tmp_path / "labels.txt"),
+                 "--repo", str(tmp_path / "repo"), "--name", "tsn", "--num-seg", "4"]) == 0
+    folder = tmp_path / "repo" / "tsn" / "1"
+    manifest = Manifest.read(folder)
+    assert (manifest.shift, manifest.backbone) == (False, "ResNetTSN-18")
+    x = np.random.default_rng(4).standard_normal((1, 4, 3, 224, 224)).astype(np.float32)
+    tsn.eval()
+    np.testing.assert_allclose(paddle_logits(folder, x), tsn(paddle.to_tensor(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", [["export", "-c", "tiny", "--checkpoint", "x.pdparams"],
+                                     ["import-paddlevideo", "x.pdparams"], ["demo"], ["ensure-model"]])
+def test_repo_defaults_to_the_services_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               command: list[str]) -> None:
+    """In the images TSM_MODEL_REPO=/models: an export without --repo lands where the API reads, not in /app."""
+    from training.cli import _parser
+
+    monkeypatch.setenv("TSM_MODEL_REPO", str(tmp_path / "models"))
+    assert _parser().parse_args(command).repo == tmp_path / "models"
+    monkeypatch.delenv("TSM_MODEL_REPO")
+    assert _parser().parse_args(command).repo == Path("model_repo")
