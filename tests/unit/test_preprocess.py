@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from service.contract.manifest import Preprocessing
-from service.contract.preprocess import center_crop, normalize, preprocess_clip, scale_size
+from service.contract.preprocess import center_crop, normalize, preprocess_clip, scale, scale_size
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,22 @@ def test_center_crop_uses_bankers_rounding_offsets() -> None:
     # (7-2)/2 = 2.5 -> round() = 2; (5-2)/2 = 1.5 -> 2
     got = np.asarray(center_crop(img, 2))
     np.testing.assert_array_equal(got, np.array([[16, 17], [23, 24]], dtype=np.uint8))
+    # (9-2)/2 = 3.5 -> round() = 4 (floor would give 3); (4-2)/2 = 1 -> 1
+    wide = Image.fromarray(np.arange(9 * 4, dtype=np.uint8).reshape(4, 9))
+    np.testing.assert_array_equal(np.asarray(center_crop(wide, 2)), np.array([[13, 14], [22, 23]], dtype=np.uint8))
+
+
+def test_scale_is_pils_bilinear_with_its_antialiasing_triangle() -> None:
+    """Hand-computed: a triangle filter whose support grows with the downscale factor (PIL's BILINEAR), not a
+    two-pixel interpolation (OpenCV's INTER_LINEAR) nor nearest neighbour."""
+    # Up 2 -> 4: output centres at 0.25, 0.75, 1.25, 1.75 of the input; edge weights renormalised.
+    up = np.asarray(scale(Image.fromarray(np.array([[0, 100], [0, 100]], dtype=np.uint8)), 4))
+    np.testing.assert_array_equal(up, np.tile(np.array([0, 25, 75, 100], dtype=np.uint8), (4, 1)))
+    # Down 4 -> 2: support 2 input pixels; centre 1.0 weighs pixels 0, 1, 2 by .75, .75, .25 -> 50/1.75 = 28.6,
+    # centre 3.0 weighs pixels 1, 2, 3 by .25, .75, .75 -> 160/1.75 = 91.4 (a two-tap filter would give 20, 100).
+    row = np.array([0, 40, 80, 120], dtype=np.uint8)
+    down = np.asarray(scale(Image.fromarray(np.tile(row, (4, 1))), 2))
+    np.testing.assert_array_equal(down, np.array([[29, 91], [29, 91]], dtype=np.uint8))
 
 
 def test_normalize_hand_computed() -> None:
