@@ -175,6 +175,7 @@ class ModelRepository:
                                     on_batch=self.metrics.batch_size.observe,
                                     on_depth=lambda _depth: self._report_depth(name), executor=executor)
         mv.batcher.start()
+        self._report_depth(name)  # the series exists from the first load (0), not from the first clip
         mv.state, mv.since = State.READY, time.time()
         del self.others[(name, version)]
         old, self.serving[name] = self.serving.get(name), mv  # the atomic switch for new requests

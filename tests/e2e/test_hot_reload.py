@@ -6,11 +6,17 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from service.decode_worker import DecodedClip, decode_task
 from tests.conftest import TINY_NAME, LiveServer, export_tiny
+from tests.e2e.test_metrics_batching import counter
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +51,7 @@ class Traffic:
         return {v for rows in self.results for _, v, _ in rows}
 
 
-def wait_for(predicate, timeout_s: float = 60) -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -57,14 +63,65 @@ def states(live: LiveServer) -> dict[int, str]:
         return {m["version"]: m["state"] for m in http.get(f"/models/{TINY_NAME}").json()["models"]}
 
 
-def test_new_version_swapped_in_under_traffic(model_repo: Path, videos: dict[str, Path]) -> None:
-    overrides = {"model_repo": model_repo, "poll_interval_s": 0.2, "max_queue_delay_ms": 20}
-    with LiveServer(overrides) as live, Traffic(live, videos["c"].read_bytes()) as traffic:
+HOLD = b"HOLD"
+
+
+def held_decode(path: str, *args: Any) -> DecodedClip:
+    """The real decode task (runs in a decoder worker). An upload ``HOLD<folder>\\n`` instead touches
+    ``<folder>/started``, waits (at most 60 s) until ``<folder>/go`` exists, then decodes ``<folder>/video.mp4``:
+    a request that holds its lease on a model version for as long as the test wants."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if not head.startswith(HOLD):
+        return decode_task(path, *args)
+    folder = Path(head[len(HOLD):].split(b"\n", 1)[0].decode())
+    (folder / "started").touch()
+    deadline = time.monotonic() + 60
+    while not (folder / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return decode_task(str(folder / "video.mp4"), *args)
+
+
+def versions_seen(live: LiveServer) -> dict[int, tuple[str, int]]:
+    """version -> (state, requests holding a lease on it)."""
+    with live.client() as http:
+        return {m["version"]: (m["state"], m["inflight"]) for m in http.get(f"/models/{TINY_NAME}").json()["models"]}
+
+
+def model_info(text: str) -> list[tuple[str, str, float]]:
+    """Every tsm_model_info series in an exposition, as (model, version, value)."""
+    return sorted((s.labels["model"], s.labels["version"], s.value) for family in text_string_to_metric_families(text)
+                  if family.name == "tsm_model_info" for s in family.samples)
+
+
+def test_new_version_swapped_in_under_traffic(model_repo: Path, videos: dict[str, Path], tmp_path: Path) -> None:
+    """v2 is published under traffic: new requests move to it with no failure, while a request that leased v1
+    before the swap (held in its decode) still finishes on v1, and only then is v1 unloaded."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    shutil.copy(videos["c"], hold / "video.mp4")
+    overrides = {"model_repo": model_repo, "poll_interval_s": 0.2, "max_queue_delay_ms": 20, "decode_workers": 3,
+                 "decode_timeout_s": 60, "request_deadline_ms": 120_000}
+    mp4 = {"content-type": "video/mp4"}
+    with LiveServer(overrides, decode_task=held_decode) as live, Traffic(live, videos["c"].read_bytes()) as traffic, \
+            live.client() as http, ThreadPoolExecutor(1) as pool:
         wait_for(lambda: len(traffic.results[0]) >= 3)
-        published = export_tiny(model_repo, seed=7)  # the real exporter: staged in dot folders, then renamed
-        assert published.name == "2"
-        wait_for(lambda: 2 in traffic.versions())
+        held = pool.submit(http.post, "/classify", content=HOLD + str(hold).encode() + b"\n", headers=mp4)
+        try:
+            wait_for(lambda: (hold / "started").exists())  # it holds a lease on version 1 now
+            published = export_tiny(model_repo, seed=7)  # the real exporter: staged in dot folders, then renamed
+            assert published.name == "2"
+            wait_for(lambda: 2 in traffic.versions())
+            n = sum(len(rows) for rows in traffic.results)
+            wait_for(lambda: sum(len(rows) for rows in traffic.results) >= n + 4)  # the drain has had its chance
+            during_drain = versions_seen(live)
+            info_during_drain = model_info(http.get("/metrics").text)
+            held_done_early = held.done()
+        finally:
+            (hold / "go").touch()
+        held_response = held.result(timeout=60)
         wait_for(lambda: states(live) == {2: "ready"})  # version 1 drained and unloaded
+        info_after_drain = model_info(http.get("/metrics").text)
         n = sum(len(rows) for rows in traffic.results)
         wait_for(lambda: sum(len(rows) for rows in traffic.results) >= n + 4)
 
@@ -81,10 +138,17 @@ def test_new_version_swapped_in_under_traffic(model_repo: Path, videos: dict[str
         wait_for(lambda: states(live) == {2: "ready", 3: "failed", 4: "failed"})
         n = sum(len(rows) for rows in traffic.results)
         wait_for(lambda: sum(len(rows) for rows in traffic.results) >= n + 4)
-        with live.client() as http:
-            models = {m["version"]: m for m in http.get("/models").json()["models"]}
-            metrics = http.get("/metrics").text
-            ready = http.get("/readyz").status_code
+        models = {m["version"]: m for m in http.get("/models").json()["models"]}
+        metrics = http.get("/metrics").text
+        ready = http.get("/readyz").status_code
+    # While the held request ran, version 1 was draining (not unloaded) with its one lease, still exported.
+    assert not held_done_early, held.result().text
+    assert during_drain.get(1) == ("draining", 1) and during_drain[2][0] == "ready", during_drain
+    assert [version for _, version, _ in info_during_drain] == ["1", "2"], info_during_drain
+    # The held request finished on the version it leased; only then was version 1 released.
+    assert held_response.status_code == 200, held_response.text
+    assert held_response.json()["version"] == 1
+    assert info_after_drain == [("tiny", "2", 1.0)]
     failures = [row for rows in traffic.results for row in rows if row[0] != 200]
     assert not failures, failures
     assert traffic.versions() == {1, 2}
@@ -92,9 +156,9 @@ def test_new_version_swapped_in_under_traffic(model_repo: Path, videos: dict[str
         seen = [v for _, v, _ in rows]
         assert seen == sorted(seen)
     assert "3 labels" in models[3]["error"] and models[4]["error"]
-    assert 'tsm_model_loads_total{model="tiny",result="failed"} 2.0' in metrics
-    assert 'tsm_model_loads_total{model="tiny",result="ok"} 2.0' in metrics
-    assert 'version="1"' not in metrics.split("tsm_model_info")[-1].split("\n# ")[0]
+    assert counter(metrics, "tsm_model_loads_total", model="tiny", result="failed") == 2
+    assert counter(metrics, "tsm_model_loads_total", model="tiny", result="ok") == 2
+    assert model_info(metrics) == [("tiny", "2", 1.0)]  # the refused versions 3 and 4 never show
     assert ready == 200
 
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.batcher import BatchPolicy, DynamicBatcher
+from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
 from service.decoding import read_frames, read_frames_pyav, rotate_frames
 from service.errors import DeadlineExceededError, InferenceFailedError, QueueFullError
 from service.settings import ServiceSettings
+from tests.conftest import LiveServer, leftover_uploads
 from tests.videos import make_video, pattern_frames
 
 
@@ -82,6 +83,39 @@ def test_batcher_failed_batch_fails_every_future_and_queue_bound() -> None:
     run(main())
 
 
+def test_batcher_wrong_row_count_fails_the_batch_and_keeps_going() -> None:
+    """A model answering N-1 rows for N clips fails all N futures (no clip gets another's row), and the batcher's
+    task survives to run the next batch."""
+    calls: list[int] = []
+
+    def short_once(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        rows = batch.reshape(len(batch), -1)[:, :2] * 2
+        return rows[:-1] if len(calls) == 1 else rows
+
+    async def main() -> tuple[list[BaseException | BatchResult], list[BatchResult], bool]:
+        b = DynamicBatcher(short_once, BatchPolicy(max_batch_size=3, max_queue_delay_ms=100, queue_capacity=10))
+        b.start()
+        first = [b.submit(np.full((2, 2), i, np.float32), time.monotonic() + 5) for i in range(3)]
+        failed = await asyncio.wait_for(asyncio.gather(*first, return_exceptions=True), 5)
+        second = [b.submit(np.full((2, 2), i, np.float32), time.monotonic() + 5) for i in (7, 8)]
+        results = await asyncio.wait_for(asyncio.gather(*second), 5)
+        assert b._task is not None
+        alive = not b._task.done()
+        await b.close()
+        return failed, results, alive
+
+    failed, results, alive = run(main())
+    assert calls == [3, 2]
+    assert all(isinstance(f, InferenceFailedError) for f in failed), failed
+    for f in failed:
+        assert str(f) == "inference failed for a batch of 3: the model returned 2 rows for a batch of 3"
+        assert isinstance(f, InferenceFailedError) and f.status == 503 and f.retry_after_s == 1
+    assert alive
+    assert [r.output.tolist() for r in results] == [[14, 14], [16, 16]]
+    assert [r.batch_size for r in results] == [2, 2]
+
+
 @pytest.mark.parametrize("rotation", [90, 180, 270])
 def test_rotation_metadata_is_honoured(tmp_path: Path, rotation: int) -> None:
     source = pattern_frames(12, 160, 96)
@@ -96,17 +130,38 @@ def test_rotation_metadata_is_honoured(tmp_path: Path, rotation: int) -> None:
 
 
 @pytest.mark.slow
-def test_upload_temp_files_removed(server, videos: dict[str, Path]) -> None:
-    def temp_files() -> set[Path]:
-        return set(Path(tempfile.gettempdir()).glob("tsm-upload-*"))
+def test_upload_temp_files_removed(strict_server: LiveServer, videos: dict[str, Path]) -> None:
+    """Every upload's temporary file is gone once it is answered: a classified video, an undecodable one, and
+    one streamed without Content-Length that crosses the size cap after its file was created."""
+    mp4 = {"content-type": "video/mp4"}
+    cap = strict_server.settings.max_upload_bytes
+    folder = strict_server.settings.upload_dir
+    assert folder is not None
+    seen_mid_stream: list[str] = []
 
-    before = temp_files()
-    with server.client() as http:
-        http.post("/classify", content=videos["a"].read_bytes(), headers={"content-type": "video/mp4"})
-        http.post("/classify", content=b"junk" * 100, headers={"content-type": "video/mp4"})
-        http.post("/classify", content=b"\0" * (server.settings.max_upload_bytes + 10),
-                  headers={"content-type": "video/mp4"})
-    assert temp_files() <= before
+    def oversized() -> Iterator[bytes]:  # chunked: the server only learns the size while streaming
+        yield b"\0" * 1024
+        deadline = time.monotonic() + 10
+        while not (names := leftover_uploads(strict_server)):  # the server is now writing our file
+            assert time.monotonic() < deadline, "the upload's temporary file never appeared"
+            time.sleep(0.01)
+        seen_mid_stream.extend(names)
+        yield b"\0" * cap  # over the cap: refused mid-stream, the partial file must go
+
+    assert leftover_uploads(strict_server) == []
+    with strict_server.client() as http:
+        r = http.post("/classify", content=videos["a"].read_bytes(), headers=mp4)
+        assert r.status_code == 200, r.text
+        assert leftover_uploads(strict_server) == []
+        r = http.post("/classify", content=b"junk" * 100, headers=mp4)
+        assert r.status_code == 422 and r.json()["type"] == "undecodable-video", r.text
+        assert leftover_uploads(strict_server) == []
+        r = http.post("/classify", content=oversized(), headers=mp4)
+        assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+        assert r.status_code == 413 and r.json()["type"] == "upload-too-large", r.text
+        assert "over the limit" in r.json()["detail"]  # the streaming check, not the Content-Length one
+    assert len(seen_mid_stream) == 1 and seen_mid_stream[0].startswith("tsm-upload-"), seen_mid_stream
+    assert leftover_uploads(strict_server) == []
 
 
 @pytest.mark.slow
