@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -18,13 +20,24 @@ def serve(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-repo")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = ServiceSettings(**overrides)
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        sys.exit(settings_error(exc))
     app = create_app(settings)
     # One uvicorn worker: batching needs every request of a model in one process.
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for up to shutdown_grace_s,
     # then runs the lifespan shutdown (batchers drain, decoder workers stop) and exits.
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=settings.shutdown_grace_s)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line a refused setting, named as its environment variable, without the value given (it may be the
+    API key)."""
+    lines = [f"TSM_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+             for e in exc.errors(include_input=False, include_url=False)]
+    return "tsm-serve: refused settings:\n  " + "\n  ".join(lines)
 
 
 if __name__ == "__main__":

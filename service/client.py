@@ -35,18 +35,20 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def classify(self, video: Path, top_k: int | None = None, model: str | None = None,
+    def classify(self, video: str | Path, top_k: int | None = None, model: str | None = None,
                  version: int | None = None) -> dict[str, Any]:
-        params = _params(top_k, model, version)
+        params, video = _params(top_k, model, version), Path(video)
         with video.open("rb") as fh:  # httpx streams the file from disk
             response = self._http.post("/classify", params=params, files={"file": (video.name, fh, "video/mp4")})
         return _json(response)
 
-    def classify_batch(self, videos: list[Path], top_k: int | None = None, model: str | None = None) -> dict[str, Any]:
-        handles = [p.open("rb") for p in videos]
+    def classify_batch(self, videos: list[str | Path], top_k: int | None = None, model: str | None = None,
+                       version: int | None = None) -> dict[str, Any]:
+        paths = [Path(v) for v in videos]
+        handles = [p.open("rb") for p in paths]
         try:
-            files = [("files", (p.name, fh, "video/mp4")) for p, fh in zip(videos, handles, strict=True)]
-            response = self._http.post("/classify/batch", params=_params(top_k, model, None), files=files)
+            files = [("files", (p.name, fh, "video/mp4")) for p, fh in zip(paths, handles, strict=True)]
+            response = self._http.post("/classify/batch", params=_params(top_k, model, version), files=files)
         finally:
             for fh in handles:
                 fh.close()

@@ -19,6 +19,7 @@ from service.errors import DeadlineExceededError, UndecodableVideoError
 from service.metrics import Metrics
 from service.predictor import softmax
 from service.repository import ModelVersion
+from service.upload import UploadedFile
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class Deadline:
         return left
 
 
-async def classify_file(path: str, mv: ModelVersion, pool: DecodePool, limits: DecodeLimits, metrics: Metrics,
-                        deadline: Deadline, top_k: int, request_id: str, upload_s: float,
+async def classify_file(file: UploadedFile, mv: ModelVersion, pool: DecodePool, limits: DecodeLimits,
+                        metrics: Metrics, deadline: Deadline, top_k: int, request_id: str, upload_s: float,
                         started: float) -> ClassifyResponse:
     """Classify one uploaded file with the leased version ``mv``; raises ServiceError kinds."""
     assert mv.manifest is not None and mv.batcher is not None
@@ -43,11 +44,13 @@ async def classify_file(path: str, mv: ModelVersion, pool: DecodePool, limits: D
     t0 = time.perf_counter()
     try:
         decoded: DecodedClip = await asyncio.wait_for(
-            pool.run(path, manifest.preprocessing, limits), deadline.remaining("decoding"))
+            pool.run(str(file.path), manifest.preprocessing, limits), deadline.remaining("decoding"))
     except TimeoutError as exc:
         raise DeadlineExceededError("the request deadline passed while decoding") from exc
     except UndecodableVideoError as exc:
         metrics.decode_failures.labels(exc.reason).inc()
+        # The decoder names the server's temporary file: the client knows its upload by its own name.
+        exc.detail = exc.detail.replace(file.path.name, repr(file.filename) if file.filename else "the upload")
         raise
     decode_s = time.perf_counter() - t0
     metrics.observe_stage("decode", decode_s)

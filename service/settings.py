@@ -85,7 +85,8 @@ class ServiceSettings(BaseSettings):
     upload_dir: Path | None = Field(
         None, description="Folder for uploads while they are processed (default: the system temp folder).")
     api_key: SecretStr | None = Field(
-        None, description="When set, /classify and /models need it in X-API-Key or 'Authorization: Bearer'.")
+        None, description="When set (8 characters at least), /classify and /models need it in X-API-Key or "
+        "'Authorization: Bearer'.")
     protect_operations: bool = Field(
         False, description="With api_key set: /healthz, /readyz and /metrics need the key too (else they are open).")
     shutdown_grace_s: float = Field(

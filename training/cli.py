@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         from training.frames import extract_frames
 
         out = extract_frames(args.list, args.out, args.prefix, args.short_side, args.workers)
-        print(f"wrote {out}: train with -o data.format=frames -o data.train_list={out} -o data.data_prefix={args.out}")
+        print(f"wrote {out}: pass it as data.train_list or data.valid_list, with -o data.format=frames "
+              f"-o data.data_prefix={args.out}")
         return 0
     if args.command == "demo":
         from training.demo import run_demo

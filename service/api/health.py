@@ -8,16 +8,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import Authorized, OperationsAuthorized, ResourcesDep
 from service.api.errors import problem_responses
-from service.api.schemas import Health, ModelsResponse
+from service.api.schemas import Health, Liveness, ModelsResponse
 from service.errors import ModelNotFoundError
 
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=Health, tags=["operations"], summary="The process lives",
+@router.get("/healthz", response_model=Liveness, tags=["operations"], summary="The process lives",
             dependencies=[OperationsAuthorized], responses=problem_responses(401))
-async def healthz() -> Health:
-    return Health(status="ok")
+async def healthz() -> Liveness:
+    return Liveness(status="ok")  # alive only: what is loaded is /readyz's answer
 
 
 @router.get("/readyz", response_model=Health, tags=["operations"], dependencies=[OperationsAuthorized],

@@ -41,7 +41,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "description": text} for code, text in {
         400: "Bad parameters", 401: "Missing or wrong API key", 404: "Unknown model or version",
         408: "The upload arrived too slowly", 413: "Upload over the limit", 415: "Not a video",
-        422: "Video cannot be decoded", 429: "Too many requests",
+        422: "Video cannot be decoded",
         503: "Overloaded or not ready", 504: "Deadline passed"}.items()}
 
 TopK = Annotated[int | None, Query(ge=1, le=10_000, description="How many classes to return (default 5).")]
@@ -196,7 +196,7 @@ async def classify(request: Request, res: ResourcesDep, request_id: RequestIdDep
         async with res.repository.lease(_option("model", model, upload), want_version) as mv:
             outcome.model, outcome.version = mv.name, str(mv.version)
             assert mv.manifest is not None
-            work = classify_file(str(upload.files[0].path), mv, res.pool, res.limits, res.metrics, deadline,
+            work = classify_file(upload.files[0], mv, res.pool, res.limits, res.metrics, deadline,
                                  _top_k(k, mv.manifest.num_classes), request_id, upload.seconds, started)
             return await _unless_disconnected(request, res, work)
     finally:
@@ -220,7 +220,7 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
             assert mv.manifest is not None
             k = _top_k(k, mv.manifest.num_classes)
             results = await _unless_disconnected(request, res, asyncio.gather(*(
-                classify_file(str(f.path), mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
+                classify_file(f, mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
                               upload.seconds, started) for f in upload.files), return_exceptions=True))
     finally:
         upload.cleanup()

@@ -70,6 +70,10 @@ class ModelsResponse(BaseModel):
     models: list[dict[str, Any]] = Field(description="Every known version with state and manifest.")
 
 
+class Liveness(BaseModel):
+    status: str
+
+
 class Health(BaseModel):
     status: str
     models_ready: int = 0

@@ -79,7 +79,12 @@ def test_undecodable_or_no_video_stream_422(server: LiveServer, tmp_path: Path) 
     audio = write_audio_only(tmp_path / "audio.mp4").read_bytes()
     with server.client() as http:
         r = http.post("/classify", content=b"\x00\x01garbage" * 300, headers={"content-type": "video/mp4"})
-        assert_problem(r, 422, "undecodable-video")
+        raw = assert_problem(r, 422, "undecodable-video")
+        named = assert_problem(http.post("/classify", files={"file": ("holiday.mp4", b"\x00\x01garbage" * 300,
+                                                                      "video/mp4")}), 422, "undecodable-video")
+        # the client's name for its upload, never the server's temporary file
+        assert raw["detail"].startswith("the upload: ") and named["detail"].startswith("'holiday.mp4': ")
+        assert "tsm-upload" not in raw["detail"] + named["detail"]
         body = assert_problem(http.post("/classify", content=audio, headers={"content-type": "video/mp4"}),
                               422, "undecodable-video")
         assert "no video stream" in body["detail"]

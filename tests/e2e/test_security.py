@@ -160,3 +160,17 @@ def test_unsafe_settings_refused(bad: dict[str, Any]) -> None:
 
     with pytest.raises(ValidationError):
         ServiceSettings(**bad)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TSM_API_KEY": "sekret"}, "api_key must be at least 8 characters"),
+    ({"TSM_DECODE_WORKERS": "0"}, "TSM_DECODE_WORKERS: Input should be greater than or equal to 1")])
+def test_tsm_serve_refuses_bad_settings_in_a_line_without_echoing_them(env: dict[str, str], message: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "service.cli"], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert message in done.stderr and next(iter(env.values())) not in done.stderr.replace(message, "")
