@@ -166,7 +166,7 @@ def test_upload_temp_files_removed(strict_server: LiveServer, videos: dict[str, 
 
 @pytest.mark.slow
 def test_client_cli(server, videos: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from service.client import Client, main
+    from service.client import ClassifyError, Client, main
 
     assert main([str(videos["a"]), str(videos["c"]), "--url", server.url, "--top-k", "2"]) == 0
     out = capsys.readouterr().out
@@ -176,8 +176,12 @@ def test_client_cli(server, videos: dict[str, Path], capsys: pytest.CaptureFixtu
     assert main([str(bad), "--url", server.url]) == 1
     assert "undecodable-video" in capsys.readouterr().err
     with Client(server.url) as client:
-        batch = client.classify_batch([videos["a"], bad], top_k=1)
-    assert [r["status"] for r in batch["results"]] == [200, 422]
+        batch = client.classify_batch([videos["a"], str(bad)], top_k=1, version=1)  # a str path too
+        one = client.classify(str(videos["c"]), top_k=1)
+        with pytest.raises(ClassifyError) as refused:
+            client.classify_batch([videos["a"]], version=2)  # the version is sent: v2 is not served
+    assert [r["status"] for r in batch["results"]] == [200, 422] and one["version"] == 1
+    assert (refused.value.status, refused.value.type) == (404, "version-not-found")
 
 
 @pytest.mark.slow
