@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -20,6 +21,7 @@ class EvalResult:
     count: int
     confusion: np.ndarray
     skipped: list[str] = field(default_factory=list)
+    confusion_png: Path | None = None  # where evaluate_checkpoint drew the confusion matrix
 
     def as_dict(self, prefix: str = "val_") -> dict[str, float]:
         return {f"{prefix}top1": self.top1, f"{prefix}top5": self.top5, f"{prefix}loss": self.loss,

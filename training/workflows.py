@@ -42,7 +42,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
     result = evaluate(model, loader, cfg.model.num_classes)
     out = out_dir or Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_confusion(result.confusion, labels, out / "confusion_matrix.png",
+    result.confusion_png = out / "confusion_matrix.png"
+    plot_confusion(result.confusion, labels, result.confusion_png,
                    title=f"{cfg.name}: top-1 {result.top1:.3f} on {result.count} clips")
     log.info("evaluated %s: top-1 %.4f, top-5 %.4f on %d clips", checkpoint, result.top1, result.top5, result.count)
     return result

@@ -112,6 +112,19 @@ def test_undecodable_clip_is_reported_by_path_and_skipped(tiny_set: Path, tmp_pa
     assert result.confusion.sum() == 2
 
 
+def test_evaluate_command_says_where_its_confusion_matrix_went(tiny_set: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    train(_cfg(tiny_set, tmp_path / "run", "train.epochs=1"), validate=False)
+    overrides = [f"data.valid_list={tiny_set / 'val.list'}", f"data.data_prefix={tiny_set}",
+                 f"train.output_dir={tmp_path / 'eval'}"]
+    assert main(["evaluate", "-c", "tiny", *(a for o in overrides for a in ("-o", o)),
+                 "--checkpoint", str(tmp_path / "run" / "latest.pdparams")]) == 0
+    png = tmp_path / "eval" / "confusion_matrix.png"
+    assert f"confusion matrix: {png}" in capsys.readouterr().out and png.read_bytes()[:8] == PNG_MAGIC
+
+
 def _free_port() -> int:
     import socket
 
