@@ -143,8 +143,10 @@ def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOpti
                    choice: BackendChoice) -> TrtConversion:
     """The ``paddle.tensorrt`` conversion of a PIR model: batch axis 1..max_batch_size (clips of num_seg frames).
 
-    Paddle finds the parameters by the model file's stem, so both files must share it. (Paddle converts on
-    GPU 0 whatever ``gpu_id`` is; the engines then run on the configured GPU, of the same model in a node.)
+    Paddle is given the path without ".json" (its loader appends ".json" to what it gets, so a full file name
+    would become ``model.json.json``) and finds the parameters by that stem, so both files must share it.
+    Paddle converts on GPU 0 whatever ``gpu_id`` is; TensorRT engines suit any GPU of the same model, and a
+    node's GPUs normally are one model.
     """
     model, params = Path(manifest.model_file), Path(manifest.params_file)
     if model.stem != params.stem:
@@ -153,7 +155,7 @@ def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOpti
     num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
     clip = (num_seg, 3, crop, crop)
     return TrtConversion(
-        model_path=str(version_dir / model), input_name=manifest.io.input_name,
+        model_prefix=str(version_dir / model.stem), input_name=manifest.io.input_name,
         min_shape=(1, *clip), opt_shape=(options.max_batch_size, *clip), max_shape=(options.max_batch_size, *clip),
         precision=choice.precision.upper(), workspace_bytes=options.trt_workspace_bytes,
         min_subgraph_size=options.trt_min_subgraph_size)

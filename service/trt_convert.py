@@ -27,7 +27,7 @@ PREFIX = "model"  # the converted pair is <CONVERTED>/model.json + model.pdipara
 class TrtConversion:
     """Everything handed to ``paddle.tensorrt``: plain values, so a test can check them without a GPU."""
 
-    model_path: str  # the exported .json model; Paddle finds its .pdiparams by the same stem
+    model_prefix: str  # the exported model without ".json": Paddle adds .json and .pdiparams to it
     input_name: str
     min_shape: tuple[int, ...]
     opt_shape: tuple[int, ...]
@@ -46,7 +46,7 @@ def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
                  input_data_type="float32", name=job.input_name)
     config = TensorRTConfig(inputs=[clip], min_subgraph_size=job.min_subgraph_size, save_model_dir=save_prefix,
                             precision_mode=PrecisionMode[job.precision], workspace_size=job.workspace_bytes)
-    convert(job.model_path, config)
+    convert(job.model_prefix, config)
 
 
 def converted_model(job: TrtConversion, cache: Path,
@@ -64,7 +64,7 @@ def converted_model(job: TrtConversion, cache: Path,
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log.info("converting %s for TensorRT (%s); the engines are built now, this takes a while",
-             job.model_path, job.precision)
+             job.model_prefix, job.precision)
     try:
         convert(job, str(work / PREFIX))
         missing = [f.name for f in (work / f"{PREFIX}.json", work / f"{PREFIX}.pdiparams") if not f.is_file()]

@@ -85,7 +85,7 @@ def test_gpu_tensorrt_fp16_converts_the_pir_model_once_and_runs_the_converted_pa
     calls = build_config(version_dir, MANIFEST, TRT_FP16, choice, RecordingConfig, convert).calls
     cache = tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0"
     (job, save_prefix), = convert.jobs
-    assert job == TrtConversion(model_path=str(version_dir / "model.json"), input_name="clips",
+    assert job == TrtConversion(model_prefix=str(version_dir / "model"), input_name="clips",
                                 min_shape=(1, 8, 3, 112, 112), opt_shape=(4, 8, 3, 112, 112),
                                 max_shape=(4, 8, 3, 112, 112), precision="FP16", workspace_bytes=1 << 28,
                                 min_subgraph_size=5)
@@ -141,10 +141,10 @@ def test_convert_with_paddle_hands_the_job_to_paddle_tensorrt(monkeypatch: pytes
     fake.PrecisionMode = enum.Enum("PrecisionMode", {"FP32": "FP32", "FP16": "FP16", "INT8": "INT8"})  # type: ignore[attr-defined]
     fake.convert = lambda path, config: seen.update(path=path, config=config)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "paddle.tensorrt", fake)
-    job = TrtConversion("/r/m/3/model.json", "clips", (1, 8, 3, 96, 96), (4, 8, 3, 96, 96), (4, 8, 3, 96, 96),
+    job = TrtConversion("/r/m/3/model", "clips", (1, 8, 3, 96, 96), (4, 8, 3, 96, 96), (4, 8, 3, 96, 96),
                         "FP16", 1 << 28, 5)
     convert_with_paddle(job, "/r/m/.cache/3/x/model")
-    assert seen["path"] == "/r/m/3/model.json"
+    assert seen["path"] == "/r/m/3/model"
     name, kw = seen["config"]
     clip = ("Input", {"min_input_shape": (1, 8, 3, 96, 96), "optim_input_shape": (4, 8, 3, 96, 96),
                       "max_input_shape": (4, 8, 3, 96, 96), "input_data_type": "float32", "name": "clips"})
