@@ -40,13 +40,22 @@ class TrtConversion:
 def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
     """Run the documented conversion, writing ``save_prefix``.json/.pdiparams (needs a CUDA + TensorRT build of
     Paddle, and a GPU)."""
+    import paddle
     from paddle.tensorrt import Input, PrecisionMode, TensorRTConfig, convert
 
     clip = Input(min_input_shape=job.min_shape, optim_input_shape=job.opt_shape, max_input_shape=job.max_shape,
                  input_data_type="float32", name=job.input_name)
     config = TensorRTConfig(inputs=[clip], min_subgraph_size=job.min_subgraph_size, save_model_dir=save_prefix,
                             precision_mode=PrecisionMode[job.precision], workspace_size=job.workspace_bytes)
-    convert(job.model_prefix, config)
+    # convert() loads the model with paddle.static.load_inference_model, which refuses to run in dynamic mode
+    # (Paddle's own tests convert in static mode). Nothing else in the service uses Paddle's dynamic mode.
+    was_dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        convert(job.model_prefix, config)
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
 
 
 def converted_model(job: TrtConversion, cache: Path,

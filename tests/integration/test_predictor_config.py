@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import paddle
 import pytest
 from paddle.inference import PrecisionType
 
@@ -139,12 +140,14 @@ def test_convert_with_paddle_hands_the_job_to_paddle_tensorrt(monkeypatch: pytes
     fake.Input = lambda **kw: ("Input", kw)  # type: ignore[attr-defined]
     fake.TensorRTConfig = lambda **kw: ("TensorRTConfig", kw)  # type: ignore[attr-defined]
     fake.PrecisionMode = enum.Enum("PrecisionMode", {"FP32": "FP32", "FP16": "FP16", "INT8": "INT8"})  # type: ignore[attr-defined]
-    fake.convert = lambda path, config: seen.update(path=path, config=config)  # type: ignore[attr-defined]
+    fake.convert = lambda path, config: seen.update(  # type: ignore[attr-defined]
+        path=path, config=config, static=not paddle.in_dynamic_mode())
     monkeypatch.setitem(sys.modules, "paddle.tensorrt", fake)
     job = TrtConversion("/r/m/3/model", "clips", (1, 8, 3, 96, 96), (4, 8, 3, 96, 96), (4, 8, 3, 96, 96),
                         "FP16", 1 << 28, 5)
     convert_with_paddle(job, "/r/m/.cache/3/x/model")
     assert seen["path"] == "/r/m/3/model"
+    assert seen["static"] and paddle.in_dynamic_mode()  # converted in static mode, dynamic mode restored after
     name, kw = seen["config"]
     clip = ("Input", {"min_input_shape": (1, 8, 3, 96, 96), "optim_input_shape": (4, 8, 3, 96, 96),
                       "max_input_shape": (4, 8, 3, 96, 96), "input_data_type": "float32", "name": "clips"})
