@@ -11,8 +11,8 @@ result is kept in the version's TensorRT cache folder and reused on the next loa
 from __future__ import annotations
 
 import logging
-import os
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +63,16 @@ def converted_model(job: TrtConversion, cache: Path,
     """The converted (model, params) files in ``cache``, converting first unless a complete pair is there.
 
     The pair is written into a private folder beside the final one and renamed into place, so a crash
-    mid-conversion or two replicas sharing the cache never leave half a pair.
+    mid-conversion or two replicas sharing the cache never leave half a pair. Paddle writes the engines into
+    a folder named like the pair (``model/``) and finds them relative to it, so the whole folder moves as one
+    (Paddle's own tests load a converted model from a copy of it).
     """
     final = cache / CONVERTED
     files = (final / f"{PREFIX}.json", final / f"{PREFIX}.pdiparams")
     if all(f.is_file() for f in files):
         return files
-    work = cache / f".{CONVERTED}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
+    # Unique per attempt: replicas sharing the cache volume often have the same pid (1 in a container).
+    work = cache / f".{CONVERTED}-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
     log.info("converting %s for TensorRT (%s); the engines are built now, this takes a while",
              job.model_prefix, job.precision)

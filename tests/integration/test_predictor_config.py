@@ -16,7 +16,14 @@ from paddle.inference import PrecisionType
 
 from service.app import races_onnx
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
-from service.predictor import BackendChoice, Predictor, PredictorOptions, build_config, choose_backend
+from service.predictor import (
+    BackendChoice,
+    Predictor,
+    PredictorOptions,
+    build_config,
+    choose_backend,
+    trt_conversion,
+)
 from service.trt_convert import TrtConversion, convert_with_paddle
 
 MANIFEST = Manifest(name="m", version=3, labels=["a", "b"],
@@ -123,6 +130,30 @@ def test_a_replica_that_converts_second_uses_the_pair_converted_first(tmp_path: 
                          racing).calls
     assert calls[0][1][0] == str(cache / "pir-trt" / "model.json")
     assert (cache / "pir-trt" / "model.json").read_text() == "first"
+    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
+
+
+def test_two_conversions_at_once_never_share_a_work_folder(tmp_path: Path) -> None:
+    """Replicas sharing the cache often have the same pid (1 in a container): one must not clear the other's work."""
+    import threading
+
+    from service.trt_convert import converted_model
+
+    job = trt_conversion(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True))
+    cache, results = tmp_path / "cache", {}
+
+    def second(job: TrtConversion, save_prefix: str) -> None:
+        RecordingConverter()(job, save_prefix)
+
+    def first(job: TrtConversion, save_prefix: str) -> None:
+        other = threading.Thread(target=lambda: results.update(second=converted_model(job, cache, second)))
+        other.start()
+        other.join()  # the other replica converts and publishes while this one is half way
+        RecordingConverter()(job, save_prefix)  # this one's work folder must still be there
+
+    results["first"] = converted_model(job, cache, first)
+    assert results["first"] == results["second"] == (cache / "pir-trt" / "model.json",
+                                                    cache / "pir-trt" / "model.pdiparams")
     assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
 
 
