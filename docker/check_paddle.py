@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 
@@ -22,6 +23,12 @@ def main(argv: list[str]) -> int:
     trt = inference.get_trt_compile_version()
     if tuple(trt) == (0, 0, 0):
         problems.append("paddle is not compiled with TensorRT")
+    # A PIR model (model.json) reaches TensorRT only through paddle.tensorrt.convert, which builds the engines
+    # with TensorRT's Python API (service/trt_convert.py).
+    for module in ("paddle.tensorrt", "tensorrt"):
+        if importlib.util.find_spec(module) is None:
+            problems.append(f"no Python module {module} (TensorRT for PIR models needs it: pip install "
+                            f"tensorrt=={'.'.join(map(str, trt))} for the TensorRT the base ships)")
     for problem in problems:
         print(f"check_paddle: {problem}", file=sys.stderr)
     if not problems:

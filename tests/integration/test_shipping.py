@@ -229,6 +229,7 @@ def test_gpu_build_check_refuses_a_cpu_paddle(capsys: pytest.CaptureFixture[str]
     assert module.main(["check_paddle", paddle.__version__]) == 1
     err = capsys.readouterr().err
     assert "not compiled with CUDA" in err and "not compiled with TensorRT" in err and "pins" not in err
+    assert "no Python module paddle.tensorrt" in err and "no Python module tensorrt" in err  # PIR-TRT's converter
     assert module.main(["check_paddle", "0.0.1"]) == 1
     assert "pyproject.toml pins 0.0.1" in capsys.readouterr().err
 
