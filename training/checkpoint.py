@@ -27,29 +27,38 @@ def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: in
                     metrics: dict[str, float], optimizer: paddle.optimizer.Optimizer | None = None) -> Path:
     """Write ``<prefix>.pdparams`` (+ ``.pdopt``) and ``<prefix>.json``; returns the params path.
 
-    Each file is written under a temporary name and renamed over the old one, so a run killed while
-    saving keeps its previous ``latest`` checkpoint whole. The sidecar goes last: its epoch never
-    claims weights that were not written.
+    All files are first written in full under temporary names, then renamed over the old ones, the sidecar
+    last: a run killed while saving keeps its previous checkpoint. Only a kill between the renames
+    (microseconds apart, against the seconds a save takes) can leave new weights beside the previous sidecar,
+    whose epoch is then one behind: a resume repeats an epoch, never claims one that was not trained.
     """
     prefix.parent.mkdir(parents=True, exist_ok=True)
     layer = model._layers if isinstance(model, paddle.DataParallel) else model
     params = Path(str(prefix) + ".pdparams")
-    write_atomically(params, lambda tmp: paddle.save(layer.state_dict(), str(tmp)))
-    if optimizer is not None:
-        write_atomically(Path(str(prefix) + ".pdopt"), lambda tmp: paddle.save(optimizer.state_dict(), str(tmp)))
     meta = {"epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json")}
-    write_atomically(Path(str(prefix) + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    writes: list[tuple[Path, Callable[[Path], object]]] = [
+        (params, lambda tmp: paddle.save(layer.state_dict(), str(tmp)))]
+    if optimizer is not None:
+        writes.append((Path(str(prefix) + ".pdopt"), lambda tmp: paddle.save(optimizer.state_dict(), str(tmp))))
+    writes.append((Path(str(prefix) + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n")))
+    staged = [(_write_temporary(path, write), path) for path, write in writes]
+    for tmp, path in staged:
+        os.replace(tmp, path)
     return params
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` into ``<path>.tmp`` in the same folder (a rename is atomic only within one file system),
     flush it to disk, then rename it over ``path``."""
+    os.replace(_write_temporary(path, write), path)
+
+
+def _write_temporary(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    return tmp
 
 
 def read_meta(params: Path) -> dict[str, Any]:

@@ -127,6 +127,30 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path: P
     load_weights(build_model(cfg), tmp_path / "latest.pdparams")
 
 
+def test_a_kill_while_saving_the_optimizer_keeps_the_previous_weights_too(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three files are renamed only once all are written: new weights never sit beside an old epoch."""
+    cfg = _tiny()
+    model = build_model(cfg)
+    optimizer = paddle.optimizer.Momentum(parameters=model.parameters())
+    save_checkpoint(tmp_path / "latest", model, cfg, 1, {}, optimizer)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_save, calls = paddle.save, []
+
+    def dies_on_the_optimizer(obj: object, path: str) -> None:
+        calls.append(path)
+        if path.endswith(".pdopt.tmp"):
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    monkeypatch.setattr(paddle, "save", dies_on_the_optimizer)
+    for p in model.parameters():  # other weights than the saved ones
+        p.set_value(p.numpy() + 1)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "latest", model, cfg, 2, {}, optimizer)
+    assert len(calls) == 2 and {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
 def test_a_finished_write_leaves_only_the_checkpoint_files(tmp_path: Path) -> None:
     cfg = _tiny()
     model = build_model(cfg)
