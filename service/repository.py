@@ -129,12 +129,26 @@ class ModelRepository:
     async def poll_once(self) -> None:
         """Load whatever should serve and doesn't yet: new models, new highest versions, pins."""
         async with self._scan_lock:
-            for name, versions in (await asyncio.to_thread(scan_repository, self.root)).items():
-                for version in self._candidates(name, versions):
+            found, changed = await asyncio.to_thread(self._scan)
+            self._forget_failed(found)
+            for name, versions in found.items():
+                for version in self._candidates(name, versions, changed):
                     if await self._load_and_swap(name, version):
                         break
 
-    def _candidates(self, name: str, versions: list[int]) -> list[int]:
+    def _scan(self) -> tuple[dict[str, list[int]], set[tuple[str, int]]]:
+        """(the repository's versions, the failed versions whose files changed since): file system work, off the
+        event loop."""
+        failed = [mv for mv in list(self.others.values()) if mv.state is State.FAILED]
+        return scan_repository(self.root), {(mv.name, mv.version) for mv in failed if _files(mv.path) != mv.files}
+
+    def _forget_failed(self, found: dict[str, list[int]]) -> None:
+        """Drop failed versions whose folder is gone: the model is then unknown (404), not "not ready"."""
+        for key, mv in list(self.others.items()):
+            if mv.state is State.FAILED and mv.version not in found.get(mv.name, []):
+                del self.others[key]
+
+    def _candidates(self, name: str, versions: list[int], changed: set[tuple[str, int]]) -> list[int]:
         """Versions worth trying, best first: the pin, else newer-than-serving ones not failed before."""
         current = self.serving.get(name)
         if name in self.pins:
@@ -144,16 +158,19 @@ class ModelRepository:
             wanted = sorted(versions, reverse=True)
         return [v for v in wanted
                 if (current is None or v > current.version or (name in self.pins and v != current.version))
-                and ((name, v) not in self.others or self._retry_due(self.others[(name, v)]))]
+                and ((name, v) not in self.others or self._retry_due(self.others[(name, v)], changed))]
 
-    def _retry_due(self, mv: ModelVersion) -> bool:
-        return mv.state is State.FAILED and (time.monotonic() >= mv.retry_at or _files(mv.path) != mv.files)
+    @staticmethod
+    def _retry_due(mv: ModelVersion, changed: set[tuple[str, int]]) -> bool:
+        return mv.state is State.FAILED and (time.monotonic() >= mv.retry_at or (mv.name, mv.version) in changed)
 
     async def _load_and_swap(self, name: str, version: int) -> bool:
         mv = ModelVersion(name, version, self.root / name / str(version))
         before = self.others.get((name, version))
         mv.failures = before.failures if before is not None and before.state is State.FAILED else 0
         self.others[(name, version)] = mv
+        # What the load reads: a copy that finishes while it runs must count as changed afterwards.
+        files = await asyncio.to_thread(_files, mv.path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tsm-infer-{name}-{version}")
         try:
             predictor = await asyncio.get_running_loop().run_in_executor(executor, self._load, mv)
@@ -164,7 +181,7 @@ class ModelRepository:
             mv.state, mv.error = State.FAILED, f"{type(exc).__name__}: {exc}"
             mv.failures += 1
             wait_s = self.retry_failed_s * min(2 ** (mv.failures - 1), 20)
-            mv.retry_at, mv.files = time.monotonic() + wait_s, await asyncio.to_thread(_files, mv.path)
+            mv.retry_at, mv.files = time.monotonic() + wait_s, files
             self.metrics.model_loads.labels(name, "failed").inc()
             log.error("refused %s version %d (attempt %d; next try in %.0f s or when its files change): %s",
                       name, version, mv.failures, wait_s, mv.error)

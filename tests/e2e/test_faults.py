@@ -248,6 +248,57 @@ def test_a_failed_version_is_tried_again_after_the_back_off(model_repo: Path) ->
     assert asyncio.run(scenario()) == ["failed", "failed after 2", "ready"]
 
 
+def test_a_copy_that_completes_during_a_failed_load_is_tried_again(model_repo: Path) -> None:
+    """The load saw half a copy and failed; the copy finished meanwhile: the next scan tries again at once (no
+    30 s back-off). Then the version's folder is deleted: the model is unknown again (404), not "not ready"."""
+    import asyncio
+    import shutil
+
+    from service.batcher import BatchPolicy
+    from service.errors import ModelNotFoundError
+    from service.metrics import Metrics
+    from service.repository import ModelRepository
+    from service.settings import ServiceSettings
+
+    inner = FailingWarmup(ServiceSettings(model_repo=model_repo, cpu_threads=1), fail=set())
+    attempts = []
+
+    def factory(version_dir: Path, manifest: Any) -> Any:
+        predictor = inner(version_dir, manifest)
+        attempts.append(version_dir)
+        if len(attempts) == 1:
+            (version_dir / "labels.txt").write_text((version_dir / "labels.txt").read_text())  # the copy lands
+
+            def broken(*_: Any) -> int:
+                raise RuntimeError("half a copy (injected)")
+            predictor.warm_up = broken
+        return predictor
+
+    async def scenario() -> tuple[str, str]:
+        repo = ModelRepository(model_repo, Metrics(process=False), factory, BatchPolicy(2, 5, 8), warmup_runs=1,
+                               retry_failed_s=100)
+        await repo.start()
+        first = repo.describe()[0]["state"]
+        await repo.poll_once()
+        second = repo.describe()[0]["state"]
+        await repo.close()
+        return first, second
+
+    assert asyncio.run(scenario()) == ("failed", "ready")
+
+    async def deleted() -> None:
+        inner.fail.add(1)
+        repo = ModelRepository(model_repo, Metrics(process=False), inner, BatchPolicy(2, 5, 8), warmup_runs=1)
+        await repo.start()
+        shutil.rmtree(model_repo / TINY_NAME / "1")
+        await repo.poll_once()
+        with pytest.raises(ModelNotFoundError):
+            repo.resolve(TINY_NAME, None)
+        await repo.close()
+
+    asyncio.run(deleted())
+
+
 def test_sigterm_finishes_in_flight_then_exits(tiny_repo_template: Path, videos: dict[str, Path]) -> None:
     """SIGTERM: the listener closes, the in-flight request (held 2 s in the batcher) still gets 200, exit 0."""
     port = free_port()
