@@ -31,6 +31,7 @@ from service.errors import (
     DecoderCrashedError,
     DecoderUnavailableError,
     DecodeTimeoutError,
+    NotReadyError,
     QueueFullError,
     UndecodableVideoError,
     VideoLimitExceededError,
@@ -192,6 +193,8 @@ class DecodePool:
     def _call_and_release(self, slot: int, args: tuple[Any, ...]) -> Any:
         try:
             if not self._revive(slot):
+                if self._closed:
+                    raise NotReadyError("the server is shutting down; retry on another replica", retry_after_s=1)
                 raise self._unavailable()
             worker = self._workers[slot]
             with self._lock:
@@ -239,7 +242,7 @@ class DecodePool:
         fresh = self._spawn()
         with self._lock:
             self._workers[slot] = fresh
-        self.replaced += 1
+            self.replaced += 1  # pool threads and heal retries replace at once
         if self._on_replace is not None:
             self._on_replace(dead.failure)
 

@@ -81,11 +81,21 @@ def converted_model(job: TrtConversion, cache: Path,
         missing = [f.name for f in (work / f"{PREFIX}.json", work / f"{PREFIX}.pdiparams") if not f.is_file()]
         if missing:
             raise RuntimeError(f"the TensorRT conversion wrote no {', '.join(missing)}")
-        try:
-            work.rename(final)
-        except OSError:  # another replica finished first: use its pair
-            if not all(f.is_file() for f in files):
-                raise
+        _move_into_place(work, final, files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return files
+
+
+def _move_into_place(work: Path, final: Path, files: tuple[Path, Path]) -> None:
+    try:
+        work.rename(final)
+    except OSError:
+        if all(f.is_file() for f in files):  # another replica finished first: use its pair
+            return
+        # Only complete folders are ever renamed into place, so this one lost files after the fact: set it
+        # aside (a rename, so a reader never sees it half deleted) and put the new conversion there.
+        trash = final.with_name(f".{final.name}-discarded-{uuid.uuid4().hex}")
+        final.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        work.rename(final)

@@ -125,3 +125,18 @@ def test_broken_slot_is_kept_aside_while_another_worker_serves(refusal: Refusal)
         assert len(set(await asyncio.gather(*(pool.run(w) for w in words)))) == len(words)
 
     with_pool(2, scenario)
+
+
+def test_a_slot_taken_while_the_pool_closes_says_shutting_down_not_refused() -> None:
+    """After close() nothing new starts: a request that got a slot then is told the server is shutting down (503
+    not-ready), not that the system refused a decoder process."""
+    from service.errors import NotReadyError
+
+    async def scenario() -> None:
+        pool = DecodePool(1, 5.0, 1024, task=echo_or_die, respawn_backoff_s=BACKOFF_S)
+        pool.start()
+        pool.close()
+        with pytest.raises(NotReadyError, match="shutting down"):
+            pool._call_and_release(0, ("hello",))
+
+    asyncio.run(scenario())

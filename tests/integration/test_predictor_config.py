@@ -157,6 +157,18 @@ def test_two_conversions_at_once_never_share_a_work_folder(tmp_path: Path) -> No
     assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
 
 
+def test_a_converted_folder_that_lost_a_file_is_converted_again(tmp_path: Path) -> None:
+    cache = tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0"
+    (cache / "pir-trt").mkdir(parents=True)
+    (cache / "pir-trt" / "model.json").write_text("left alone by someone")  # its .pdiparams was deleted
+    convert = RecordingConverter()
+    calls = build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
+                         convert).calls
+    assert len(convert.jobs) == 1 and calls[0][1][0] == str(cache / "pir-trt" / "model.json")
+    assert (cache / "pir-trt" / "model.json").read_text() == "converted"
+    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
+
+
 def test_tensorrt_conversion_needs_model_and_params_of_one_name(tmp_path: Path) -> None:
     manifest = MANIFEST.model_copy(update={"params_file": "weights.pdiparams"})
     with pytest.raises(ValueError, match="share a name"):
