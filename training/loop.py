@@ -189,15 +189,7 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     if distributed:
         dist.init_parallel_env()
     run = _prepare(cfg, resume, distributed)
-    train_set = ClipDataset(cfg, cfg.data.train_list, train=True)
-    train_loader = make_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, True, distributed)
-    val_loader = None
-    if validate and cfg.data.valid_list:
-        val_set = ClipDataset(cfg, cfg.data.valid_list, train=False)
-        # Data-parallel ranks each validate every world_size-th clip; the counts are summed (merge_ranks).
-        shard = val_set if not distributed else paddle.io.Subset(
-            val_set, list(range(dist.get_rank(), len(val_set), dist.get_world_size())))
-        val_loader = make_loader(shard, cfg.data.test_batch_size, cfg.data.num_workers, False)
+    train_set, train_loader, val_loader = _loaders(cfg, validate, distributed)
     log.info("rank %d of %d: %d training clips, %d steps per epoch", dist.get_rank(), dist.get_world_size(),
              len(train_set), len(train_loader))
     log_file = out / "metrics.jsonl"
@@ -230,11 +222,7 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
             if stop:
                 break
             continue
-        _log_line(log_file, {"kind": "epoch", **record})
-        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
-        latest = save_checkpoint(out / "latest", run.model, cfg, epoch + 1, record, run.optimizer)
-        if (epoch + 1) % cfg.train.save_interval == 0:
-            save_checkpoint(out / f"epoch_{epoch + 1}", run.model, cfg, epoch + 1, record)
+        latest = _end_epoch(out, run, cfg, epoch, record)
         if "val_top1" in record and record["val_top1"] >= best.get("val_top1", -1.0):
             best, best_path = record, save_checkpoint(out / "best", run.model, cfg, epoch + 1, record)
         plot_curves(log_file, out / "curves.png")
@@ -246,6 +234,30 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     if dist.get_rank() == 0:
         outcome.write(out / RESULT_FILE)
     return outcome
+
+
+def _loaders(cfg: Config, validate: bool, distributed: bool
+             ) -> tuple[ClipDataset, paddle.io.DataLoader, paddle.io.DataLoader | None]:
+    """The training set and loader, and the validation loader (None without ``validate``)."""
+    train_set = ClipDataset(cfg, cfg.data.train_list, train=True)
+    train_loader = make_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, True, distributed)
+    if not (validate and cfg.data.valid_list):
+        return train_set, train_loader, None
+    val_set = ClipDataset(cfg, cfg.data.valid_list, train=False)
+    # Data-parallel ranks each validate every world_size-th clip; the counts are summed (merge_ranks).
+    shard = val_set if not distributed else paddle.io.Subset(
+        val_set, list(range(dist.get_rank(), len(val_set), dist.get_world_size())))
+    return train_set, train_loader, make_loader(shard, cfg.data.test_batch_size, cfg.data.num_workers, False)
+
+
+def _end_epoch(out: Path, run: _Run, cfg: Config, epoch: int, record: dict[str, float]) -> Path:
+    """Rank 0 after an epoch: its log line, ``latest`` (and ``epoch_N`` every save_interval); returns latest."""
+    _log_line(out / "metrics.jsonl", {"kind": "epoch", **record})
+    log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
+    latest = save_checkpoint(out / "latest", run.model, cfg, epoch + 1, record, run.optimizer)
+    if (epoch + 1) % cfg.train.save_interval == 0:
+        save_checkpoint(out / f"epoch_{epoch + 1}", run.model, cfg, epoch + 1, record)
+    return latest
 
 
 def _reached_target(cfg: Config, record: dict[str, float], distributed: bool) -> bool:
