@@ -11,13 +11,10 @@ caller can say which one it is (``shift=False``).
 from __future__ import annotations
 
 import logging
-import math
 import re
 import shutil
-import struct
 import uuid
 from pathlib import Path
-from typing import BinaryIO
 
 import paddle
 
@@ -30,8 +27,6 @@ log = logging.getLogger(__name__)
 _STAGE4_BLOCKS = {6: 50, 23: 101, 36: 152}
 _CONVS_TO_DEPTH = {21: 18, 37: 34, 53: 50, 104: 101, 155: 152}
 """Conv kernels (4-D tensors) of PaddleVideo's ResNet-TSM at each depth, stem and shortcuts included."""
-_DTYPE_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2, 23: 8, 24: 16}
-"""Bytes per element of Paddle's ``VarType`` data types (bool, int16/32/64, fp16/32/64, uint8, int8, bf16...)."""
 UNKNOWN = "unknown"
 
 
@@ -50,84 +45,18 @@ def infer_architecture(state: dict[str, object]) -> tuple[int, int, int]:
     return (34 if len(stage4) == 6 else 18), num_classes, base_width
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated tensor description")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+def export_param_shapes(model_file: Path) -> list[tuple[int, ...]]:
+    """Shapes of an exported model's tensors (parameters and BN statistics), as ``paddle.jit.load`` reads them."""
+    layer = paddle.jit.load(str(model_file.with_suffix("")))
+    return [tuple(v.shape) for v in layer.state_dict().values()]
 
 
-def _tensor_desc(desc: bytes) -> tuple[int, tuple[int, ...]]:
-    """(data type, dims) of a serialized ``VarType.TensorDesc`` protobuf (field 1: type, field 2: dims)."""
-    pos, dtype, dims = 0, -1, []
-    while pos < len(desc):
-        key, pos = _varint(desc, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(desc, pos)
-            if field == 1:
-                dtype = value
-            elif field == 2:
-                dims.append(value)
-        elif wire == 2:  # packed dims
-            length, pos = _varint(desc, pos)
-            chunk, pos = desc[pos:pos + length], pos + length
-            inner = 0
-            while field == 2 and inner < len(chunk):
-                value, inner = _varint(chunk, inner)
-                dims.append(value)
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire} in a tensor description")
-    return dtype, tuple(dims)
-
-
-def _read(fh: BinaryIO, fmt: str) -> int:
-    raw = fh.read(struct.calcsize(fmt))
-    if len(raw) != struct.calcsize(fmt):
-        raise ValueError("truncated tensor header")
-    return int(struct.unpack(fmt, raw)[0])
-
-
-def param_shapes(params: Path) -> list[tuple[int, ...]]:
-    """Shapes of the tensors of a combined ``.pdiparams`` file, in file order, without loading Paddle.
-
-    Paddle's save_combine format, the same on Paddle 2 and 3: per tensor a uint32 version, a uint64
-    LoD level count and the LoD levels, a uint32 version, an int32 size and that many bytes of
-    ``TensorDesc``, then the raw data. Raises ValueError when the file does not follow it.
-    """
-    shapes: list[tuple[int, ...]] = []
-    size = params.stat().st_size
-    with params.open("rb") as fh:
-        while fh.tell() < size:
-            _read(fh, "<I")
-            for _ in range(_read(fh, "<Q")):
-                fh.seek(_read(fh, "<Q"), 1)
-            _read(fh, "<I")
-            desc_size = _read(fh, "<i")
-            if desc_size < 0:
-                raise ValueError(f"{params.name}: negative tensor description size")
-            dtype, dims = _tensor_desc(fh.read(desc_size))
-            if dtype not in _DTYPE_BYTES:
-                raise ValueError(f"{params.name}: unknown tensor data type {dtype}")
-            fh.seek(math.prod(dims) * _DTYPE_BYTES[dtype], 1)
-            shapes.append(dims)
-        if fh.tell() != size:
-            raise ValueError(f"{params.name}: the last tensor runs past the end of the file")
-    return shapes
-
-
-def infer_export_architecture(params: Path) -> tuple[int, int] | None:
+def infer_export_architecture(model_file: Path) -> tuple[int, int] | None:
     """(depth, base_width) of an exported ResNet-TSM from its tensor shapes; None when it is not one we know."""
     try:
-        shapes = param_shapes(params)
-    except (ValueError, OSError) as exc:
-        log.warning("cannot read the tensor shapes of %s: %s", params, exc)
+        shapes = export_param_shapes(model_file)
+    except Exception as exc:  # whatever Paddle raises on a graph it cannot load as a layer
+        log.warning("cannot read the tensor shapes of %s: %s", model_file, exc)
         return None
     kernels = [s for s in shapes if len(s) == 4]
     stems = [s for s in kernels if s[1:] == (3, 7, 7)]
@@ -191,7 +120,7 @@ def import_inference_model(model_file: Path, labels: list[str], repo: Path, name
         raise FileNotFoundError(f"{params} not found beside {model_file}")
     if not shift and has_fused_shift(model_file):
         raise ValueError(f"{model_file.name} calls temporal_shift: it is a TSM export, not TSN (drop --tsn)")
-    depth, base_width = infer_export_architecture(params) or (0, 0)
+    depth, base_width = infer_export_architecture(model_file) or (0, 0)
     staged = repo / name / f".stage-{uuid.uuid4().hex}"
     staged.mkdir(parents=True)
     try:
