@@ -205,8 +205,7 @@ class DecodePool:
                 with self._lock:
                     self._busy.pop(worker.pid, None)
         finally:
-            self._revive(slot)  # replace a worker that just died now, not when the next request waits
-            self._release(slot)
+            self._revive_and_release(slot)  # a worker that just died is replaced now, not when the next one waits
 
     def _revive(self, slot: int) -> bool:
         """True when ``slot`` has a live worker, starting one if it died (and its backoff, if any, is over).

@@ -152,34 +152,36 @@ def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOpti
     if model.stem != params.stem:
         raise ValueError(f"TensorRT conversion needs {model.name} and its parameters to share a name, "
                          f"got {params.name}")
-    num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
-    clip = (num_seg, 3, crop, crop)
+    smallest, optimal, largest = _batch_shapes(manifest, options)
     return TrtConversion(
         model_prefix=str(version_dir / model.stem), input_name=manifest.io.input_name,
-        min_shape=(1, *clip), opt_shape=(options.max_batch_size, *clip), max_shape=(options.max_batch_size, *clip),
+        min_shape=smallest, opt_shape=optimal, max_shape=largest,
         precision=choice.precision.upper(), workspace_bytes=options.trt_workspace_bytes,
         min_subgraph_size=options.trt_min_subgraph_size)
+
+
+def _batch_shapes(manifest: Manifest, options: PredictorOptions) -> tuple[tuple[int, ...], ...]:
+    """TensorRT's (min, opt, max) input shapes: clips of num_seg frames, batches of 1..max_batch_size (the
+    batcher's largest batch is the shape tuned for)."""
+    num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
+    clip = (num_seg, 3, crop, crop)
+    return (1, *clip), (options.max_batch_size, *clip), (options.max_batch_size, *clip)
 
 
 def _enable_tensorrt(config: Any, version_dir: Path, manifest: Manifest, options: PredictorOptions,
                      choice: BackendChoice, precision: Any) -> None:
     """TensorRT subgraphs of a ``.pdmodel`` with a dynamic batch axis 1..max_batch_size (the network sees
     N*num_seg frames)."""
-    num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
     config.enable_tensorrt_engine(
         workspace_size=options.trt_workspace_bytes,
-        max_batch_size=options.max_batch_size * num_seg,
+        max_batch_size=options.max_batch_size * manifest.preprocessing.num_seg,
         min_subgraph_size=options.trt_min_subgraph_size,
         precision_mode=precision,
         use_static=True,  # serialise engines into the optim cache dir: a restart reuses them
         use_calib_mode=False,  # int8 expects a quantised (QAT/PTQ) model, no runtime calibration
     )
     name = manifest.io.input_name
-    config.set_trt_dynamic_shape_info(
-        {name: [1, num_seg, 3, crop, crop]},
-        {name: [options.max_batch_size, num_seg, 3, crop, crop]},
-        {name: [options.max_batch_size, num_seg, 3, crop, crop]},
-    )
+    config.set_trt_dynamic_shape_info(*({name: list(shape)} for shape in _batch_shapes(manifest, options)))
     cache = trt_cache_dir(version_dir, options, choice)
     cache.mkdir(parents=True, exist_ok=True)
     config.set_optim_cache_dir(str(cache))

@@ -68,8 +68,8 @@ def converted_model(job: TrtConversion, cache: Path,
     (Paddle's own tests load a converted model from a copy of it).
     """
     final = cache / CONVERTED
-    files = (final / f"{PREFIX}.json", final / f"{PREFIX}.pdiparams")
-    if all(f.is_file() for f in files):
+    files = _pair(final)
+    if _complete(final):
         return files
     # Unique per attempt: replicas sharing the cache volume often have the same pid (1 in a container).
     work = cache / f".{CONVERTED}-{uuid.uuid4().hex}"
@@ -78,20 +78,29 @@ def converted_model(job: TrtConversion, cache: Path,
              job.model_prefix, job.precision)
     try:
         convert(job, str(work / PREFIX))
-        missing = [f.name for f in (work / f"{PREFIX}.json", work / f"{PREFIX}.pdiparams") if not f.is_file()]
+        missing = [f.name for f in _pair(work) if not f.is_file()]
         if missing:
             raise RuntimeError(f"the TensorRT conversion wrote no {', '.join(missing)}")
-        _move_into_place(work, final, files)
+        _move_into_place(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return files
 
 
-def _move_into_place(work: Path, final: Path, files: tuple[Path, Path]) -> None:
+def _pair(folder: Path) -> tuple[Path, Path]:
+    """The converted model and parameter files in ``folder``."""
+    return folder / f"{PREFIX}.json", folder / f"{PREFIX}.pdiparams"
+
+
+def _complete(folder: Path) -> bool:
+    return all(f.is_file() for f in _pair(folder))
+
+
+def _move_into_place(work: Path, final: Path) -> None:
     try:
         work.rename(final)
     except OSError:
-        if all(f.is_file() for f in files):  # another replica finished first: use its pair
+        if _complete(final):  # another replica finished first: use its pair
             return
         # Only complete folders are ever renamed into place, so this one lost files after the fact: set it
         # aside (a rename, so a reader never sees it half deleted) and put the new conversion there.
