@@ -13,14 +13,17 @@ import paddle
 
 from training.config import Config
 from training.tsm import Recognizer2D, build_tsm
+from training.tsm.shift import ShiftImpl
 
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: Config) -> Recognizer2D:
-    """The network a config describes (fresh weights)."""
+def build_model(cfg: Config, shift_impl: ShiftImpl = "slice") -> Recognizer2D:
+    """The network a config describes (fresh weights). ``shift_impl`` changes speed only, never a result:
+    "slice" for what is evaluated and exported, "fused" for training (``training.loop.training_shift``)."""
     m = cfg.model
-    return build_tsm(m.depth, m.num_classes, m.num_seg, m.shift, m.data_format, m.base_width, m.drop_ratio)
+    return build_tsm(m.depth, m.num_classes, m.num_seg, m.shift, m.data_format, m.base_width, m.drop_ratio,
+                     shift_impl=shift_impl)
 
 
 def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: int,

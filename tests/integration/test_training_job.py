@@ -83,6 +83,34 @@ def test_the_same_seed_gives_the_same_run(tiny_set: Path, tmp_path: Path) -> Non
     assert other.history[0]["train_loss"] != pytest.approx(np.mean(first[:3]), abs=1e-7)
 
 
+def test_training_runs_the_fused_shift_and_trains_the_weights_the_slices_train(
+        tiny_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused op is only faster: two epochs with dropout on, batches shuffled, end on the same bytes."""
+    import paddle
+
+    import training.loop
+
+    fused_calls = []
+    op = paddle.nn.functional.temporal_shift
+    monkeypatch.setattr(paddle.nn.functional, "temporal_shift", lambda *a, **k: fused_calls.append(1) or op(*a, **k))
+    keys = ("train.epochs=2", "data.batch_size=4", "model.drop_ratio=0.5")
+    train(_cfg(tiny_set, tmp_path / "fused", *keys), validate=False)
+    assert len(fused_calls) == 6 * 8  # 3 steps an epoch, 8 blocks: every block's shift is the fused op
+    monkeypatch.setattr(training.loop, "training_shift", lambda num_seg: "slice")
+    train(_cfg(tiny_set, tmp_path / "slice", *keys), validate=False)
+    assert len(fused_calls) == 6 * 8
+    fused, sliced = (paddle.load(str(tmp_path / run / "latest.pdparams")) for run in ("fused", "slice"))
+    assert fused.keys() == sliced.keys()
+    assert all(np.array_equal(fused[k].numpy(), sliced[k].numpy()) for k in fused)
+    assert _step_losses(tmp_path / "fused") == _step_losses(tmp_path / "slice")
+
+
+def test_two_segments_train_with_the_slices(tiny_set: Path, tmp_path: Path) -> None:
+    # Paddle's fused op refuses a shift ratio of 1/2: such a run must train with the slices instead of failing.
+    result = train(_cfg(tiny_set, tmp_path, "model.num_seg=2", "train.max_steps_per_epoch=1"), validate=False)
+    assert result.latest_checkpoint.exists()
+
+
 def test_a_reached_validation_target_ends_the_run_early(tiny_set: Path, tmp_path: Path) -> None:
     frozen = ["train.max_steps_per_epoch=1", "optimizer.values=[0.0, 0.0]"]  # lr 0: every epoch scores the same
     full = train(_cfg(tiny_set, tmp_path / "a", "train.epochs=2", "train.stop_at_val_top1=1.0", *frozen), True)
