@@ -21,8 +21,9 @@ DEFAULT_SPEC = SyntheticSpec()
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Encode RGB uint8 frames [T, H, W, 3] (H, W even) at ``fps`` frames/s as H.264 yuv420p (CRF 23, GOP 24) in
-    an MP4. Written under a temporary name and renamed, so an interrupted run never leaves a truncated ``path``."""
+    """Encode RGB uint8 frames [T, H, W, 3] (H, W even) at ``fps`` frames/s as H.264 yuv420p (CRF 23, GOP 24, three
+    B-frames between references, CABAC, deblocking: a camera's or a phone's stream structure) in an MP4. Written under
+    a temporary name and renamed, so an interrupted run never leaves a truncated ``path``."""
     t_count, h, w, _ = frames.shape
     if frames.dtype != np.uint8 or t_count == 0 or h % 2 or w % 2:
         raise ValueError(f"need uint8 frames with even height and width, got {frames.dtype} {frames.shape}")
@@ -34,8 +35,10 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
         stream.codec_context.gop_size = 24
         stream.codec_context.thread_count = 1  # the dataset generator already runs one encoder per core
         # No macroblock-tree rate control: with it this x264 build reads uninitialised memory, so the same frames gave
-        # different bytes (and pixels) from run to run. CRF 23 without it matches CRF 20 with it in size and PSNR.
-        stream.options = {"crf": "23", "preset": "veryfast", "x264-params": "mbtree=0"}
+        # different bytes (and pixels) from run to run. The ultrafast search with veryfast's frame types and entropy
+        # coder encodes in half the time (134 against 250 ms for a typical clip) at the same PSNR, 30 % larger.
+        stream.options = {"crf": "23", "preset": "ultrafast",
+                          "x264-params": "mbtree=0:bframes=3:b-adapt=0:cabac=1:deblock=1"}
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode(None))

@@ -7,6 +7,7 @@ import av
 import decord
 import numpy as np
 import pytest
+from av.video.frame import PictureType
 from PIL import Image
 
 from training.synthetic import CLASSES, SyntheticSpec, generate_dataset, render_clip, write_mp4
@@ -149,6 +150,8 @@ def test_write_mp4_decodes_with_decord_and_pyav(tmp_path: Path) -> None:
     # Close to the source: the loss is mostly the sensor noise, which no codec keeps, and chroma at object edges.
     assert np.abs(decoded.astype(int) - frames).mean() < 6
     np.testing.assert_array_equal(vr.get_batch(list(range(len(vr)))).asnumpy(), decoded)
+    with av.open(str(path)) as container:  # B-frames, as in most real streams: sparse decoding gets frames to skip
+        assert PictureType.B in {frame.pict_type for frame in container.decode(video=0)}
     for _ in range(3):  # reproducible bytes (x264's macroblock tree made them vary)
         write_mp4(tmp_path / "again.mp4", frames, fps)
         assert (tmp_path / "again.mp4").read_bytes() == path.read_bytes()
