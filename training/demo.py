@@ -132,8 +132,21 @@ def _warm_ups(recipe: Recipe, workdir: Path, run_dir: Path, shift: bool, procs: 
         name = f"warmup_{stage.name}"
         warm = _warm_up(stage, workdir / name, run_dir / name, shift, warm_best, procs, overrides)
         warm_top1[stage.name] = warm.best_metrics.get("val_top1")
+        _warn_unless_taken_off(stage, warm_top1[stage.name])
         warm_best = warm.best_checkpoint or warm.latest_checkpoint
     return warm_best, warm_top1
+
+
+def _warn_unless_taken_off(stage: WarmupStage, top1: float | None) -> None:
+    """Log a warning if warm-up ``stage`` ended below its target (best validation top-1 ``top1``)."""
+    # Whether a stage takes off varies from run to run (training/REPORT.md); the next stage still starts from
+    # it, but without this line a long run would show it only in its final figure, an hour later.
+    if top1 is not None and top1 >= stage.target:
+        return
+    reached = "without a validation top-1" if top1 is None else f"at {top1:.1%} validation top-1"
+    log.warning("warm-up %r ended %s, short of its target %.0f%% (chance is %.0f%%): it may not have taken off; "
+                "the next stage starts from its backbone all the same, and the final top-1 may be lower",
+                stage.name, reached, 100 * stage.target, 100 / len(stage.classes))
 
 
 def _refine(recipe: Recipe, workdir: Path, run_dir: Path, shift: bool, procs: int, start: Path,

@@ -26,12 +26,15 @@ def _shrunk(recipe: Recipe, **changes: object) -> Recipe:
 
 
 def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publishes(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     recipe = _shrunk(QUICK)
     stages = recipe.warmups
-    summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=OVERRIDES, procs=2, recipe=recipe)
+    with caplog.at_level(logging.WARNING, logger="training.demo"):
+        summary = demo.run_demo(tmp_path / "repo", tmp_path / "work", overrides=OVERRIDES, procs=2, recipe=recipe)
     stderr = capfd.readouterr().err  # the stages run in two spawned processes each
+    warned = {stage.name for stage in stages if any(f"warm-up '{stage.name}' ended" in m for m in caplog.messages)}
+    assert warned == {s.name for s in stages if summary["warmup_val_top1"][s.name] < s.target}  # type: ignore[index]
 
     work = tmp_path / "work"
     assert [s.name for s in stages] == ["horizontal", "translation"]
@@ -117,3 +120,16 @@ def test_a_recipe_mixes_only_from_one_of_its_warm_up_stages() -> None:
         replace(QUICK, mix_from="rotation", mix_clips=10)
     with pytest.raises(ValueError, match="mix_clips"):
         replace(LONG, mix_clips=0)
+
+
+def test_a_warm_up_that_ends_below_its_target_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    stage = LONG.warmups[-1]  # rotation: 2 classes, target 85 %
+    with caplog.at_level(logging.WARNING, logger="training.demo"):
+        demo._warn_unless_taken_off(stage, 0.85)
+        demo._warn_unless_taken_off(stage, 0.97)
+        assert not caplog.messages  # at or above its target: it took off
+        demo._warn_unless_taken_off(stage, 0.5)
+        demo._warn_unless_taken_off(stage, None)  # no validation ran
+    first, second = caplog.messages
+    assert "warm-up 'rotation' ended at 50.0% validation top-1, short of its target 85% (chance is 50%)" in first
+    assert "warm-up 'rotation' ended without a validation top-1" in second
