@@ -19,8 +19,8 @@ OVERRIDES = ["data.batch_size=4", "data.test_batch_size=4", "data.num_workers=0"
 
 
 def _shrunk(recipe: Recipe, **changes: object) -> Recipe:
-    """``recipe`` with tiny sets and one-epoch warm-ups."""
-    stages = tuple(replace(s, spec=replace(SMALL, plain=True), epochs=1, num_train=4, num_val=2)
+    """``recipe`` with tiny sets and one-epoch warm-ups, which are not run again when they miss their target."""
+    stages = tuple(replace(s, spec=replace(SMALL, plain=True), epochs=1, num_train=4, num_val=2, retries=0)
                    for s in recipe.warmups)
     return replace(recipe, warmups=stages, num_train=8, num_val=8, num_test=8, spec=SMALL, **changes)
 
@@ -126,10 +126,53 @@ def test_a_warm_up_that_ends_below_its_target_is_reported(caplog: pytest.LogCapt
     stage = LONG.warmups[-1]  # rotation: 2 classes, target 85 %
     with caplog.at_level(logging.WARNING, logger="training.demo"):
         demo._warn_unless_taken_off(stage, 0.85)
-        demo._warn_unless_taken_off(stage, 0.97)
+        demo._warn_unless_taken_off(stage, 0.97, retrying=True)
         assert not caplog.messages  # at or above its target: it took off
-        demo._warn_unless_taken_off(stage, 0.5)
+        demo._warn_unless_taken_off(stage, 0.5, retrying=True)
         demo._warn_unless_taken_off(stage, None)  # no validation ran
     first, second = caplog.messages
     assert "warm-up 'rotation' ended at 50.0% validation top-1, short of its target 85% (chance is 50%)" in first
+    assert first.endswith("running it again with another seed")
     assert "warm-up 'rotation' ended without a validation top-1" in second
+    assert second.endswith("the next stage starts from its best attempt all the same, and the final top-1 may be lower")
+
+
+def _best_val_top1(run: Path) -> float:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return max(r["val_top1"] for r in records if "val_top1" in r)
+
+
+def test_a_warm_up_below_its_target_runs_again_with_another_seed_and_its_best_attempt_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shrunk = _shrunk(QUICK)
+    took_off = replace(shrunk.warmups[0], target=0.0, retries=1)  # any top-1 reaches it
+    missed = replace(shrunk.warmups[1], target=1.0, num_val=8, retries=1)  # not after a step: both attempts run
+    recipe = replace(shrunk, warmups=(took_off, missed))
+    work, run_dir = tmp_path / "work", tmp_path / "work/tsm"
+    demo._generate(work, recipe)
+    with caplog.at_level(logging.WARNING, logger="training.demo"):
+        best, top1, attempts = demo._warm_ups(recipe, work, run_dir, True, 1, OVERRIDES)
+
+    assert attempts == {"horizontal": 1, "translation": 2}
+    assert not (run_dir / "warmup_horizontal_retry1").exists()
+    first, retry = run_dir / "warmup_translation", run_dir / "warmup_translation_retry1"
+    configs = [json.loads((run / "config.json").read_text()) for run in (first, retry)]
+    assert [c["train"]["seed"] for c in configs] == [0, 1]  # another initialisation
+    horizontal = str(run_dir / "warmup_horizontal/best.pdparams")
+    assert [c["model"]["pretrained"] for c in configs] == [horizontal, horizontal]  # from the same backbone
+    scores = [_best_val_top1(run) for run in (first, retry)]
+    kept = retry if scores[1] > scores[0] else first  # the better attempt; the first on a tie
+    assert best == kept / "best.pdparams" and top1 == {"horizontal": top1["horizontal"], "translation": max(scores)}
+    warnings = [m for m in caplog.messages if "warm-up 'translation'" in m]
+    assert len(warnings) == 2 and warnings[0].endswith("running it again with another seed")
+    assert "starts from its best attempt all the same" in warnings[1]
+    assert not any("warm-up 'horizontal'" in m for m in caplog.messages)
+
+
+def test_the_next_stage_starts_from_the_warm_up_attempt_with_the_best_top1() -> None:
+    assert demo._kept_attempt([0.5]) == 0
+    assert demo._kept_attempt([0.5, 0.75]) == 1
+    assert demo._kept_attempt([0.75, 0.5]) == 0
+    assert demo._kept_attempt([0.5, 0.5]) == 0  # the earliest of equals
+    assert demo._kept_attempt([None, 0.0]) == 1  # a top-1 of 0 beats no validation at all
