@@ -97,8 +97,7 @@ def _warm_up(stage: WarmupStage, data: Path, run_dir: Path, shift: bool, start_f
     keys = [f"train.epochs={stage.epochs}", f"train.stop_at_val_top1={stage.target}",
             f"optimizer.boundaries=[{stage.epochs}]", "optimizer.values=[0.001, 0.001]", *init, *overrides]
     cfg = _stage_config(data, None, run_dir, shift, procs, keys)
-    if attempt:
-        cfg = _stage_config(data, None, run_dir, shift, procs, [*keys, f"train.seed={cfg.train.seed + attempt}"])
+    cfg.train.seed += attempt
     return train_data_parallel(cfg, procs)
 
 
@@ -154,7 +153,7 @@ def _warm_up_until_taken_off(stage: WarmupStage, workdir: Path, run_dir: Path, s
         out = run_dir / (name if attempt == 0 else f"{name}_retry{attempt}")
         results.append(_warm_up(stage, workdir / name, out, shift, start, procs, overrides, attempt))
         top1s.append(results[-1].best_metrics.get("val_top1"))
-        if top1s[-1] is not None and top1s[-1] >= stage.target:
+        if _taken_off(stage, top1s[-1]):
             break
         _warn_unless_taken_off(stage, top1s[-1], retrying=attempt < stage.retries)
     kept = _kept_attempt(top1s)
@@ -167,12 +166,17 @@ def _kept_attempt(top1s: list[float | None]) -> int:
     return max(range(len(top1s)), key=lambda i: -1.0 if top1s[i] is None else top1s[i])
 
 
+def _taken_off(stage: WarmupStage, top1: float | None) -> bool:
+    """Whether warm-up ``stage`` reached its target (its best validation top-1 ``top1``, ``None`` without one)."""
+    return top1 is not None and top1 >= stage.target
+
+
 def _warn_unless_taken_off(stage: WarmupStage, top1: float | None, retrying: bool = False) -> None:
     """Log a warning if warm-up ``stage`` ended below its target (best validation top-1 ``top1``), saying whether
     it runs again (``retrying``) or the next stage starts from it all the same."""
     # Whether a stage takes off varies from run to run (training/REPORT.md); without this line a long run would
     # show it only in its final figure, an hour later.
-    if top1 is not None and top1 >= stage.target:
+    if _taken_off(stage, top1):
         return
     reached = "without a validation top-1" if top1 is None else f"at {top1:.1%} validation top-1"
     then = ("running it again with another seed" if retrying else
