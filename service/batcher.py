@@ -133,7 +133,7 @@ class DynamicBatcher:
         return items
 
     async def _run(self, items: list[_Item]) -> None:
-        batch = np.stack([item.clip for item in items])  # float32 [N, num_seg, 3, crop, crop]
+        batch = np.stack([item.clip for item in items])  # float32 [N, num_seg * spatial_crops, 3, crop, crop]
         start = time.monotonic()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)

@@ -30,7 +30,7 @@ class DecodeLimits:
 
 @dataclass(frozen=True)
 class DecodedClip:
-    """One preprocessed clip: float32 [num_seg, 3, crop, crop], the video facts and indices."""
+    """One preprocessed clip: float32 [num_seg * spatial_crops, 3, crop, crop], the video facts and indices."""
 
     clip: np.ndarray
     info: VideoInfo
@@ -50,7 +50,7 @@ def decode_task(path: str, spec: Preprocessing, limits: DecodeLimits) -> Decoded
     # uint8 [num_seg, H, W, 3] RGB, upright
     frames, info, indices = read_clip(video, spec, max_pixels=limits.max_pixels)
     try:
-        clip = preprocess_clip(frames, spec)  # float32 [num_seg, 3, crop, crop]
+        clip = preprocess_clip(frames, spec)  # float32 [num_seg * spatial_crops, 3, crop, crop]
     except ValueError as exc:  # e.g. a frame smaller than the crop after scaling
         raise DecodeError(f"{video.name}: the frames cannot be preprocessed ({exc})", "preprocess") from exc
     return DecodedClip(clip, info, indices)

@@ -56,7 +56,7 @@ class OnnxPredictor:
         self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [N, num_seg, 3, crop, crop] normalised RGB -> float32 logits [N, num_classes]."""
+        """float32 [N, num_seg * spatial_crops, 3, crop, crop] normalised RGB -> float32 logits [N, num_classes]."""
         feed = {self.manifest.io.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
         with self._lock:
             return self._session.run([self._output_name], feed)[0]

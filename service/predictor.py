@@ -161,20 +161,20 @@ def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOpti
 
 
 def _batch_shapes(manifest: Manifest, options: PredictorOptions) -> tuple[tuple[int, ...], ...]:
-    """TensorRT's (min, opt, max) input shapes: clips of num_seg frames, batches of 1..max_batch_size (the
-    batcher's largest batch is the shape tuned for)."""
-    num_seg, crop = manifest.preprocessing.num_seg, manifest.preprocessing.crop_size
-    clip = (num_seg, 3, crop, crop)
+    """TensorRT's (min, opt, max) input shapes: clips of num_seg frames for each test-time crop, batches of
+    1..max_batch_size (the batcher's largest batch is the shape tuned for)."""
+    frames, crop = manifest.preprocessing.frames_per_clip, manifest.preprocessing.crop_size
+    clip = (frames, 3, crop, crop)
     return (1, *clip), (options.max_batch_size, *clip), (options.max_batch_size, *clip)
 
 
 def _enable_tensorrt(config: Any, version_dir: Path, manifest: Manifest, options: PredictorOptions,
                      choice: BackendChoice, precision: Any) -> None:
     """TensorRT subgraphs of a ``.pdmodel`` with a dynamic batch axis 1..max_batch_size (the network sees
-    N*num_seg frames)."""
+    N*num_seg*spatial_crops frames)."""
     config.enable_tensorrt_engine(
         workspace_size=options.trt_workspace_bytes,
-        max_batch_size=options.max_batch_size * manifest.preprocessing.num_seg,
+        max_batch_size=options.max_batch_size * manifest.preprocessing.frames_per_clip,
         min_subgraph_size=options.trt_min_subgraph_size,
         precision_mode=precision,
         use_static=True,  # serialise engines into the optim cache dir: a restart reuses them
@@ -209,7 +209,7 @@ class Predictor:
         self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [N, num_seg, 3, crop, crop] normalised RGB -> float32 logits [N, num_classes]."""
+        """float32 [N, num_seg * spatial_crops, 3, crop, crop] normalised RGB -> float32 logits [N, num_classes]."""
         with self._lock:
             self._input.reshape(list(batch.shape))
             self._input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))

@@ -19,8 +19,10 @@ TINY_LABELS = ["archery", "bowling", "cooking", "dancing", "surfing"]
 TINY_NAME = "tiny"
 
 
-def export_tiny(repo: Path, seed: int = 0, labels: list[str] | None = None) -> Path:
-    """Export ``build_tsm(18, K, num_seg=8, base_width=8)`` (crop 112, short side 128) into ``repo``."""
+def export_tiny(repo: Path, seed: int = 0, labels: list[str] | None = None, crops: int = 1,
+                name: str = TINY_NAME) -> Path:
+    """Export ``build_tsm(18, K, num_seg=8, base_width=8)`` (crop 112, short side 128, ``crops`` test-time crops)
+    into ``repo``."""
     import paddle
 
     from service.contract.manifest import Manifest, ModelIO, Preprocessing
@@ -30,9 +32,9 @@ def export_tiny(repo: Path, seed: int = 0, labels: list[str] | None = None) -> P
     labels = labels or TINY_LABELS
     paddle.seed(seed)
     model = build_tsm(18, num_classes=len(labels), num_seg=8, base_width=8)
-    manifest = Manifest(name=TINY_NAME, version=1, labels=labels, depth=18, base_width=8,
-                        preprocessing=Preprocessing(num_seg=8, short_side=128, crop_size=112),
-                        io=ModelIO(input_shape=(-1, 8, 3, 112, 112)))
+    manifest = Manifest(name=name, version=1, labels=labels, depth=18, base_width=8,
+                        preprocessing=Preprocessing(num_seg=8, short_side=128, crop_size=112, spatial_crops=crops),
+                        io=ModelIO(input_shape=(-1, 8 * crops, 3, 112, 112)))
     return export_to_repo(model, repo, manifest)
 
 

@@ -46,6 +46,8 @@ class DataConfig(_Strict):
     num_workers: int = Field(4, ge=0)
     short_side: int = 256
     crop_size: int = 224
+    spatial_crops: Literal[1, 3] = 1
+    """Test-time crops: 1, PaddleVideo's centre crop; 3, along the long side (``Preprocessing.spatial_crops``)."""
     sampling: SamplingRule = "paddlevideo_test"
     scales: list[float] = Field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     flip_prob: float = Field(0.5, ge=0.0, le=1.0)
@@ -113,7 +115,7 @@ class Config(_Strict):
         """The test-time preprocessing this config trains and evaluates with."""
         d = self.data
         return Preprocessing(num_seg=self.model.num_seg, sampling=d.sampling, short_side=d.short_side,
-                             crop_size=d.crop_size, mean=d.mean, std=d.std)
+                             crop_size=d.crop_size, spatial_crops=d.spatial_crops, mean=d.mean, std=d.std)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

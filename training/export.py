@@ -48,15 +48,16 @@ def as_nchw(model: paddle.nn.Layer) -> paddle.nn.Layer:
     return twin
 
 
-def save_inference_model(model: paddle.nn.Layer, prefix: Path, num_seg: int, crop_size: int) -> tuple[str, str]:
-    """``paddle.jit.save`` the eval-mode network with input [None, num_seg, 3, crop, crop].
+def save_inference_model(model: paddle.nn.Layer, prefix: Path, frames: int, crop_size: int) -> tuple[str, str]:
+    """``paddle.jit.save`` the eval-mode network with input [None, frames, 3, crop, crop] (``frames``: num_seg for
+    each test-time crop, see :class:`~training.tsm.recognizer.Recognizer2D`).
 
     Returns the (model file, params file) names written next to ``prefix``: Paddle 3 writes
     ``<prefix>.json`` (PIR), Paddle 2 ``<prefix>.pdmodel``; both write ``<prefix>.pdiparams``.
     """
     was_training = model.training
     model.eval()
-    spec = [InputSpec([None, num_seg, 3, crop_size, crop_size], "float32")]
+    spec = [InputSpec([None, frames, 3, crop_size, crop_size], "float32")]
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
     try:
         paddle.jit.save(static, str(prefix))
@@ -69,7 +70,7 @@ def save_inference_model(model: paddle.nn.Layer, prefix: Path, num_seg: int, cro
     raise RuntimeError(f"paddle.jit.save wrote no model file next to {prefix}")
 
 
-def probe_inference_model(folder: Path, model_file: str, params_file: str, num_seg: int,
+def probe_inference_model(folder: Path, model_file: str, params_file: str, frames: int,
                           crop: int) -> tuple[ModelIO, int]:
     """Build a Paddle Inference predictor on the saved files: their feed/fetch names and class count."""
     from paddle import inference
@@ -79,9 +80,9 @@ def probe_inference_model(folder: Path, model_file: str, params_file: str, num_s
     config.disable_glog_info()
     predictor = inference.create_predictor(config)
     io = ModelIO(input_name=predictor.get_input_names()[0], output_name=predictor.get_output_names()[0],
-                 input_shape=(-1, num_seg, 3, crop, crop))
+                 input_shape=(-1, frames, 3, crop, crop))
     handle = predictor.get_input_handle(io.input_name)
-    zeros = np.zeros((1, num_seg, 3, crop, crop), np.float32)
+    zeros = np.zeros((1, frames, 3, crop, crop), np.float32)
     handle.reshape(list(zeros.shape))
     handle.copy_from_cpu(zeros)
     predictor.run()
@@ -169,9 +170,9 @@ def export_to_repo(model: paddle.nn.Layer, repo: Path, manifest: Manifest, with_
     staged = staging / f".stage-{uuid.uuid4().hex}"
     staged.mkdir()
     try:
-        model_file, params_file = save_inference_model(as_nchw(model), staged / MODEL_PREFIX, spec.num_seg,
+        model_file, params_file = save_inference_model(as_nchw(model), staged / MODEL_PREFIX, spec.frames_per_clip,
                                                        spec.crop_size)
-        io, outputs = probe_inference_model(staged, model_file, params_file, spec.num_seg, spec.crop_size)
+        io, outputs = probe_inference_model(staged, model_file, params_file, spec.frames_per_clip, spec.crop_size)
         if outputs != manifest.num_classes:
             raise ValueError(f"the model outputs {outputs} classes but the manifest has {manifest.num_classes} labels")
         onnx_file = None

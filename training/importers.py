@@ -80,7 +80,7 @@ def _manifest(name: str, labels: list[str], spec: Preprocessing, source: Path, d
     backbone = f"ResNet{'TSM' if shift else 'TSN'}-{depth}" if depth else UNKNOWN
     return Manifest(
         name=name, version=1, labels=labels, preprocessing=spec,
-        io=ModelIO(input_shape=(-1, spec.num_seg, 3, spec.crop_size, spec.crop_size)),
+        io=ModelIO(input_shape=(-1, spec.frames_per_clip, 3, spec.crop_size, spec.crop_size)),
         backbone=backbone, depth=depth, base_width=base_width, shift=shift, dataset=dataset,
         source=source.name, source_sha256=sha256_file(source), config={"imported_from": "PaddleVideo"},
     )
@@ -127,7 +127,8 @@ def import_inference_model(model_file: Path, labels: list[str], repo: Path, name
         target_model = "model" + model_file.suffix
         shutil.copyfile(model_file, staged / target_model)
         shutil.copyfile(params, staged / "model.pdiparams")
-        io, outputs = probe_inference_model(staged, target_model, "model.pdiparams", spec.num_seg, spec.crop_size)
+        io, outputs = probe_inference_model(staged, target_model, "model.pdiparams", spec.frames_per_clip,
+                                            spec.crop_size)
         if outputs != len(labels):
             raise ValueError(f"{model_file.name} outputs {outputs} classes but the label list has {len(labels)}")
         manifest = _manifest(name, labels, spec, params, dataset, depth, base_width, shift).model_copy(

@@ -44,8 +44,16 @@ class Preprocessing(BaseModel):
     fixed_ratio: bool = False
     """True: resize to short_side x int(short_side*4/3) whatever the aspect (predict.py)."""
     crop_size: int = Field(224, ge=8, le=4096)
+    spatial_crops: Literal[1, 3] = 1
+    """1: PaddleVideo's centre crop. 3: crops at the start, centre and end of the long side (centred on the short
+    one), so an action off the centre of a wide or tall frame is still seen; the network averages their logits."""
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @property
+    def frames_per_clip(self) -> int:
+        """The input's second axis: ``num_seg`` frames for each crop, crop after crop."""
+        return self.num_seg * self.spatial_crops
 
     @model_validator(mode="after")
     def _crop_fits(self) -> Preprocessing:
@@ -98,11 +106,11 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        if self.io.input_shape[1] != self.preprocessing.num_seg:
-            raise ValueError("io.input_shape[1] must equal preprocessing.num_seg")
+        if self.io.input_shape[1] != self.preprocessing.frames_per_clip:
+            raise ValueError("io.input_shape[1] must equal preprocessing.num_seg * preprocessing.spatial_crops")
         crop = self.preprocessing.crop_size
         if tuple(self.io.input_shape[2:]) != (3, crop, crop):
-            raise ValueError("io.input_shape must be [N, num_seg, 3, crop_size, crop_size]")
+            raise ValueError("io.input_shape must be [N, num_seg * spatial_crops, 3, crop_size, crop_size]")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self

@@ -58,6 +58,8 @@ def test_demo_warms_up_stage_by_stage_then_trains_from_that_backbone_and_publish
     manifest = Manifest.read(Path(str(summary["published"])))
     assert manifest.labels == list(CLASSES) and manifest.preprocessing.num_seg == 4
     assert manifest.preprocessing.crop_size == 64
+    # evaluated and exported with three crops along the long side: 4 frames for each
+    assert manifest.preprocessing.spatial_crops == 3 and manifest.io.input_shape[1] == 12
     assert summary["num_seg"] == 4 and summary["refine_epochs"] == 0 and not (work / "tsm/refine").exists()
     # Also reported on test clips that chose nothing: other clips of the main set's distribution.
     assert summary["test_list"] == str(work / "test/val.list") and summary["test_clips"] == 8
@@ -110,7 +112,7 @@ def test_long_recipe_adds_a_rotation_stage_and_keeps_its_first_clips_in_every_ma
     for lines, side in ((refined, 110), (mixed, 73)):  # the first frame of the first clip: its short side
         assert min(Image.open(work / lines[0].split()[0] / "img_00001.jpg").size) == side
     assert summary["num_seg"] == 8 and summary["refine_epochs"] == 1
-    assert manifest.preprocessing.num_seg == 8 and manifest.io.input_shape[1] == 8  # the refined model is served
+    assert manifest.preprocessing.num_seg == 8 and manifest.io.input_shape[1] == 3 * 8  # the refined model is served
     assert (manifest.preprocessing.short_side, manifest.preprocessing.crop_size) == (110, 96)
     assert manifest.source_sha256 == sha256_file(work / "tsm/refine/best.pdparams")
 

@@ -26,7 +26,7 @@ SPEC = Preprocessing(num_seg=4, short_side=40, crop_size=32)
 
 def _manifest(labels: int = 5, spec: Preprocessing = SPEC) -> Manifest:
     return Manifest(name="net", version=1, labels=[f"c{i}" for i in range(labels)], preprocessing=spec,
-                    io=ModelIO(input_shape=(-1, spec.num_seg, 3, spec.crop_size, spec.crop_size)), depth=18,
+                    io=ModelIO(input_shape=(-1, spec.frames_per_clip, 3, spec.crop_size, spec.crop_size)), depth=18,
                     base_width=8)
 
 
@@ -39,6 +39,20 @@ def test_exported_model_equals_dygraph(tmp_path: Path, data_format: str) -> None
     expected = model(paddle.to_tensor(x)).numpy()
     for onednn in (False, True):
         np.testing.assert_allclose(paddle_logits(folder, x, onednn), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_three_crop_export_scores_the_mean_of_the_crops_logits(tmp_path: Path) -> None:
+    """The exported graph takes [N, 3 * num_seg] frames (crop after crop) and averages the crops' logits."""
+    model = build_tsm(18, num_classes=5, num_seg=4, base_width=8)
+    three = SPEC.model_copy(update={"spatial_crops": 3})
+    folder = export_to_repo(model, tmp_path, _manifest(spec=three))
+    manifest = Manifest.read(folder)
+    assert manifest.io.input_shape == (-1, 12, 3, 32, 32) and manifest.preprocessing.spatial_crops == 3
+    crops = np.random.default_rng(1).standard_normal((3, 2, 4, 3, 32, 32)).astype(np.float32)  # [crop, N, T, ...]
+    model.eval()
+    each = np.stack([model(paddle.to_tensor(c)).numpy() for c in crops])
+    clips = np.concatenate(list(crops), axis=1)  # [N, 3 * T, ...]
+    np.testing.assert_allclose(paddle_logits(folder, clips), each.mean(axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_publish_numbers_versions_and_leaves_no_temporaries(tmp_path: Path) -> None:

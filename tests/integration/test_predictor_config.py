@@ -219,6 +219,23 @@ def test_gpu_tensorrt_fp16_on_a_pdmodel_uses_the_subgraph_engine(tmp_path: Path)
     assert cache.is_dir() and convert.jobs == []
 
 
+def test_tensorrt_shapes_of_a_three_crop_model_hold_num_seg_frames_for_each_crop(tmp_path: Path) -> None:
+    three = MANIFEST.model_copy(update={
+        "preprocessing": MANIFEST.preprocessing.model_copy(update={"spatial_crops": 3}),
+        "io": MANIFEST.io.model_copy(update={"input_shape": (-1, 24, 3, 112, 112)})})
+    convert = RecordingConverter()
+    build_config(tmp_path / "m" / "3", three, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig, convert)
+    (job, _), = convert.jobs
+    assert (job.min_shape, job.opt_shape, job.max_shape) == ((1, 24, 3, 112, 112), (4, 24, 3, 112, 112),
+                                                             (4, 24, 3, 112, 112))
+    pdmodel = three.model_copy(update={"model_file": "model.pdmodel"})
+    calls = build_config(tmp_path / "n" / "3", pdmodel, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
+                         RecordingConverter()).calls
+    engine = dict((name, (args, kw)) for name, args, kw in calls)
+    assert engine["enable_tensorrt_engine"][1]["max_batch_size"] == 4 * 24  # the network sees N*24 frames
+    assert engine["set_trt_dynamic_shape_info"][0][2] == {"clips": [4, 24, 3, 112, 112]}
+
+
 def test_tensorrt_int8(tmp_path: Path) -> None:
     options = PredictorOptions(device="gpu", precision="int8", tensorrt=True)
     convert = RecordingConverter()

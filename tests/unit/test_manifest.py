@@ -30,6 +30,16 @@ def test_input_shape_must_agree_with_preprocessing() -> None:
         _manifest(io=ModelIO(input_shape=(-1, 8, 3, 112, 112)))
 
 
+def test_three_crops_take_num_seg_frames_each() -> None:
+    three = Preprocessing(num_seg=8, spatial_crops=3)
+    assert three.frames_per_clip == 24
+    assert _manifest(preprocessing=three, io=ModelIO(input_shape=(-1, 24, 3, 224, 224))).io.input_shape[1] == 24
+    with pytest.raises(ValidationError, match="spatial_crops"):
+        _manifest(preprocessing=three, io=ModelIO(input_shape=(-1, 8, 3, 224, 224)))
+    with pytest.raises(ValidationError):
+        Preprocessing(spatial_crops=2)  # only the centre, or start, centre and end
+
+
 def test_rejects_unsafe_names_and_duplicate_labels() -> None:
     for bad in ["../x", "a/b", "", ".hidden", "a..b"]:
         assert not is_valid_name(bad)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from service.contract.manifest import Preprocessing
-from service.contract.preprocess import center_crop, normalize, preprocess_clip, scale, scale_size
+from service.contract.preprocess import center_crop, crop_corners, normalize, preprocess_clip, scale, scale_size
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,29 @@ def test_preprocess_clip_shape_and_uniform_colour() -> None:
     assert out.shape == (2, 3, 24, 24)
     np.testing.assert_allclose(out[:, 0], (1 - 0.485) / 0.229, rtol=1e-6)
     np.testing.assert_allclose(out[:, 1], -0.456 / 0.224, rtol=1e-6)
+
+
+def test_three_crops_sit_at_the_start_centre_and_end_of_the_long_side() -> None:
+    assert crop_corners(9, 4, 2) == [(4, 1)]  # one crop: the centre, as center_crop
+    assert crop_corners(9, 4, 2, crops=3) == [(0, 1), (4, 1), (7, 1)]
+    assert crop_corners(4, 9, 2, crops=3) == [(1, 0), (1, 4), (1, 7)]  # tall: along the height
+    assert crop_corners(5, 5, 3, crops=3) == [(0, 1), (1, 1), (2, 1)]  # square: along the width
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        crop_corners(5, 3, 4, crops=3)
+
+
+def test_three_crop_clip_is_each_crop_in_time_order_one_after_another() -> None:
+    # Frames already at the short side (no resize): pixel value = 10 * frame + column, so every crop and frame
+    # is identified by its first pixel.
+    spec = Preprocessing(num_seg=2, short_side=8, crop_size=8, spatial_crops=3, mean=(0, 0, 0), std=(1, 1, 1))
+    frames = np.zeros((2, 8, 20, 3), dtype=np.uint8)
+    frames += (10 * np.arange(2)[:, None, None, None] + np.arange(20)[None, None, :, None]).astype(np.uint8)
+    out = preprocess_clip(frames, spec)
+    assert out.shape == (6, 3, 8, 8)
+    # Rows: the left crop (columns 0-7) at frames 0, 1; the centre (6-13); the right (12-19).
+    first_pixels = np.rint(out[:, 0, 0, 0] * 255).astype(int).tolist()
+    assert first_pixels == [0, 10, 6, 16, 12, 22]
+    np.testing.assert_allclose(out[4, 0, 0] * 255, np.arange(12, 20), atol=1e-4)
 
 
 def test_preprocess_clip_rejects_wrong_shape() -> None:

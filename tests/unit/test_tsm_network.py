@@ -74,6 +74,21 @@ def test_logits_are_the_mean_of_per_frame_logits() -> None:
     np.testing.assert_allclose(model(clip).numpy(), one(frame).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_clip_of_several_views_scores_the_mean_of_each_views_logits() -> None:
+    """Test-time crops: [N, V*T] frames are V clips of T (view after view), each shifted on its own (no frame of
+    one view reaches another's), and the video's logits their mean."""
+    model = build_tsm(18, num_classes=5, num_seg=4, base_width=8)
+    model.eval()
+    views = [paddle.randn([2, 4, 3, 32, 32]) for _ in range(3)]
+    each = np.stack([model(v).numpy() for v in views])  # [V, N, K]
+    together = model(paddle.concat(views, axis=1)).numpy()  # [N, K]
+    assert together.shape == (2, 5)
+    np.testing.assert_allclose(together, each.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(together, each[1], atol=1e-4)  # not the centre view's alone
+    with pytest.raises(ValueError, match="not views of 4 segments"):
+        model(paddle.randn([1, 6, 3, 32, 32]))
+
+
 @pytest.mark.parametrize("depth", [18, 50])
 def test_shift_switch_changes_temporal_behaviour(depth: int) -> None:
     """TSN ignores frame order; TSM does not."""
