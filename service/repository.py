@@ -100,6 +100,9 @@ class ModelRepository:
         self._scan_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._after_load = after_load
+        # Without a default model, unnamed requests go to the only model served; once one has been the only one,
+        # they keep going to it when others are published later, instead of turning into 400s.
+        self._sole: str | None = None
 
     async def start(self) -> None:
         await self.poll_once()
@@ -127,14 +130,40 @@ class ModelRepository:
                 log.exception("model repository scan failed")
 
     async def poll_once(self) -> None:
-        """Load whatever should serve and doesn't yet: new models, new highest versions, pins."""
+        """Load whatever should serve and doesn't yet: new models, new highest versions, pins; fall back when the
+        serving version's folder is removed, and stop serving a model whose folder is removed."""
         async with self._scan_lock:
             found, changed = await asyncio.to_thread(self._scan)
             self._forget_failed(found)
             for name, versions in found.items():
+                current = self.serving.get(name)
+                if current is not None and current.version not in versions:
+                    log.warning("%s version %d was removed from the repository: falling back to the highest "
+                                "other valid version", name, current.version)
                 for version in self._candidates(name, versions, changed):
                     if await self._load_and_swap(name, version):
                         break
+            self._retire_removed(found)
+            if self.default_model is None and self._sole is None and len(self.serving) == 1:
+                self._sole = next(iter(self.serving))
+
+    def _retire_removed(self, found: dict[str, list[int]]) -> None:
+        """Drain and unload models whose folder is gone. A scan that finds no model at all (an unmounted or
+        unreadable repository looks the same as an emptied one) changes nothing."""
+        if not found:
+            return
+        for name in [n for n in self.serving if n not in found]:
+            mv = self.serving.pop(name)
+            log.warning("%s was removed from the repository: no longer serving it (version %d drains)",
+                        name, mv.version)
+            self._drain(mv)
+
+    def _drain(self, mv: ModelVersion) -> None:
+        mv.state = State.DRAINING
+        self.others[(mv.name, mv.version)] = mv
+        task = asyncio.get_running_loop().create_task(self._unload(mv), name=f"drain-{mv.name}-{mv.version}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _scan(self) -> tuple[dict[str, list[int]], set[tuple[str, int]]]:
         """(the repository's versions, the failed versions whose files changed since): file system work, off the
@@ -149,8 +178,11 @@ class ModelRepository:
                 del self.others[key]
 
     def _candidates(self, name: str, versions: list[int], changed: set[tuple[str, int]]) -> list[int]:
-        """Versions worth trying, best first: the pin, else newer-than-serving ones not failed before."""
+        """Versions worth trying, best first: the pin, else newer-than-serving ones not failed before (any, when the
+        serving version's folder is gone)."""
         current = self.serving.get(name)
+        if current is not None and current.version not in versions:
+            current = None
         if name in self.pins:
             pinned = self.pins[name]
             wanted = [pinned] if pinned in versions else []
@@ -202,11 +234,7 @@ class ModelRepository:
         self.metrics.model_info.labels(name, str(version), c.backend, c.device, c.precision).set(1)
         log.info("serving %s version %d on %s (%s, %s)", name, version, c.device, c.backend, c.precision)
         if old is not None:
-            old.state = State.DRAINING
-            self.others[(name, old.version)] = old
-            task = asyncio.get_running_loop().create_task(self._unload(old), name=f"drain-{name}-{old.version}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._drain(old)
         return True
 
     def _load(self, mv: ModelVersion) -> PredictorLike:
@@ -249,6 +277,8 @@ class ModelRepository:
                 model = self.default_model
             elif len(self.serving) == 1:
                 model = next(iter(self.serving))
+            elif self._sole in self.serving:
+                model = self._sole
             elif not self.serving:
                 raise NotReadyError("no model is loaded yet", retry_after_s=5)
             else:

@@ -200,3 +200,40 @@ def test_a_model_whose_only_version_failed_is_503_with_the_reason(model_repo: Pa
                       headers={"content-type": "video/mp4"})
         assert r.status_code == 503 and r.json()["type"] == "not-ready"
         assert "version 1 failed" in r.json()["detail"]
+
+
+def _classify(http: Any, video: Path, **params: str) -> Any:
+    return http.post("/classify", params=params, content=video.read_bytes(), headers={"content-type": "video/mp4"})
+
+
+def test_removing_the_serving_version_falls_back_to_the_highest_other(model_repo: Path,
+                                                                       videos: dict[str, Path]) -> None:
+    export_tiny(model_repo, seed=7)  # version 2
+    export_tiny(model_repo, seed=8)  # version 3
+    with LiveServer({"model_repo": model_repo, "poll_interval_s": 0.2, "decode_workers": 1}) as live, \
+            live.client() as http:
+        assert states(live) == {3: "ready"}
+        shutil.rmtree(model_repo / TINY_NAME / "3")  # an operator rolls back
+        wait_for(lambda: states(live) == {2: "ready"})
+        r = _classify(http, videos["a"])
+        assert r.status_code == 200 and r.json()["version"] == 2
+        assert model_info(http.get("/metrics").text) == [("tiny", "2", 1.0)]
+
+
+def test_a_model_published_or_removed_later_leaves_unnamed_requests_on_theirs(model_repo: Path,
+                                                                                videos: dict[str, Path]) -> None:
+    def names(ready_only: bool = True) -> set[str]:
+        return {m["name"] for m in http.get("/models").json()["models"] if m["state"] == "ready" or not ready_only}
+
+    with LiveServer({"model_repo": model_repo, "poll_interval_s": 0.2, "decode_workers": 1}) as live, \
+            live.client() as http:
+        export_tiny(model_repo, name="other")
+        wait_for(lambda: names() == {TINY_NAME, "other"})
+        r = _classify(http, videos["a"])  # no model named: still the one that was served alone
+        assert r.status_code == 200 and r.json()["model"] == TINY_NAME
+        assert _classify(http, videos["a"], model="other").json()["model"] == "other"
+        shutil.rmtree(model_repo / "other")
+        wait_for(lambda: names(ready_only=False) == {TINY_NAME})  # drained and unloaded
+        r = _classify(http, videos["a"], model="other")
+        assert r.status_code == 404 and r.json()["type"] == "model-not-found"
+        assert _classify(http, videos["a"]).json()["model"] == TINY_NAME
