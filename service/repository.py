@@ -103,6 +103,7 @@ class ModelRepository:
         # Without a default model, unnamed requests go to the only model served; once one has been the only one,
         # they keep going to it when others are published later, instead of turning into 400s.
         self._sole: str | None = None
+        self._missing_pins: set[str] = set()  # pinned models whose pinned version the repository lacks
 
     async def start(self) -> None:
         await self.poll_once()
@@ -144,6 +145,7 @@ class ModelRepository:
                     if await self._load_and_swap(name, version):
                         break
             self._retire_removed(found)
+            self._check_pins(found)
             if self.default_model is None and self._sole is None and len(self.serving) == 1:
                 self._sole = next(iter(self.serving))
 
@@ -157,6 +159,20 @@ class ModelRepository:
             log.warning("%s was removed from the repository: no longer serving it (version %d drains)",
                         name, mv.version)
             self._drain(mv)
+
+    def _check_pins(self, found: dict[str, list[int]]) -> None:
+        """Say once (until it appears) that a pinned version is missing: otherwise nothing would tell why the model
+        never serves."""
+        for name, pinned in self.pins.items():
+            if pinned in found.get(name, []):
+                self._missing_pins.discard(name)
+            elif name not in self._missing_pins:
+                self._missing_pins.add(name)
+                log.warning("%s", self._pin_problem(name))
+
+    def _pin_problem(self, name: str) -> str:
+        return (f"{name} is pinned to version {self.pins[name]} (TSM_MODEL_VERSIONS), which the repository does "
+                "not hold")
 
     def _drain(self, mv: ModelVersion) -> None:
         mv.state = State.DRAINING
@@ -280,16 +296,19 @@ class ModelRepository:
             elif self._sole in self.serving:
                 model = self._sole
             elif not self.serving:
-                raise NotReadyError("no model is loaded yet", retry_after_s=5)
+                why = "; ".join(self._pin_problem(n) for n in sorted(self._missing_pins))
+                raise NotReadyError("no model is loaded yet" + (f" ({why})" if why else ""), retry_after_s=5)
             else:
                 raise BadParameterError(f"several models are served ({', '.join(sorted(self.serving))}); "
                                         "choose one with the 'model' parameter")
         mv = self.serving.get(model)
         if mv is None:
             pending = [o for (n, _), o in self.others.items() if n == model]
-            if pending or model == self.default_model:  # expected to serve, just not yet: retry later
+            if pending or model in (self.default_model, *self.pins):  # expected to serve, just not yet: retry later
                 why = "; ".join(f"version {o.version} {o.state.value}" + (f" ({o.error})" if o.error else "")
-                                for o in pending) or "not found in the repository yet"
+                                for o in pending)
+                why = why or (self._pin_problem(model) if model in self._missing_pins else "not found in the "
+                              "repository yet")
                 raise NotReadyError(f"model {model!r} is not ready: {why}", retry_after_s=5)
             raise ModelNotFoundError(f"no model named {model!r} is served")
         if version is not None and version != mv.version:

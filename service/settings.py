@@ -6,11 +6,13 @@ contradictory values are refused at start, not discovered under traffic.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.contract.manifest import is_valid_name
 
@@ -36,9 +38,10 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(
         100 * 1024 * 1024, ge=1024, le=16 * 1024**3,
         description="Largest accepted video upload in bytes (413 above it).")
-    allowed_content_types: list[str] = Field(
+    allowed_content_types: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["video/*", "application/octet-stream"],
-        description="Content types accepted for a raw-body upload or a multipart file part ('type/*' wildcards).")
+        description="Content types accepted for a raw-body upload or a multipart file part ('type/*' wildcards), "
+                    "comma-separated or as a JSON list.")
     max_batch_files: int = Field(16, ge=1, le=256, description="Most files accepted by one /classify/batch request.")
     decode_workers: int = Field(2, ge=1, le=64, description="Decoder worker processes (decode + sample + preprocess).")
     decode_timeout_s: float = Field(
@@ -83,7 +86,8 @@ class ServiceSettings(BaseSettings):
         description="Longest an upload may take to arrive (a trickling client gets 408 and its partial file is "
                     "removed). Below request_deadline_ms, which bounds the upload too.")
     upload_dir: Path | None = Field(
-        None, description="Folder for uploads while they are processed (default: the system temp folder).")
+        None, description="Folder for uploads while they are processed (default: the system temp folder); it must "
+                          "exist and be writable.")
     api_key: SecretStr | None = Field(
         None, description="When set (8 characters at least), /classify and /models need it in X-API-Key or "
         "'Authorization: Bearer'.")
@@ -107,6 +111,21 @@ class ServiceSettings(BaseSettings):
         for name, version in value.items():
             if not is_valid_name(name) or version < 1:
                 raise ValueError(f"invalid pin {name!r}: {version!r}")
+        return value
+
+    @field_validator("allowed_content_types", mode="before")
+    @classmethod
+    def _split_types(cls, value: Any) -> Any:
+        """``video/mp4,video/webm`` as well as ``["video/mp4"]``: a single type is the natural way to write one."""
+        if isinstance(value, str):
+            return json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        return value
+
+    @field_validator("upload_dir")
+    @classmethod
+    def _writable_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_dir() and os.access(value, os.W_OK | os.X_OK)):
+            raise ValueError(f"{value} is not a writable folder (create it, or leave TSM_UPLOAD_DIR unset)")
         return value
 
     @field_validator("allowed_content_types")

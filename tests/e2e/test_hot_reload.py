@@ -237,3 +237,19 @@ def test_a_model_published_or_removed_later_leaves_unnamed_requests_on_theirs(mo
         r = _classify(http, videos["a"], model="other")
         assert r.status_code == 404 and r.json()["type"] == "model-not-found"
         assert _classify(http, videos["a"]).json()["model"] == TINY_NAME
+
+
+def test_a_pin_to_a_version_the_repository_lacks_is_explained(model_repo: Path, videos: dict[str, Path],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    problem = "tiny is pinned to version 9 (TSM_MODEL_VERSIONS), which the repository does not hold"
+    overrides = {"model_repo": model_repo, "poll_interval_s": 0.1, "decode_workers": 1,
+                 "model_versions": {TINY_NAME: 9}}
+    with LiveServer(overrides) as live, live.client() as http:
+        for params in ({}, {"model": TINY_NAME}):
+            r = _classify(http, videos["a"], **params)
+            assert r.status_code == 503 and r.json()["type"] == "not-ready" and problem in r.json()["detail"]
+        time.sleep(0.5)  # a few more scans: the warning is not repeated
+        assert caplog.text.count(problem) == 1
+        shutil.copytree(model_repo / TINY_NAME / "1", model_repo / TINY_NAME / "9")
+        wait_for(lambda: states(live) == {9: "ready"})
+        assert _classify(http, videos["a"]).json()["version"] == 9

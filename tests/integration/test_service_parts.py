@@ -22,10 +22,35 @@ from tests.videos import make_video, pattern_frames
 @pytest.mark.parametrize("bad", [
     {"precision": "int8"}, {"device": "cpu", "tensorrt": True}, {"max_batch_size": 0},
     {"api_key": "short"}, {"default_model": "../etc"}, {"model_versions": {"tiny": 0}},
-    {"allowed_content_types": ["video"]}])
+    {"allowed_content_types": ["video"]}, {"upload_dir": "/nonexistent/uploads"}])
 def test_settings_refuse_unsafe_values(bad: dict) -> None:
     with pytest.raises(ValidationError):
         ServiceSettings(**bad)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TSM_UPLOAD_DIR": "/nonexistent/up"}, "TSM_UPLOAD_DIR: Value error, /nonexistent/up is not a writable folder"),
+    ({"TSM_MODEL_VERSIONS": "tiny=3"}, "TSM_MODEL_VERSIONS: not valid JSON"),
+    ({"TSM_PORT": "eighty"}, "TSM_PORT: Input should be a valid integer")])
+def test_tsm_serve_names_a_refused_variable_in_one_line(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                        message: str) -> None:
+    from service.cli import serve
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        serve([])
+    first, second, *rest = str(exit_info.value.code).splitlines()
+    assert first == "tsm-serve: refused settings:" and second.startswith(f"  {message}") and not rest
+
+
+def test_content_types_may_be_one_type_or_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TSM_ALLOWED_CONTENT_TYPES", "video/mp4")
+    assert ServiceSettings().allowed_content_types == ["video/mp4"]
+    monkeypatch.setenv("TSM_ALLOWED_CONTENT_TYPES", "video/mp4, Video/WebM")
+    assert ServiceSettings().allowed_content_types == ["video/mp4", "video/webm"]
+    monkeypatch.setenv("TSM_ALLOWED_CONTENT_TYPES", '["video/*"]')
+    assert ServiceSettings().allowed_content_types == ["video/*"]
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
