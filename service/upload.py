@@ -95,8 +95,8 @@ async def _receive_body(request: Request, settings: ServiceSettings, upload: Upl
     declared = request.headers.get("content-length")
     cap = settings.max_upload_bytes
     if content_type.lower().startswith("multipart/form-data"):
-        if declared and declared.isdigit() and int(declared) > cap * max_files + MULTIPART_SLACK_BYTES:
-            raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes per file")
+        if declared and declared.isdigit() and int(declared) > multipart_limit(cap, max_files):
+            raise UploadTooLargeError(_multipart_too_large(cap, max_files, declared))
         await _receive_multipart(request, settings, upload, file_fields, max_files)
     elif settings.content_type_allowed(content_type):
         if declared and declared.isdigit() and int(declared) > cap:
@@ -120,6 +120,17 @@ async def _receive_raw(request: Request, settings: ServiceSettings, upload: Uplo
             fh.write(chunk)  # local temp file: small page-cache writes, cheap enough for the loop
     if item.size == 0:
         raise BadParameterError("the request body is empty; send a video")
+
+
+def multipart_limit(cap: int, max_files: int) -> int:
+    """The largest multipart body accepted: every file at the cap, plus boundaries, headers and small fields."""
+    return cap * max_files + MULTIPART_SLACK_BYTES
+
+
+def _multipart_too_large(cap: int, max_files: int, size: str | None = None) -> str:
+    files = f"{max_files} files" if max_files > 1 else "a file"
+    head = f"the multipart body is {size} bytes, over" if size else "the multipart body is over"
+    return f"{head} the limit of {multipart_limit(cap, max_files)} bytes ({files} of {cap} bytes at most, and fields)"
 
 
 class _PartSink:
@@ -157,8 +168,9 @@ class _PartSink:
     def headers_finished(self) -> None:
         _, options = parse_options_header(self.headers.get("content-disposition", ""))
         self.name = options.get(b"name", b"").decode("utf-8", "replace")
-        if b"filename" not in options:
-            return
+        raw_name = options.get(b"filename", options.get(b"filename*"))
+        if raw_name is None and self.name not in self.file_fields:
+            return  # a form field (a file field's part is its file, with or without a filename)
         if self.name not in self.file_fields:
             self.skip = True  # an unknown file field: read past it, keep nothing
             return
@@ -167,7 +179,7 @@ class _PartSink:
             raise UnsupportedMediaTypeError(f"part {self.name!r} has content type {content_type!r}, not a video")
         if len(self.upload.files) >= self.max_files:
             raise BadParameterError(f"at most {self.max_files} files per request")
-        filename = options[b"filename"].decode("utf-8", "replace")[:255]
+        filename = None if raw_name is None else raw_name.decode("utf-8", "replace")[:255]
         self.file, self.fh = _new_file(self.settings.upload_dir, filename, content_type)
         self.upload.files.append(self.file)
 
@@ -206,8 +218,13 @@ async def _receive_multipart(request: Request, settings: ServiceSettings, upload
         raise BadParameterError("the multipart content type has no boundary")
     sink = _PartSink(settings, upload, file_fields, max_files)
     parser = MultipartParser(boundary, sink.callbacks())  # type: ignore[arg-type]
+    # Each file is capped as it arrives, but parts we skip are not: without a Content-Length only this bounds them.
+    limit, received = multipart_limit(settings.max_upload_bytes, max_files), 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise UploadTooLargeError(_multipart_too_large(settings.max_upload_bytes, max_files))
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:

@@ -103,6 +103,35 @@ def test_just_over_the_size_limit_413(strict_server: LiveServer) -> None:
         assert_problem(http.post("/classify", content=stream(), headers=MP4), 413, "upload-too-large")
 
 
+def test_a_streamed_multipart_body_is_capped_even_in_parts_it_skips(strict_server: LiveServer, good: bytes) -> None:
+    """Without a Content-Length, unknown parts (read past, kept nowhere) still count towards the body's cap."""
+    boundary = b"b0undary"
+    junk = b"x" * (16 * 1024)
+
+    def body(junk_parts: int):  # a generator: httpx sends it chunked
+        for _ in range(junk_parts):
+            yield (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="junk"; filename="j.bin"\r\n'
+                   b"Content-Type: video/mp4\r\n\r\n" + junk + b"\r\n")
+        yield (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+               b"Content-Type: video/mp4\r\n\r\n" + good + b"\r\n--" + boundary + b"--\r\n")
+
+    headers = {"content-type": "multipart/form-data; boundary=b0undary"}
+    with strict_server.client() as http:
+        assert http.post("/classify", content=body(1), headers=headers).status_code == 200
+        over = 2 * STRICT_UPLOAD_BYTES // len(junk) + 1  # twice the cap in skipped parts alone
+        response = http.post("/classify", content=body(over), headers=headers)
+    problem = assert_problem(response, 413, "upload-too-large")
+    assert "multipart body is over the limit" in problem["detail"]
+    assert leftover_uploads(strict_server) == []
+
+
+def test_a_file_part_without_a_filename_is_still_the_file(strict_server: LiveServer, good: bytes) -> None:
+    with strict_server.client() as http:
+        response = http.post("/classify", files={"file": (None, good, "video/mp4")})  # curl -F 'file=<a.mp4'
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"]
+
+
 def finish_http_response(sock: socket.socket, data: bytes, deadline: float) -> httpx.Response:
     """The HTTP/1.1 response whose first bytes ``data`` were read off ``sock``: reads the rest of its head and
     its Content-Length body (by ``deadline``) and returns it parsed."""
