@@ -6,6 +6,7 @@ multi-threaded runtime we never want in a decoder) and of anything from the web 
 
 from __future__ import annotations
 
+import logging
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import numpy as np
 from service.contract.manifest import Preprocessing
 from service.contract.preprocess import preprocess_clip
 from service.decoding import DecodeError, LimitExceeded, VideoInfo, probe_video, read_clip
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> N
             reply = ("error", "decode", "out_of_memory", "decoding needed more memory than a worker may use")
             retire = True
         except Exception as exc:  # any other decoder failure is still the file's, not the server's
+            # ...most likely; the traceback goes to the worker's stderr so that a bug of ours does not pass unseen.
+            log.warning("decode task failed with %s", type(exc).__name__, exc_info=True)
             reply = ("error", "decode", "undecodable", f"the video could not be decoded ({type(exc).__name__})")
         conn.send(reply)
         if retire:

@@ -233,5 +233,5 @@ async def _receive_multipart(request: Request, settings: ServiceSettings, upload
         sink.close()
     if not upload.files:
         raise BadParameterError(f"no video found: send it in the multipart field {file_fields[0]!r}")
-    if any(item.size == 0 for item in upload.files):
-        raise BadParameterError("an uploaded file is empty")
+    if max_files == 1 and upload.files[0].size == 0:  # a batch answers an empty file on its own
+        raise BadParameterError("the uploaded file is empty; send a video")

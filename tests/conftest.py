@@ -32,7 +32,7 @@ def export_tiny(repo: Path, seed: int = 0, labels: list[str] | None = None, crop
     labels = labels or TINY_LABELS
     paddle.seed(seed)
     model = build_tsm(18, num_classes=len(labels), num_seg=8, base_width=8)
-    manifest = Manifest(name=name, version=1, labels=labels, depth=18, base_width=8,
+    manifest = Manifest(name=name, version=1, labels=labels, backbone="ResNetTSM-18", depth=18, base_width=8,
                         preprocessing=Preprocessing(num_seg=8, short_side=128, crop_size=112, spatial_crops=crops),
                         io=ModelIO(input_shape=(-1, 8 * crops, 3, 112, 112)))
     return export_to_repo(model, repo, manifest)

@@ -219,11 +219,15 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
             outcome.model, outcome.version = mv.name, str(mv.version)
             assert mv.manifest is not None
             k = _top_k(k, mv.manifest.num_classes)
-            results = await _unless_disconnected(request, res, asyncio.gather(*(
+            videos = [f for f in upload.files if f.size > 0]
+            decoded = await _unless_disconnected(request, res, asyncio.gather(*(
                 classify_file(f, mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
-                              upload.seconds, started) for f in upload.files), return_exceptions=True))
+                              upload.seconds, started) for f in videos), return_exceptions=True))
     finally:
         upload.cleanup()
+    answers = dict(zip(map(id, videos), decoded, strict=True))
+    empty = BadParameterError("the uploaded file is empty; send a video")
+    results = [answers.get(id(f), empty) for f in upload.files]
     items = []
     for f, result in zip(upload.files, results, strict=True):
         if isinstance(result, ServiceError):

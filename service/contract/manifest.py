@@ -131,10 +131,12 @@ class Manifest(BaseModel):
 
 
 def list_versions(model_dir: Path) -> list[int]:
-    """Published versions of one model: positive-integer folder names, ascending (hidden staging folders skipped)."""
+    """Published versions of one model: positive-integer folder names without leading zeros (``07`` beside ``7``
+    would be one version twice), ascending (hidden staging folders skipped)."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and p.name.isdigit() and p.name[0] != "0")
 
 
 def scan_repository(root: Path) -> dict[str, list[int]]:

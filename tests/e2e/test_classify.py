@@ -87,22 +87,26 @@ def test_rotated_phone_video_is_upright(server: LiveServer, videos: dict[str, Pa
 def test_batch_endpoint_answers_each_file(server: LiveServer, videos: dict[str, Path]) -> None:
     files = [("files", ("a.mp4", videos["a"].read_bytes(), "video/mp4")),
              ("files", ("junk.mp4", b"this is not a video at all" * 50, "video/mp4")),
+             ("files", ("empty.mp4", b"", "video/mp4")),
              ("files", ("c.mp4", videos["c"].read_bytes(), "video/mp4"))]
     with server.client() as http:
         response = http.post("/classify/batch", files=files, params={"top_k": 1})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    assert [r["filename"] for r in results] == ["a.mp4", "junk.mp4", "c.mp4"]
-    assert [r["status"] for r in results] == [200, 422, 200]
+    assert [r["filename"] for r in results] == ["a.mp4", "junk.mp4", "empty.mp4", "c.mp4"]
+    assert [r["status"] for r in results] == [200, 422, 400, 200]
     assert len(results[0]["result"]["predictions"]) == 1
-    assert results[2]["result"]["video"]["num_frames"] == 12
+    assert results[3]["result"]["video"]["num_frames"] == 12
     assert results[1]["error"]["type"] == "undecodable-video"
     assert results[1]["error"]["detail"]
+    assert results[2]["error"]["type"] == "bad-parameter" and "empty" in results[2]["error"]["detail"]
 
 
 def test_models_health_and_openapi(server: LiveServer) -> None:
     with server.client() as http:
         assert http.get("/healthz").json() == {"status": "ok"}  # liveness only: no counts it did not compute
+        head = http.head("/healthz"), http.head("/readyz")  # load balancers' checks may send HEAD
+        assert [(r.status_code, r.content) for r in head] == [(200, b""), (200, b"")]
         ready = http.get("/readyz")
         models = http.get("/models").json()["models"]
         one = http.get(f"/models/{TINY_NAME}").json()["models"]

@@ -66,7 +66,8 @@ def test_label_list_wrong_id_names_the_line(tmp_path: Path) -> None:
 def test_scan_repository_skips_hidden_invalid_and_non_version_folders(tmp_path: Path) -> None:
     from service.contract.manifest import list_versions, scan_repository
 
-    for folder in ["demo/1", "demo/3", "demo/.tmp-x", "demo/0", "demo/latest", ".hidden/1", "bad..name/1", "empty"]:
+    for folder in ["demo/1", "demo/3", "demo/03", "demo/.tmp-x", "demo/0", "demo/latest", ".hidden/1", "bad..name/1",
+                   "empty"]:
         (tmp_path / folder).mkdir(parents=True)
     assert scan_repository(tmp_path) == {"demo": [1, 3]}
     assert list_versions(tmp_path / "demo") == [1, 3]
