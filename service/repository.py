@@ -258,6 +258,9 @@ class ModelRepository:
         manifest = Manifest.read(mv.path)
         if manifest.name != mv.name:
             raise ValueError(f"manifest names model {manifest.name!r}, but the folder is {mv.name!r}")
+        if manifest.version != mv.version:  # a copied folder: the folder's number is what serves, and says so
+            log.warning("%s version %d: its manifest says version %d (a copied folder?); it serves as version %d",
+                        mv.name, mv.version, manifest.version, mv.version)
         for file in (manifest.model_file, manifest.params_file):
             if not (mv.path / file).is_file():
                 raise FileNotFoundError(f"{file} is missing from {mv.path}")

@@ -121,6 +121,11 @@ class ServiceSettings(BaseSettings):
             return json.loads(value) if value.lstrip().startswith("[") else value.split(",")
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value  # TSM_LOG_LEVEL=debug as well as DEBUG
+
     @field_validator("upload_dir")
     @classmethod
     def _writable_folder(cls, value: Path | None) -> Path | None:

@@ -59,7 +59,8 @@ async def require_api_key(resources: ResourcesDep,
         given = authorization[7:].strip()
     if given is None:
         resources.metrics.rejected.labels("unauthorized").inc()
-        raise UnauthorizedError("this server needs an API key in the X-API-Key header")
+        raise UnauthorizedError("this server needs an API key, in the X-API-Key header or as "
+                                "'Authorization: Bearer <key>'")
     # Constant time, length included: compare fixed-size digests, not the keys themselves.
     given_digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
     if not secrets.compare_digest(given_digest, hashlib.sha256(expected.get_secret_value().encode()).digest()):

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import Problem
-from service.errors import BadParameterError, ServiceError
+from service.errors import BadParameterError, ServiceError, UnauthorizedError
 from service.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ def problem(error: ServiceError) -> Problem:
 
 
 def problem_response(error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else {}
+    if isinstance(error, UnauthorizedError):  # RFC 9110: a 401 names the scheme that would be accepted
+        headers["WWW-Authenticate"] = 'Bearer realm="tsm"'
     return JSONResponse(problem(error).model_dump(), status_code=error.status, headers=headers,
                         media_type=PROBLEM_JSON)
 

@@ -253,3 +253,4 @@ def test_a_pin_to_a_version_the_repository_lacks_is_explained(model_repo: Path, 
         shutil.copytree(model_repo / TINY_NAME / "1", model_repo / TINY_NAME / "9")
         wait_for(lambda: states(live) == {9: "ready"})
         assert _classify(http, videos["a"]).json()["version"] == 9
+    assert "tiny version 9: its manifest says version 1 (a copied folder?); it serves as version 9" in caplog.text

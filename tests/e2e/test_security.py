@@ -32,7 +32,10 @@ def test_api_key_bearer_and_closed_probes(locked_server: LiveServer, videos: dic
     data, mp4 = videos["c"].read_bytes(), {"content-type": "video/mp4"}
     with locked_server.client() as http:
         for path in ("/healthz", "/readyz", "/metrics", "/models"):
-            assert_problem(http.get(path), 401, "unauthorized")
+            missing = http.get(path)
+            assert_problem(missing, 401, "unauthorized")
+            assert missing.headers["www-authenticate"] == 'Bearer realm="tsm"'
+            assert "X-API-Key" in missing.json()["detail"] and "Bearer" in missing.json()["detail"]
             assert_problem(http.get(path, headers={"authorization": f"Bearer {KEY}x"}), 401, "unauthorized")
             assert http.get(path, headers={"authorization": f"Bearer {KEY}"}).status_code == 200, path
         for wrong in ("k", KEY[:-1], KEY + KEY, "Basic " + KEY, KEY.upper(), "é" * 20):

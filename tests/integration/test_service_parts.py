@@ -53,6 +53,14 @@ def test_content_types_may_be_one_type_or_a_comma_separated_list(monkeypatch: py
     assert ServiceSettings().allowed_content_types == ["video/*"]
 
 
+def test_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TSM_LOG_LEVEL", "debug")
+    assert ServiceSettings().log_level == "DEBUG"
+    monkeypatch.setenv("TSM_LOG_LEVEL", "verbose")
+    with pytest.raises(ValidationError):
+        ServiceSettings()
+
+
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TSM_MAX_BATCH_SIZE", "16")
     monkeypatch.setenv("TSM_MODEL_VERSIONS", '{"tiny": 2}')
