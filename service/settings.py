@@ -96,7 +96,9 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM: seconds in-flight requests get to finish before exit.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
-    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object a line, with request_id.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object a line, with request_id; text: one plain line a record, for a "
+                            "terminal.")
 
     @field_validator("default_model")
     @classmethod

@@ -178,7 +178,8 @@ class _PartSink:
         if not self.settings.content_type_allowed(content_type):
             raise UnsupportedMediaTypeError(f"part {self.name!r} has content type {content_type!r}, not a video")
         if len(self.upload.files) >= self.max_files:
-            raise BadParameterError(f"at most {self.max_files} files per request")
+            raise BadParameterError("one file per request; send several to /classify/batch" if self.max_files == 1
+                                    else f"at most {self.max_files} files per request")
         filename = None if raw_name is None else raw_name.decode("utf-8", "replace")[:255]
         self.file, self.fh = _new_file(self.settings.upload_dir, filename, content_type)
         self.upload.files.append(self.file)
