@@ -17,8 +17,8 @@ from service.decode_pool import DecodePool
 from service.decode_worker import DecodedClip, DecodeLimits
 from service.errors import DeadlineExceededError, UndecodableVideoError
 from service.metrics import Metrics
+from service.model_version import ModelVersion
 from service.predictor import softmax
-from service.repository import ModelVersion
 from service.upload import UploadedFile
 
 

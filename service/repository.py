@@ -15,67 +15,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.contract.manifest import Manifest, scan_repository
 from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, VersionNotFoundError
 from service.metrics import Metrics
-from service.predictor import BackendChoice
+from service.model_version import ModelVersion, PredictorFactory, PredictorLike, State, folder_files
+
+__all__ = ["ModelRepository", "ModelVersion", "PredictorFactory", "State"]
 
 log = logging.getLogger(__name__)
-
-
-class State(str, Enum):
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"
-    FAILED = "failed"
-
-
-class PredictorLike(Protocol):
-    choice: BackendChoice
-
-    def run(self, batch: Any) -> Any: ...
-    def warm_up(self, runs: int, max_batch_size: int) -> int: ...
-
-
-PredictorFactory = Callable[[Path, Manifest], PredictorLike]
-
-
-@dataclass
-class ModelVersion:
-    """One version folder and its lifecycle; ``leases`` counts requests using it."""
-
-    name: str
-    version: int
-    path: Path
-    state: State = State.LOADING
-    manifest: Manifest | None = None
-    error: str | None = None
-    choice: BackendChoice | None = None
-    batcher: DynamicBatcher | None = None
-    leases: int = 0
-    since: float = field(default_factory=time.time)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    failures: int = 0  # failed load attempts in a row (a failed version is retried, see ModelRepository)
-    retry_at: float = 0.0  # time.monotonic() after which a failed version is tried again
-    files: tuple[tuple[str, int, int], ...] = ()  # the folder's files (name, size, mtime) when it failed
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "version": self.version, "state": self.state.value, "error": self.error,
-            "since": self.since, "inflight": self.leases,
-            "backend": self.choice.backend if self.choice else None,
-            "device": self.choice.device if self.choice else None,
-            "precision": self.choice.precision if self.choice else None,
-            "warnings": list(self.choice.warnings) if self.choice else [],
-            "queue_depth": self.batcher.depth if self.batcher else 0,
-            "manifest": self.manifest.model_dump(mode="json") if self.manifest else None,
-        }
 
 
 class ModelRepository:
@@ -185,7 +136,7 @@ class ModelRepository:
         """(the repository's versions, the failed versions whose files changed since): file system work, off the
         event loop."""
         failed = [mv for mv in list(self.others.values()) if mv.state is State.FAILED]
-        return scan_repository(self.root), {(mv.name, mv.version) for mv in failed if _files(mv.path) != mv.files}
+        return scan_repository(self.root), {(mv.name, mv.version) for mv in failed if folder_files(mv.path) != mv.files}
 
     def _forget_failed(self, found: dict[str, list[int]]) -> None:
         """Drop failed versions whose folder is gone: the model is then unknown (404), not "not ready"."""
@@ -218,7 +169,7 @@ class ModelRepository:
         mv.failures = before.failures if before is not None and before.state is State.FAILED else 0
         self.others[(name, version)] = mv
         # What the load reads: a copy that finishes while it runs must count as changed afterwards.
-        files = await asyncio.to_thread(_files, mv.path)
+        files = await asyncio.to_thread(folder_files, mv.path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tsm-infer-{name}-{version}")
         try:
             predictor = await asyncio.get_running_loop().run_in_executor(executor, self._load, mv)
@@ -335,12 +286,3 @@ class ModelRepository:
         versions = [*self.serving.values(), *self.others.values()]
         return [mv.describe() for mv in sorted(versions, key=lambda m: (m.name, m.version))
                 if name is None or mv.name == name]
-
-
-def _files(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """(name, size, mtime_ns) of a version folder's files: what tells that a failed version was rewritten."""
-    try:
-        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir() if p.is_file()
-                            for st in [p.stat()]))
-    except OSError:  # the folder went away
-        return ()
