@@ -163,8 +163,7 @@ def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOpti
 def _batch_shapes(manifest: Manifest, options: PredictorOptions) -> tuple[tuple[int, ...], ...]:
     """TensorRT's (min, opt, max) input shapes: clips of num_seg frames for each test-time crop, batches of
     1..max_batch_size (the batcher's largest batch is the shape tuned for)."""
-    frames, crop = manifest.preprocessing.frames_per_clip, manifest.preprocessing.crop_size
-    clip = (frames, 3, crop, crop)
+    clip = manifest.preprocessing.input_shape[1:]
     return (1, *clip), (options.max_batch_size, *clip), (options.max_batch_size, *clip)
 
 

@@ -88,10 +88,6 @@ class ModelRepository:
             found, changed = await asyncio.to_thread(self._scan)
             self._forget_failed(found)
             for name, versions in found.items():
-                current = self.serving.get(name)
-                if current is not None and current.version not in versions:
-                    log.warning("%s version %d was removed from the repository: falling back to the highest "
-                                "other valid version", name, current.version)
                 for version in self._candidates(name, versions, changed):
                     if await self._load_and_swap(name, version):
                         break
@@ -149,6 +145,8 @@ class ModelRepository:
         serving version's folder is gone)."""
         current = self.serving.get(name)
         if current is not None and current.version not in versions:
+            log.warning("%s version %d was removed from the repository: falling back to the highest other valid "
+                        "version", name, current.version)
             current = None
         if name in self.pins:
             pinned = self.pins[name]

@@ -80,7 +80,7 @@ def _manifest(name: str, labels: list[str], spec: Preprocessing, source: Path, d
     backbone = f"ResNet{'TSM' if shift else 'TSN'}-{depth}" if depth else UNKNOWN
     return Manifest(
         name=name, version=1, labels=labels, preprocessing=spec,
-        io=ModelIO(input_shape=(-1, spec.frames_per_clip, 3, spec.crop_size, spec.crop_size)),
+        io=ModelIO(input_shape=spec.input_shape),
         backbone=backbone, depth=depth, base_width=base_width, shift=shift, dataset=dataset,
         source=source.name, source_sha256=sha256_file(source), config={"imported_from": "PaddleVideo"},
     )

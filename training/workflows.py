@@ -54,7 +54,7 @@ def manifest_for(cfg: Config, checkpoint: Path, metrics: dict[str, float]) -> Ma
     m = cfg.model
     return Manifest(
         name=cfg.name, version=1, labels=labels_of(cfg), preprocessing=spec,
-        io=ModelIO(input_shape=(-1, spec.frames_per_clip, 3, spec.crop_size, spec.crop_size)),
+        io=ModelIO(input_shape=spec.input_shape),
         backbone=f"ResNet{'TSM' if m.shift else 'TSN'}-{m.depth}", depth=m.depth, base_width=m.base_width,
         shift=m.shift, data_format=m.data_format, metrics=metrics, dataset=cfg.dataset,
         config=cfg.model_dump(mode="json"), source=checkpoint.name, source_sha256=sha256_file(checkpoint),

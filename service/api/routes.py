@@ -225,9 +225,9 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
                               upload.seconds, started) for f in videos), return_exceptions=True))
     finally:
         upload.cleanup()
-    answers = dict(zip(map(id, videos), decoded, strict=True))
+    answers = iter(decoded)  # in the order of the non-empty files
     empty = BadParameterError("the uploaded file is empty; send a video")
-    results = [answers.get(id(f), empty) for f in upload.files]
+    results = [next(answers) if f.size > 0 else empty for f in upload.files]
     items = []
     for f, result in zip(upload.files, results, strict=True):
         if isinstance(result, ServiceError):

@@ -55,6 +55,11 @@ class Preprocessing(BaseModel):
         """The input's second axis: ``num_seg`` frames for each crop, crop after crop."""
         return self.num_seg * self.spatial_crops
 
+    @property
+    def input_shape(self) -> tuple[int, int, int, int, int]:
+        """The model input this preprocessing makes, ``-1`` the batch axis."""
+        return (-1, self.frames_per_clip, 3, self.crop_size, self.crop_size)
+
     @model_validator(mode="after")
     def _crop_fits(self) -> Preprocessing:
         if self.crop_size > self.short_side:
