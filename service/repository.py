@@ -117,6 +117,10 @@ class ModelRepository:
                 self._missing_pins.add(name)
                 log.warning("%s", self._pin_problem(name))
 
+    def missing_pin(self, name: str) -> str | None:
+        """Why a pinned model has nothing to serve (its pinned version is absent), or None."""
+        return self._pin_problem(name) if name in self._missing_pins else None
+
     def _pin_problem(self, name: str) -> str:
         return (f"{name} is pinned to version {self.pins[name]} (TSM_MODEL_VERSIONS), which the repository does "
                 "not hold")

@@ -59,8 +59,13 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
 
 
 def states(live: LiveServer) -> dict[int, str]:
+    """The model's versions and their states; {} while the service knows none of them (404)."""
     with live.client() as http:
-        return {m["version"]: m["state"] for m in http.get(f"/models/{TINY_NAME}").json()["models"]}
+        r = http.get(f"/models/{TINY_NAME}")
+    if r.status_code == 404:
+        assert r.json()["type"] == "model-not-found"
+        return {}
+    return {m["version"]: m["state"] for m in r.json()["models"]}
 
 
 HOLD = b"HOLD"
@@ -248,6 +253,8 @@ def test_a_pin_to_a_version_the_repository_lacks_is_explained(model_repo: Path, 
         for params in ({}, {"model": TINY_NAME}):
             r = _classify(http, videos["a"], **params)
             assert r.status_code == 503 and r.json()["type"] == "not-ready" and problem in r.json()["detail"]
+        r = http.get(f"/models/{TINY_NAME}")
+        assert r.status_code == 404 and problem in r.json()["detail"]
         time.sleep(0.5)  # a few more scans: the warning is not repeated
         assert caplog.text.count(problem) == 1
         shutil.copytree(model_repo / TINY_NAME / "1", model_repo / TINY_NAME / "9")
