@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BeforeValidator
 
 from service.api.deps import Authorized, RequestIdDep, Resources, ResourcesDep
 from service.api.errors import problem, validation_error
@@ -44,9 +45,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "Video cannot be decoded",
         503: "Overloaded or not ready", 504: "Deadline passed"}.items()}
 
-TopK = Annotated[int | None, Query(ge=1, le=10_000, description="How many classes to return (default 5).")]
+
+def _digits_only(value: Any) -> Any:
+    """Query integers as strictly as form fields: int() alone would also read '1_0', ' 2', '+2' and '٣'."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be written in the digits 0-9")
+    return value
+
+
+Digits = BeforeValidator(_digits_only)
+TopK = Annotated[int | None, Query(ge=1, le=10_000, description="How many classes to return (default 5)."), Digits]
 ModelName = Annotated[str | None, Query(max_length=64, description="Model name (default: the only/default).")]
-Version = Annotated[int | None, Query(ge=1, description="Model version (default: the serving one).")]
+Version = Annotated[int | None, Query(ge=1, description="Model version (default: the serving one)."), Digits]
 
 
 @dataclass

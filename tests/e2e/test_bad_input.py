@@ -193,6 +193,17 @@ def test_option_with_non_ascii_digits_400(strict_server: LiveServer, good: bytes
     assert field in detail and "positive integer" in detail
 
 
+@pytest.mark.parametrize("field", ["top_k", "version"])
+@pytest.mark.parametrize("value", ["1_0", " 2", "+2", "\u0663"])  # int() reads every one of them
+def test_query_option_not_in_plain_digits_400(strict_server: LiveServer, good: bytes, field: str, value: str) -> None:
+    """Query options as strict as form options: what int() alone would accept is refused, naming the option."""
+    with strict_server.client() as http:
+        r = http.post("/classify", params={field: value}, content=good, headers=MP4)
+        assert http.post("/classify", params={field: "1"}, content=good, headers=MP4).status_code == 200
+    detail = assert_problem(r, 400, "bad-parameter")["detail"]
+    assert field in detail and "digits 0-9" in detail, detail
+
+
 def test_every_refused_request_counted_once(strict_server: LiveServer, good: bytes) -> None:
     """400s from query validation (before the route runs) count like the route's own: once as a request, once
     as a refusal."""

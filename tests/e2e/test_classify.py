@@ -119,3 +119,5 @@ def test_models_health_and_openapi(server: LiveServer) -> None:
             "/metrics"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/classify"]["post"]["requestBody"]["content"]
     assert "429" not in schema["paths"]["/classify"]["post"]["responses"]  # overload is a 503, never a 429
+    query = {q["name"]: q["schema"] for q in schema["paths"]["/classify"]["post"]["parameters"]}
+    assert {"type": "integer", "minimum": 1, "maximum": 10_000} in query["top_k"]["anyOf"]  # digits-only stays int
