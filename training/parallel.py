@@ -7,11 +7,19 @@ and gradients are all-reduced (gloo on the CPU, NCCL on GPUs).
 
 from __future__ import annotations
 
+import logging
+import multiprocessing.connection
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from training.config import Config
 from training.loop import RESULT_FILE, TrainResult, train
+
+log = logging.getLogger(__name__)
+EXIT_GRACE_S = 60.0  # a rank that has returned its result gets this long to exit before it is ended
 
 
 def default_procs(limit: int = 2) -> int:
@@ -32,9 +40,54 @@ def train_data_parallel(cfg: Config, nprocs: int, validate: bool = True, resume:
     """Train ``cfg`` on ``nprocs`` processes (in this one if ``nprocs`` <= 1); ``data.batch_size`` is per process."""
     if nprocs <= 1:
         return train(cfg, validate=validate, resume=resume)
-    import paddle.distributed as dist
-
     result_file = Path(cfg.train.output_dir) / RESULT_FILE
     result_file.unlink(missing_ok=True)  # never report an earlier run's result for this one
-    dist.spawn(_rank_main, args=(cfg, validate, resume), nprocs=nprocs)  # raises if a process fails
+    spawn_and_wait(_rank_main, (cfg, validate, resume), nprocs)
     return TrainResult.read(result_file)
+
+
+def spawn_and_wait(func: Callable[..., None], args: tuple[Any, ...], nprocs: int,
+                   exit_grace_s: float = EXIT_GRACE_S) -> None:
+    """``paddle.distributed.spawn(func, args, nprocs)`` and wait for its processes; raises with the failed
+    rank's traceback, ending the others, as spawn does.
+
+    Unlike spawn's own join, a rank that has returned from ``func`` but does not exit within ``exit_grace_s``
+    (seen once: a finished rank left waiting on a lock during interpreter shutdown) is killed with a warning,
+    instead of hanging the caller forever: its work is complete, as spawn's wrapper queues the result only
+    after ``func`` returns.
+    """
+    import paddle.distributed as dist
+
+    context = dist.spawn(func, args=args, nprocs=nprocs, join=False)
+    processes = context.processes
+    returned_at: dict[int, float] = {}
+    ended: set[int] = set()  # ranks killed here after returning: not failures
+    while True:
+        alive = [p.sentinel for p in processes if p.is_alive()]
+        for rank, process in enumerate(processes):
+            if process.exitcode not in (None, 0) and rank not in ended:
+                _fail(context, rank)
+        if not alive:
+            break
+        multiprocessing.connection.wait(alive, timeout=1)
+        now = time.monotonic()
+        for rank, process in enumerate(processes):
+            if rank not in returned_at and not context.return_queues[rank].empty():
+                returned_at[rank] = now
+            if process.is_alive() and now - returned_at.get(rank, now) > exit_grace_s:
+                log.warning("training rank %d (pid %d) finished its work %.0f s ago but has not exited; ending it",
+                            rank, process.pid, now - returned_at[rank])
+                ended.add(rank)
+                process.kill()
+                process.join()
+
+
+def _fail(context: Any, rank: int) -> None:
+    """End every other rank and raise with ``rank``'s traceback (or its exit code)."""
+    for process in context.processes:
+        if process.is_alive():
+            process.terminate()
+        process.join()
+    queue, process = context.error_queues[rank], context.processes[rank]
+    why = queue.get() if not queue.empty() else f"exit code {process.exitcode}"
+    raise RuntimeError(f"training rank {rank} failed:\n{why}")
