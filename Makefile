@@ -2,17 +2,18 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CONSTRAINTS := constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test lint serve demo bench clean
+.PHONY: install test lint serve demo bench lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onnx]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,onnx]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -32,6 +33,16 @@ serve: install
 
 bench: install
 	$(PY) -m tests.benchmarks
+
+# The newest versions pyproject.toml's ranges allow, resolved in a throw-away venv, become the new constraints
+# (review the diff, then `make test`: the suite is what makes them "tested").
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[dev,onnx]'
+	{ sed -n '/^#/p' $(CONSTRAINTS); .lock-venv/bin/pip freeze --exclude-editable | grep -v '^tsm-serving'; } \
+		> $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

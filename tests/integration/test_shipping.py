@@ -8,6 +8,7 @@ A missing tool fails the test with the install hint: CI installs them (run.sh / 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -143,7 +144,8 @@ def test_cpu_dockerfile_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     args = dict(a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a)
     assert len(froms) >= 2 and args["PYTHON_IMAGE"] == "python:3.11-slim", "multi-stage on python:3.11-slim"
     runs = " ".join(a for i, a in steps if i == "RUN")
-    assert 'pip install --no-cache-dir "./[onnx]"' in runs, "one source of truth: pyproject.toml, with ONNX Runtime"
+    assert 'pip install --no-cache-dir -c constraints.txt "./[onnx]"' in runs, \
+        "one source of truth: pyproject.toml, with ONNX Runtime, at the tested versions"
     user = [a for i, a in steps if i == "USER"][-1]
     assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), f"numeric non-root USER, got {user}"
     assert [a for i, a in steps if i == "CMD"] == ['["tsm-serve"]']
@@ -216,6 +218,29 @@ def test_gpu_requirements_come_from_pyproject() -> None:
     assert "--extra onnx" in (DOCKER / "Dockerfile.gpu").read_text()  # the k8s Job's exports carry model.onnx
     bad_extra = run([sys.executable, script, str(ROOT / "pyproject.toml"), "--extra", "nope"])
     assert bad_extra.returncode == 1 and "no optional-dependencies group nope" in bad_extra.stderr
+
+
+def test_constraints_pin_every_dependency_inside_pyprojects_ranges() -> None:
+    """constraints.txt (what make install and the CPU image install) pins each distribution pyproject.toml names,
+    in any extra, at a version its range admits: editing one without the other fails here, not in a build."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    lines = [ln.strip() for ln in (ROOT / "constraints.txt").read_text().splitlines()]
+    pins = {}
+    for line in (ln for ln in lines if ln and not ln.startswith("#")):
+        name, sep, version = line.partition("==")
+        assert sep and version, f"constraints.txt: {line!r} is not name==version"
+        pins[canonicalize_name(name)] = version
+    for req in wanted:
+        version = pins.get(canonicalize_name(req.name))
+        assert version is not None, f"constraints.txt does not pin {req.name}"
+        assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version} is outside {req}"
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    assert {n: installed.get(n) for n in pins} == pins, "this venv differs from constraints.txt: make install"
 
 
 def test_gpu_build_check_refuses_a_cpu_paddle(capsys: pytest.CaptureFixture[str]) -> None:
