@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from training.config import Config
-from training.loop import RESULT_FILE, TrainResult, train
+from training.loop import TrainResult, train
+from training.run_dir import RESULT_FILE
 
 log = logging.getLogger(__name__)
 EXIT_GRACE_S = 60.0  # a rank that has returned its result gets this long to exit before it is ended
+FAIL_GRACE_S = 10.0  # after one rank failed, the others get this long to end by themselves
 
 
 def default_procs(limit: int = 2) -> int:
@@ -51,10 +53,10 @@ def spawn_and_wait(func: Callable[..., None], args: tuple[Any, ...], nprocs: int
     """``paddle.distributed.spawn(func, args, nprocs)`` and wait for its processes; raises with the failed
     rank's traceback, ending the others, as spawn does.
 
-    Unlike spawn's own join, a rank that has returned from ``func`` but does not exit within ``exit_grace_s``
-    (seen once: a finished rank left waiting on a lock during interpreter shutdown) is killed with a warning,
-    instead of hanging the caller forever: its work is complete, as spawn's wrapper queues the result only
-    after ``func`` returns.
+    Unlike spawn's own join, nothing here can hang the caller forever: a failed rank's peers are killed, not
+    sent SIGTERM (see :func:`_fail`), and a rank that has returned from ``func`` but does not exit within
+    ``exit_grace_s`` (stuck in Paddle's C++ exit handlers) is killed with a warning: its work is complete, as
+    spawn's wrapper queues the result only after ``func`` returns.
     """
     import paddle.distributed as dist
 
@@ -82,12 +84,19 @@ def spawn_and_wait(func: Callable[..., None], args: tuple[Any, ...], nprocs: int
                 process.join()
 
 
-def _fail(context: Any, rank: int) -> None:
-    """End every other rank and raise with ``rank``'s traceback (or its exit code)."""
+def _fail(context: Any, rank: int, grace_s: float = FAIL_GRACE_S) -> None:
+    """End every other rank and raise with ``rank``'s traceback (or its exit code).
+
+    The others get ``grace_s`` to end by themselves (they usually hit the same error), then SIGKILL: never
+    SIGTERM, as spawn's own join sends. Paddle handles SIGTERM by printing a C++ traceback, which allocates
+    memory; a rank interrupted while freeing memory at exit then waits forever on the allocator's lock (seen:
+    a single-threaded rank in futex_wait under paddle::framework::SignalHandle, hanging the job)."""
+    deadline = time.monotonic() + grace_s
     for process in context.processes:
+        process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
-            process.terminate()
-        process.join()
+            process.kill()
+            process.join()
     queue, process = context.error_queues[rank], context.processes[rank]
     why = queue.get() if not queue.empty() else f"exit code {process.exitcode}"
     raise RuntimeError(f"training rank {rank} failed:\n{why}")
