@@ -6,6 +6,7 @@ pixels fed to the network are the same on both paths.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -38,7 +39,19 @@ _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "t
 
 def why(exc: BaseException, path: Path) -> str:
     """An exception's text without the server-side path of the file (clients see this text)."""
-    return str(exc).replace(str(path), path.name).replace(str(path.parent), "")[:300]
+    text = str(exc).replace(str(path), path.name)
+    # Only a named folder is stripped: the parent of a bare name is "." and that of /clip.mp4 is "/",
+    # and removing those would eat every dot or slash of the message.
+    if path.parent.name:
+        text = text.replace(str(path.parent) + os.sep, "").replace(str(path.parent), "")
+    return text[:300]
+
+
+def require_file(path: Path) -> None:
+    """Say "not found" for a missing file, which every decoder would report as undecodable."""
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "not found"
+        raise DecodeError(f"{path.name}: {what}", "not_found")
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,7 @@ def read_frames(path: Path, pick: IndexRule, *,
     """
     from service.sparse_decode import SparseUnsupported, read_frames_sparse  # it builds on this module's types
 
+    require_file(path)
     try:
         frames, info, indices = read_frames_sparse(path, pick, max_pixels=max_pixels)
         rotation = info.rotation

@@ -79,6 +79,8 @@ def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = Fal
     backbone key K take ``file[K]`` else ``file['backbone.'+K]`` (ImageNet files have no prefix),
     skipping what is missing or has another shape.
     """
+    if params.is_dir():  # paddle.load's own error here is a C++ deserialisation failure
+        raise ValueError(f"{params} is a folder: give a checkpoint file, e.g. {params / 'best.pdparams'}")
     state = paddle.load(str(params))
     if not isinstance(state, dict):
         raise ValueError(f"{params}: not a state dict (a .pdparams file of a TSM/ResNet network)")
@@ -124,6 +126,30 @@ def _check_recorded_network(model: paddle.nn.Layer, params: Path) -> None:
             raise ValueError(f"{params} was trained with model.{field}={recorded[field]}, but the config has "
                              f"model.{field}={built[field]}: use the config it was trained with (its "
                              f"{params.with_suffix('.json').name} records it) or -o model.{field}={recorded[field]}")
+
+
+PREPROCESSING_FIELDS = ("short_side", "crop_size", "mean", "std")
+
+
+def check_recorded_preprocessing(cfg: Config, params: Path) -> None:
+    """Refuse to evaluate or export ``params`` with other test-time preprocessing than it was trained with
+    (its sidecar records the config): the manifest would tell the service to feed it inputs it never saw."""
+    recorded = read_meta(params).get("config", {}).get("data", {})
+    for field in PREPROCESSING_FIELDS:
+        ours, theirs = json.loads(json.dumps(getattr(cfg.data, field))), recorded.get(field)  # tuples as lists
+        if theirs is not None and theirs != ours:
+            raise ValueError(f"{params} was trained with data.{field}={theirs}, but the config has "
+                             f"data.{field}={ours}: use the config it was trained with (its "
+                             f"{params.with_suffix('.json').name} records it) or "
+                             f"-o 'data.{field}={json.dumps(theirs)}'")
+
+
+def check_finite_weights(model: paddle.nn.Layer, params: Path) -> None:
+    """A diverged run's weights (NaN or infinite) would answer every request with the same garbage."""
+    bad = [k for k, v in model.state_dict().items() if not bool(paddle.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{params} holds non-finite weights ({_first(bad)}): the run diverged; export an "
+                         "earlier checkpoint or train with a lower learning rate")
 
 
 def _check_state_dict(model: paddle.nn.Layer, params: Path, state: dict[str, Any]) -> None:

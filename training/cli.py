@@ -29,26 +29,29 @@ def _default_repo() -> Path:
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, help="YAML file or a name in training/configs/")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. -o train.epochs=5 -o model.data_format=NHWC")
+                   help="override a config key, e.g. -o train.epochs=5 -o model.data_format=NHWC; values are "
+                   "YAML, except that text keys take the text as given (-o model.pretrained= means none)")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: %(default)s")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("dataset", help="generate the synthetic motion dataset (real H.264 MP4s + list files)")
     p.add_argument("--out", default="runs/demo/data")
-    p.add_argument("--train", type=int, default=640)
-    p.add_argument("--val", type=int, default=160)
+    p.add_argument("--train", type=_positive, default=640, help="training clips (default: %(default)s)")
+    p.add_argument("--val", type=_positive, default=160, help="validation clips (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("extract-frames", help="decode a video list into PaddleVideo frame folders + a frames list")
     p.add_argument("list", type=Path, help="a video list file (<path> <label> per line)")
     p.add_argument("--out", type=Path, required=True, help="folder for the frame folders and the frames list")
     p.add_argument("--prefix", default="", help="joined in front of each video path (data.data_prefix)")
-    p.add_argument("--short-side", type=int, help="scale every frame to this short side (default: keep the size)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--short-side", type=_positive, help="scale every frame to this short side (default: keep the "
+                   "size)")
+    p.add_argument("--workers", type=_positive, default=2, help="decoding processes (default: %(default)s)")
 
     p = sub.add_parser("train", help="train a config (data-parallel under paddle.distributed.launch)")
     _config_args(p)
@@ -72,11 +75,16 @@ def _parser() -> argparse.ArgumentParser:
                    "export (its .pdiparams must lie beside it)")
     p.add_argument("--tsn", action="store_true", help="the network is a TSN (no temporal shift). A TSN checkpoint "
                    "has exactly TSM's weights, so they cannot tell TSN from TSM: without --tsn it is served as TSM")
-    p.add_argument("--labels", type=Path, default=Path(__file__).parent / "labels" / "kinetics400_label_list.txt")
-    p.add_argument("--name", default="tsm-k400")
+    p.add_argument("--labels", type=Path, default=Path(__file__).parent / "labels" / "kinetics400_label_list.txt",
+                   help="label list, one class a line in the model's order (default: the Kinetics-400 list)")
+    p.add_argument("--name", default="tsm-k400", help="model name in the repository (default: %(default)s)")
     p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
-    p.add_argument("--dataset", default="Kinetics-400")
-    p.add_argument("--num-seg", type=int, default=8)
+    p.add_argument("--dataset", default="Kinetics-400", help="recorded in the manifest (default: %(default)s)")
+    p.add_argument("--num-seg", type=_positive, default=8, help="segments the model was trained with "
+                   "(PaddleVideo's TSM configs: 8)")
+    p.add_argument("--short-side", type=_positive, default=256, help="test-time resize of the short side "
+                   "(default: %(default)s, PaddleVideo's)")
+    p.add_argument("--crop-size", type=_positive, default=224, help="test-time centre crop (default: %(default)s)")
     p.add_argument("--sampling", choices=["paddlevideo_test", "paddlevideo_predict"], default="paddlevideo_test")
     p.add_argument("--fixed-ratio", action="store_true", help="predict.py's resize to 256x341")
 
@@ -84,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
-    p.add_argument("--procs", type=int, help="data-parallel training processes (default: a CPU core each, at most 2; "
-                   "1 on a GPU); the global batch stays 16")
+    p.add_argument("--procs", type=_positive, help="data-parallel training processes (default: a CPU core each, "
+                   "at most 2; 1 on a GPU); the global batch stays 16")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=QUICK.name,
                    help="quick: 8-9 min on 2 cores, 68-77%% top-1 on the test clips; long: a rotation stage, 4x "
                    "the clips, 8x the steps, then 8 segments at 96 px: 64-74 min on 2 cores, 95-97%% "
@@ -95,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")
     p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _labels_for(cfg_labels: str, num_classes: int) -> list[str]:
@@ -121,7 +136,8 @@ def _import(args: argparse.Namespace) -> Path:
 
     kind = _import_kind(args.source)
     labels = read_label_list(args.labels)
-    spec = Preprocessing(num_seg=args.num_seg, sampling=args.sampling, fixed_ratio=args.fixed_ratio)
+    spec = Preprocessing(num_seg=args.num_seg, sampling=args.sampling, fixed_ratio=args.fixed_ratio,
+                         short_side=args.short_side, crop_size=args.crop_size)
     importer = import_checkpoint if kind == "checkpoint" else import_inference_model
     return importer(args.source, labels, args.repo, args.name, spec, args.dataset, shift=not args.tsn)
 

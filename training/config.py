@@ -7,7 +7,8 @@ rebuilds exactly the network that was trained.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -118,30 +119,90 @@ class Config(_Strict):
                              crop_size=d.crop_size, spatial_crops=d.spatial_crops, mean=d.mean, std=d.std)
 
 
+def _field_type(dotted: str) -> Any:
+    """The annotation of the config field at ``a.b.c``; None for a key the model doesn't have (validation names it).
+
+    Raises ``ValueError`` naming the key where the path goes on below a setting that is not a section.
+    """
+    model: type[BaseModel] = Config
+    keys = dotted.split(".")
+    for depth, key in enumerate(keys):
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        if depth == len(keys) - 1:
+            return field.annotation
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            raise ValueError(f"override {dotted!r}: {'.'.join(keys[:depth + 1])} is a setting, not a section")
+        model = field.annotation
+    return None
+
+
+def _is_text(annotation: Any) -> bool:
+    """A ``str`` or ``str | None`` field, whose override value is its text as given."""
+    return annotation is str or (get_origin(annotation) in (Union, UnionType)
+                                 and set(get_args(annotation)) == {str, type(None)})
+
+
+def _parse_value(dotted: str, raw: str) -> Any:
+    """An override's value: YAML (``3``, ``[0.1, 0.01]``, ``true``), except that a text field takes the text as
+    given, so ``name=123``, ``data.labels=on`` and ``model.pretrained=`` (empty: no weights) mean what they say.
+    A quoted text (``model.pretrained=""``) is read as YAML, as before, and loses its quotes."""
+    annotation = _field_type(dotted)
+    if not _is_text(annotation):
+        return yaml.safe_load(raw)
+    if raw.lstrip().startswith(("'", '"')):
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return raw  # not one quoted string after all ('a' b): the text it is
+        return value if isinstance(value, str) else raw
+    return raw
+
+
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+            raise ValueError(f"override {dotted!r}: {'.'.join(keys[:depth + 1])} is not a section in the config "
+                             f"file (it holds {node!r})")
     node[keys[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (a bare name is looked up in training/configs/) <- ``a.b=value`` overrides.
+def config_file(path: str | Path) -> Path:
+    """``path`` as given, else a name or file name in training/configs/ (``tiny``, ``tiny.yaml``)."""
+    for file in (Path(path), CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
+        if file.is_file():
+            return file
+    if Path(path).exists():
+        raise ValueError(f"config {path} is not a file")
+    names = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"no config file or name {str(path)!r}: give a YAML file or one of {names}")
 
-    Override values are parsed as YAML scalars/lists (``train.epochs=3``, ``optimizer.values=[0.1,0.01]``).
+
+def _read_tree(path: str | Path) -> dict[str, Any]:
+    """The config file's mapping of sections (empty for an empty file)."""
+    file = config_file(path)
+    tree = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ValueError(f"config {file} must be a mapping of keys and sections (name: ..., model: ...), "
+                         f"not a {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (a name or file name in training/configs/, or a path) <- ``a.b=value`` overrides.
+
+    Override values are parsed as YAML scalars/lists (``train.epochs=3``, ``optimizer.values=[0.1,0.01]``), except
+    for text fields, which take the text as given (``model.pretrained=`` is empty: no pretrained weights).
     """
-    tree: dict[str, Any] = {}
-    if path:
-        file = Path(path)
-        if not file.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
-            file = CONFIG_DIR / f"{path}.yaml"
-        tree = yaml.safe_load(file.read_text()) or {}
+    tree = _read_tree(path) if path else {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key.path=value")
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
+        _set_path(tree, key, _parse_value(key, raw))
     return Config.model_validate(tree)

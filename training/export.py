@@ -72,7 +72,10 @@ def save_inference_model(model: paddle.nn.Layer, prefix: Path, frames: int, crop
 
 def probe_inference_model(folder: Path, model_file: str, params_file: str, frames: int,
                           crop: int) -> tuple[ModelIO, int]:
-    """Build a Paddle Inference predictor on the saved files: their feed/fetch names and class count."""
+    """Build a Paddle Inference predictor on the saved files: their feed/fetch names and class count.
+
+    Raises unless one clip of ``frames`` frames at ``crop`` px gives one row of scores: a graph exported for
+    another segment count folds the frames into other rows (the service would refuse it at load)."""
     from paddle import inference
 
     config = inference.Config(str(folder / model_file), str(folder / params_file))
@@ -86,7 +89,12 @@ def probe_inference_model(folder: Path, model_file: str, params_file: str, frame
     handle.reshape(list(zeros.shape))
     handle.copy_from_cpu(zeros)
     predictor.run()
-    return io, int(predictor.get_output_handle(io.output_name).copy_to_cpu().shape[-1])
+    shape = predictor.get_output_handle(io.output_name).copy_to_cpu().shape
+    if len(shape) != 2 or shape[0] != 1:
+        raise ValueError(f"{model_file}: one clip of {frames} frames at {crop}x{crop} gave output shape "
+                         f"{list(shape)}, not [1, classes]: the model takes another number of segments or crop "
+                         "size (PaddleVideo's TSM exports: --num-seg 8, crop 224)")
+    return io, int(shape[-1])
 
 
 def sha256_file(path: Path) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from service.contract.preprocess import scale
-from service.decoding import DecodeError, read_frames, read_frames_decord
+from service.decoding import DecodeError, read_frames, read_frames_decord, require_file
 from training.listfile import parse_list
 from training.pool import run_tasks
 
@@ -54,6 +54,7 @@ def _extract(job: _Job) -> tuple[int, str]:
     """Write one video's frames; (frame count, error text; empty if it worked)."""
     count = 0
     try:
+        require_file(job.video)  # else decord's and PyAV's errors call a missing file undecodable
         for frames in decoded_chunks(job.video):
             job.folder.mkdir(parents=True, exist_ok=True)
             for rgb in frames:
@@ -95,8 +96,9 @@ def extract_frames(video_list: Path, out_dir: Path, data_prefix: str = "", short
     ``short_side`` (None: native size), and write ``out_dir/<list name>`` as a frames list
     (``<dir> <num_frames> <label>``, dirs relative to ``out_dir``); returns that list.
 
-    A video that can't be decoded is logged by path and left out of the list. A complete earlier
-    extraction of the same list at the same size is reused as is.
+    A video that can't be decoded is logged by path and left out of the list, and the extraction is then not
+    marked complete, so a rerun tries again. A complete earlier extraction of the same list at the same size is
+    reused as is. Raises ``ValueError`` if no video could be decoded at all.
     """
     out_dir = Path(out_dir)
     samples = parse_list(Path(video_list), "videos", data_prefix)
@@ -117,10 +119,25 @@ def extract_frames(video_list: Path, out_dir: Path, data_prefix: str = "", short
     for sample, rel in zip(samples, rel_dirs, strict=True):
         count, error = extracted[rel]
         if error:
-            log.warning("skipped undecodable video %s: %s", sample.path, error)
+            log.warning("skipped video %s: %s", sample.path, error)
             continue
         lines.append(f"{rel} {count} {sample.label}\n")
+    if not lines:
+        out_list.unlink(missing_ok=True)  # an earlier list would now describe half-rewritten folders
+        raise ValueError(_nothing_extracted(Path(video_list), len(samples), data_prefix))
     out_dir.mkdir(parents=True, exist_ok=True)
     out_list.write_text("".join(lines))
-    done.write_text(json.dumps(stamp, indent=1))  # last: marks the extraction complete
+    skipped = len(samples) - len(lines)
+    if skipped:  # no stamp: a rerun (with the files fixed) extracts again instead of reusing this list
+        log.warning("%d of %d videos of %s were skipped: %s is not marked complete", skipped, len(samples),
+                    video_list, out_list)
+    else:
+        done.write_text(json.dumps(stamp, indent=1))  # last: marks the extraction complete
     return out_list
+
+
+def _nothing_extracted(video_list: Path, count: int, data_prefix: str) -> str:
+    """The error for a list none of whose videos decoded; most often its paths are read from the wrong folder."""
+    where = f"under --prefix {data_prefix}" if data_prefix else f"relative to the current folder {Path.cwd()}"
+    return (f"none of the {count} videos of {video_list} could be read (each is logged above): its paths are "
+            f"read {where}")

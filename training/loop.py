@@ -14,17 +14,18 @@ import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
 
-from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint, write_atomically
+from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
 from training.config import Config
 from training.data import ClipDataset, make_loader
 from training.evaluate import EvalResult, evaluate, merge_ranks
 from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
 from training.plots import plot_curves
+from training.run_dir import LOG_FILE, RESULT_FILE, set_aside_earlier_run, trim_log
 from training.tsm.shift import ShiftImpl
+from training.workflows import labels_of
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"  # a finished run's TrainResult, written by rank 0
 
 
 def training_shift(num_seg: int) -> ShiftImpl:
@@ -64,44 +65,6 @@ def _log_line(path: Path, record: dict[str, float | str]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def _start_log(log_file: Path, resumed_at: int | None) -> None:
-    """Make ``log_file`` hold this run's history only, so its curves show one run.
-
-    A fresh run (``resumed_at`` None) moves an earlier log aside to the first free ``<name>.<n>``; a run
-    resumed after epoch ``resumed_at`` drops the records of later epochs, which it trains again, and a
-    line torn by a kill.
-    """
-    if not log_file.exists():
-        return
-    if resumed_at is None:
-        kept = _free_name(log_file)
-        log_file.rename(kept)
-        log.info("starting a new %s; the earlier run's log is kept as %s", log_file.name, kept.name)
-        return
-    lines = log_file.read_text().splitlines(keepends=True)
-    current = [line for line in lines if _epoch_of(line) <= resumed_at]
-    if len(current) < len(lines):
-        write_atomically(log_file, lambda tmp: tmp.write_text("".join(current)))
-        log.info("dropped %d records after epoch %d from %s: the resumed run writes them anew",
-                 len(lines) - len(current), resumed_at, log_file.name)
-
-
-def _free_name(path: Path) -> Path:
-    n = 1
-    while path.with_name(f"{path.name}.{n}").exists():
-        n += 1
-    return path.with_name(f"{path.name}.{n}")
-
-
-def _epoch_of(line: str) -> float:
-    """The epoch a log line belongs to; infinite (so dropped) for a line that is not a whole record."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return float("inf")
-    return float(record.get("epoch", 0)) if isinstance(record, dict) else float("inf")
-
-
 def _autocast(plan: AmpPlan) -> contextlib.AbstractContextManager[object]:
     if not plan.enabled:
         return contextlib.nullcontext()
@@ -113,7 +76,7 @@ def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer
                  log_file: Path) -> dict[str, float]:
     model.train()
     losses: list[float] = []
-    hits = seen = 0
+    hits = seen = skipped = 0
     steps = len(loader) if cfg.train.max_steps_per_epoch == 0 else min(len(loader), cfg.train.max_steps_per_epoch)
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True,
                disable=dist.get_rank() != 0)
@@ -122,6 +85,7 @@ def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer
             break
         for item in batch["skipped"]:
             log.warning("skipped undecodable clip %s", item)
+        skipped += len(batch["skipped"])
         if batch["labels"].shape[0] == 0:
             continue
         with _autocast(plan):
@@ -141,7 +105,15 @@ def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer
         if dist.get_rank() == 0:
             _log_line(log_file, {"kind": "step", "epoch": epoch + 1, "step": step, "loss": losses[-1],
                                  "lr": optimizer.get_lr()})
-    return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "train_top1": hits / max(seen, 1)}
+    if seen == 0:  # training on nothing would "succeed" with a NaN loss and random weights
+        raise ValueError(f"epoch {epoch + 1}: no clip of {cfg.data.train_list} could be read ({skipped} skipped): "
+                         f"{_check_list_hint(cfg)}")
+    return {"train_loss": float(np.mean(losses)), "train_top1": hits / seen}
+
+
+def _check_list_hint(cfg: Config) -> str:
+    return (f"check data.data_prefix ({cfg.data.data_prefix or 'empty'}) and data.format ({cfg.data.format}: "
+            "'videos' lists 'path label', 'frames' lists 'folder num_frames label')")
 
 
 def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> TrainResult:
@@ -192,7 +164,22 @@ def _prepare(cfg: Config, resume: Path | None, distributed: bool) -> _Run:
     return _Run(model, net, optimizer, schedule, plan, make_scaler(plan), start_epoch)
 
 
+def _check_inputs(cfg: Config, resume: Path | None) -> None:
+    """What would otherwise fail hours later (a wrong label list at export) or do nothing silently."""
+    labels_of(cfg)
+    if resume is None:
+        return
+    if not resume.is_file():
+        raise ValueError(f"--resume {resume}: not a checkpoint file (give e.g. {resume / 'latest.pdparams'})"
+                         if resume.is_dir() else f"--resume {resume}: no such file")
+    done = int(read_meta(resume).get("epoch", 0))
+    if done >= cfg.train.epochs:
+        raise ValueError(f"{resume} is already at epoch {done} and train.epochs is {cfg.train.epochs}: nothing "
+                         f"to train (raise it, e.g. -o train.epochs={done + 10})")
+
+
 def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
+    _check_inputs(cfg, resume)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     distributed = dist.get_world_size() > 1
@@ -202,9 +189,12 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     train_set, train_loader, val_loader = _loaders(cfg, validate, distributed)
     log.info("rank %d of %d: %d training clips, %d steps per epoch", dist.get_rank(), dist.get_world_size(),
              len(train_set), len(train_loader))
-    log_file = out / "metrics.jsonl"
-    if dist.get_rank() == 0:
-        _start_log(log_file, run.start_epoch if resume is not None else None)
+    log_file = out / LOG_FILE
+    if dist.get_rank() == 0:  # after _prepare: every rank has loaded its weights (DataParallel synchronised them)
+        if resume is None:
+            set_aside_earlier_run(out)
+        else:
+            trim_log(log_file, run.start_epoch)
         if log_file.exists():
             plot_curves(log_file, out / "curves.png")  # the resumed history, until its next epoch is drawn
     (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
@@ -226,6 +216,8 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
         if val_loader is not None:
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= (merge_ranks(result) if distributed else result).as_dict()
+            if record["val_count"] == 0:
+                raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {_check_list_hint(cfg)}")
         history.append(record)
         stop = _reached_target(cfg, record, distributed)
         if dist.get_rank() != 0:
@@ -262,7 +254,7 @@ def _loaders(cfg: Config, validate: bool, distributed: bool
 
 def _end_epoch(out: Path, run: _Run, cfg: Config, epoch: int, record: dict[str, float]) -> Path:
     """Rank 0 after an epoch: its log line, ``latest`` (and ``epoch_N`` every save_interval); returns latest."""
-    _log_line(out / "metrics.jsonl", {"kind": "epoch", **record})
+    _log_line(out / LOG_FILE, {"kind": "epoch", **record})
     log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
     latest = save_checkpoint(out / "latest", run.model, cfg, epoch + 1, record, run.optimizer)
     if (epoch + 1) % cfg.train.save_interval == 0:

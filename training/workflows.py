@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from service.contract.manifest import Manifest, ModelIO, read_label_list
-from training.checkpoint import build_model, load_weights, read_meta
+from training.checkpoint import build_model, check_finite_weights, check_recorded_preprocessing, load_weights, read_meta
 from training.config import Config
 from training.data import ClipDataset, make_loader
 from training.evaluate import EvalResult, evaluate
@@ -35,11 +36,15 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
     if not list_file:
         raise ValueError("no list file to evaluate on: data.valid_list is empty (set it with "
                          "-o data.valid_list=FILE, or give --list FILE)")
+    check_recorded_preprocessing(cfg, checkpoint)
     model = build_model(cfg)
     load_weights(model, checkpoint)
     dataset = ClipDataset(cfg, list_file, train=False)
     loader = make_loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers, shuffle=False)
     result = evaluate(model, loader, cfg.model.num_classes)
+    if result.count == 0:
+        raise ValueError(f"no clip of {list_file} could be read ({len(result.skipped)} skipped): check "
+                         f"data.data_prefix ({cfg.data.data_prefix or 'empty'}) and data.format ({cfg.data.format})")
     out = out_dir or Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result.confusion_png = out / "confusion_matrix.png"
@@ -61,6 +66,15 @@ def manifest_for(cfg: Config, checkpoint: Path, metrics: dict[str, float]) -> Ma
     )
 
 
+def _finite_metrics(found: dict[str, object]) -> dict[str, float]:
+    """The numbers a manifest can hold: a NaN or infinite figure (a diverged epoch's loss) is left out, named."""
+    numeric = {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
+    dropped = sorted(k for k, v in numeric.items() if not math.isfinite(v))
+    if dropped:
+        log.warning("left out of the manifest, not finite: %s", ", ".join(f"{k}={numeric[k]}" for k in dropped))
+    return {k: v for k, v in numeric.items() if k not in dropped}
+
+
 def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | None = None,
                       metrics: dict[str, float] | None = None, with_onnx: bool | None = None) -> Path:
     """Load ``checkpoint`` into the config's network and publish it into ``repo``.
@@ -68,11 +82,12 @@ def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | Non
     ``with_onnx`` (default: when paddle2onnx is installed) also writes ``model.onnx`` for ONNX Runtime.
     """
     check_name(name or cfg.name)  # before anything is built or written (model_copy does not validate)
+    check_recorded_preprocessing(cfg, checkpoint)
     found = metrics if metrics is not None else read_meta(checkpoint).get("metrics", {})
-    numeric = {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
-    manifest = manifest_for(cfg, checkpoint, numeric)
+    manifest = manifest_for(cfg, checkpoint, _finite_metrics(found))
     if name:
         manifest = manifest.model_copy(update={"name": name})
     model = build_model(cfg)
     load_weights(model, checkpoint)
+    check_finite_weights(model, checkpoint)
     return export_to_repo(model, repo, manifest, onnx_available() if with_onnx is None else with_onnx)

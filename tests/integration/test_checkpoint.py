@@ -7,11 +7,12 @@ import numpy as np
 import paddle
 import pytest
 
+from service.contract.manifest import Manifest
 from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
 from training.config import Config, load_config
 from training.loop import train
 from training.tsm import build_tsm
-from training.workflows import export_checkpoint
+from training.workflows import evaluate_checkpoint, export_checkpoint
 
 
 def _tiny(*extra: str) -> Config:
@@ -101,7 +102,7 @@ def test_export_of_a_checkpoint_with_another_class_count_fails_before_publishing
 
 def test_resume_from_another_model_config_is_refused(tmp_path: Path) -> None:
     params = _saved(tmp_path, "model.num_classes=3")
-    cfg = _tiny(f"train.output_dir={tmp_path / 'run'}", "data.train_list=unused.list")
+    cfg = _tiny(f"train.output_dir={tmp_path / 'run'}", "data.train_list=unused.list", "train.epochs=9")
     with pytest.raises(ValueError, match=r"model\.num_classes=3"):
         train(cfg, validate=False, resume=params)
 
@@ -159,3 +160,40 @@ def test_a_finished_write_leaves_only_the_checkpoint_files(tmp_path: Path) -> No
         save_checkpoint(tmp_path / "latest", model, cfg, epoch, {}, optimizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "latest.pdopt", "latest.pdparams"]
     assert json.loads((tmp_path / "latest.json").read_text())["epoch"] == 2
+
+
+def test_export_leaves_non_finite_metrics_out_of_a_manifest_the_service_reads(tmp_path: Path) -> None:
+    cfg = _tiny()
+    params = save_checkpoint(tmp_path / "ckpt", build_model(cfg), cfg, 2,
+                             {"val_top1": 0.5, "val_loss": float("nan"), "train_loss": float("inf")})
+    folder = export_checkpoint(cfg, params, tmp_path / "repo", with_onnx=False)
+    manifest = Manifest.read(folder)  # what the service's repository does
+    assert manifest.metrics == {"val_top1": 0.5}
+
+
+def test_export_refuses_a_diverged_checkpoint(tmp_path: Path) -> None:
+    cfg = _tiny()
+    model = build_model(cfg)
+    fc = model.state_dict()["head.fc.weight"]
+    fc.set_value(np.full(fc.shape, np.nan, np.float32))
+    params = save_checkpoint(tmp_path / "ckpt", model, cfg, 2, {"val_top1": 0.25})
+    with pytest.raises(ValueError, match=r"non-finite weights \(head\.fc\.weight\): the run diverged"):
+        export_checkpoint(cfg, params, tmp_path / "repo", with_onnx=False)
+    assert not any((tmp_path / "repo").rglob("manifest.json"))
+
+
+@pytest.mark.parametrize(("override", "shown"), [("data.crop_size=24", r"data\.crop_size=24.*data\.crop_size=32"),
+                                                 ("data.mean=[0.5,0.5,0.5]", r"data\.mean=\[0\.5, 0\.5, 0\.5\]")])
+def test_export_and_evaluate_refuse_other_preprocessing_than_trained_with(tmp_path: Path, override: str,
+                                                                          shown: str) -> None:
+    params = _saved(tmp_path, override)
+    with pytest.raises(ValueError, match=shown):
+        export_checkpoint(_tiny(), params, tmp_path / "repo", with_onnx=False)
+    with pytest.raises(ValueError, match=shown):
+        evaluate_checkpoint(_tiny("data.valid_list=unused.list"), params)
+    assert export_checkpoint(_tiny(override), params, tmp_path / "repo", with_onnx=False).is_dir()
+
+
+def test_a_folder_given_as_a_checkpoint_names_the_file_to_give(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"is a folder: give a checkpoint file, e\.g\. .*best\.pdparams"):
+        load_weights(build_model(_tiny()), tmp_path)

@@ -113,6 +113,9 @@ def test_import_inference_export(tmp_path: Path) -> None:
     np.testing.assert_allclose(paddle_logits(folder, x, False), paddle_logits(exported, x, False), rtol=1e-6)
     with pytest.raises(ValueError, match="outputs 5 classes but the label list has 4"):
         import_inference_model(pv / "TSM.json", list("abcd"), tmp_path / "repo", "pv", SPEC)
+    eight = SPEC.model_copy(update={"num_seg": 8})  # the graph folds 8 frames into 2 rows of 4 segments
+    with pytest.raises(ValueError, match=r"gave output shape \[2, 5\], not \[1, classes\]"):
+        import_inference_model(pv / "TSM.json", list("abcde"), tmp_path / "repo", "pv", eight)
     assert sorted(p.name for p in (tmp_path / "repo" / "pv").iterdir()) == [".issued-versions", "1"]
 
 

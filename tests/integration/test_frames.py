@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from service.contract.preprocess import preprocess_clip, scale
-from service.decoding import read_frames
+from service.decoding import read_frames, why
 from tests.videos import make_video
 from training.config import load_config
 from training.data import ClipDataset
@@ -24,6 +24,7 @@ def video_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_video(root / "videos" / "b.mp4", num_frames=13, width=96, height=128, seed=2)  # portrait: width is short
     (root / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"junk" * 50)
     (root / "train.list").write_text("videos/a.mp4 3\nvideos/broken.mp4 1\nvideos/b.mp4 0\n")
+    (root / "good.list").write_text("videos/a.mp4 3\nvideos/b.mp4 0\n")
     return root
 
 
@@ -62,38 +63,51 @@ def test_test_time_clip_from_frames_matches_the_one_from_the_video(video_set: Pa
 
 
 def test_a_complete_extraction_is_reused_and_a_changed_list_redone(video_set: Path, tmp_path: Path) -> None:
-    extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
+    extract_frames(video_set / "good.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
     marker = tmp_path / "videos" / "a" / "img_00001.jpg"
     marker.write_bytes(b"left alone")
-    extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
+    extract_frames(video_set / "good.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
     assert marker.read_bytes() == b"left alone"
-    extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=40, workers=1)
+    extract_frames(video_set / "good.list", tmp_path, data_prefix=str(video_set), short_side=40, workers=1)
     assert Image.open(marker).size == (53, 40)  # another size: extracted again
 
 
-def test_videos_sharing_a_stem_get_their_own_folders_and_a_repeated_one_shares(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    (src / "v").mkdir(parents=True)
-    make_video(src / "v" / "a.mp4", num_frames=10, width=64, height=48, seed=1)
-    make_video(src / "v" / "a.mkv", num_frames=14, width=64, height=48, seed=2)
-    (src / "list.txt").write_text("v/a.mp4 0\nv/a.mkv 1\nv/a.mp4 2\n")
-    out = extract_frames(src / "list.txt", tmp_path / "out", data_prefix=str(src), workers=2)
-    assert out.read_text().splitlines() == ["v/a_mp4 10 0", "v/a_mkv 14 1", "v/a_mp4 10 2"]
-    assert len(list((tmp_path / "out" / "v" / "a_mkv").glob("img_*.jpg"))) == 14
+def test_an_extraction_with_a_skipped_video_is_done_again(video_set: Path, tmp_path: Path) -> None:
+    extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
+    assert not (tmp_path / "train.list.json").exists()  # broken.mp4 was skipped: not complete
+    marker = tmp_path / "videos" / "a" / "img_00001.jpg"
+    marker.write_bytes(b"overwritten by the rerun")
+    extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
+    assert Image.open(marker).size == (64, 48)
 
 
-def test_extraction_refuses_to_overwrite_its_own_video_list(video_set: Path) -> None:
-    before = (video_set / "train.list").read_text()
-    with pytest.raises(ValueError, match="would overwrite the video list"):
-        extract_frames(video_set / "train.list", video_set, data_prefix=str(video_set), workers=1)
-    assert (video_set / "train.list").read_text() == before
+def test_a_list_none_of_whose_videos_decode_is_an_error_and_a_rerun_extracts(
+        video_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)  # the list's relative paths point nowhere from here
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match=r"none of the 2 videos .* relative to"):
+        extract_frames(video_set / "good.list", tmp_path / "out", workers=1)
+    assert "videos/a.mp4: a.mp4: not found" in caplog.text  # each still reported by path, as not found
+    assert not (tmp_path / "out" / "good.list").exists() and not (tmp_path / "out" / "good.list.json").exists()
+    monkeypatch.chdir(video_set)
+    out = extract_frames(video_set / "good.list", tmp_path / "out", workers=1)
+    assert out.read_text().splitlines() == ["videos/a 24 3", "videos/b 13 0"]
 
 
-def test_long_videos_are_decoded_a_chunk_at_a_time_with_every_frame_in_order(video_set: Path) -> None:
-    from training.frames import decoded_chunks
+def test_the_decode_error_of_a_bare_file_name_keeps_its_dots(video_set: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    monkeypatch.chdir(video_set / "videos")
+    (tmp_path / "bare.list").write_text("broken.mp4 0\na.mp4 1\n")
+    with caplog.at_level(logging.WARNING):
+        extract_frames(tmp_path / "bare.list", tmp_path / "out", workers=1)
+    assert "'broken.mp4'" in caplog.text and "brokenmp4" not in caplog.text
 
-    video = video_set / "videos" / "a.mp4"
-    chunks = list(decoded_chunks(video, chunk=5))
-    assert [len(c) for c in chunks] == [5, 5, 5, 5, 4]
-    whole, _, _ = read_frames(video, lambda count: range(count))
-    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+
+@pytest.mark.parametrize("path", ["clip_6.mp4", "/clip_6.mp4", "/srv/up.d/x/clip_6.mp4"])
+def test_why_removes_only_a_real_folder(path: str) -> None:
+    text = why(OSError(f"{path}: bad header (1/2 readers tried, v1.2)"), Path(path))
+    assert text == "clip_6.mp4: bad header (1/2 readers tried, v1.2)"  # "." and "/" are no folder to strip
+
+
+def test_why_removes_the_folder_mentioned_on_its_own() -> None:
+    # clients see this text: the server's upload folder stays hidden
+    assert why(OSError("cannot read /srv/up.d/x/ or /srv/up.d/x"), Path("/srv/up.d/x/clip.mp4")) == "cannot read  or "

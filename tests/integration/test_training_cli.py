@@ -53,6 +53,29 @@ def test_unreadable_configs_end_in_a_message(tmp_path: Path, caplog: pytest.LogC
     assert _error(caplog, ["train", "-c", str(tmp_path)])  # a folder: IsADirectoryError
 
 
+def test_a_config_that_is_not_a_mapping_fails_cleanly_with_an_override(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n")  # was an AttributeError traceback (list.setdefault) once -o was given
+    assert "must be a mapping" in _error(caplog, ["train", "-c", str(listed), "-o", "train.epochs=1"])
+    assert "train.epochs is a setting" in _error(caplog, ["train", "-c", "tiny", "-o", "train.epochs.x=1"])
+
+
+def test_an_unknown_config_name_lists_the_names(caplog: pytest.LogCaptureFixture) -> None:
+    message = _error(caplog, ["train", "-c", "nope"])
+    assert "no config file or name 'nope'" in message and "tiny" in message
+
+
+def test_extract_frames_with_no_decodable_video_fails_and_publishes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "train.list").write_text("clip_1.mp4 0\nclip_2.mp4 1\n")
+    monkeypatch.chdir(tmp_path)  # the list's paths are relative to set/, not to here
+    message = _error(caplog, ["extract-frames", "set/train.list", "--out", str(tmp_path / "out")])
+    assert "none of the 2 videos of set/train.list could be read" in message
+    assert not (tmp_path / "out" / "train.list").exists()
+
+
 def test_wrong_label_count_fails_before_evaluating(tmp_path: Path, checkpoint: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     def evaluate_not_expected(*args: object) -> None:
@@ -102,11 +125,14 @@ def test_import_tsn_from_the_command_line(tmp_path: Path) -> None:
     paddle.save(tsn.state_dict(), str(params))
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     assert main(["import-paddlevideo", str(params), "--tsn", "--labels", str(tmp_path / "labels.txt"),
-                 "--repo", str(tmp_path / "repo"), "--name", "tsn", "--num-seg", "4"]) == 0
+                 "--repo", str(tmp_path / "repo"), "--name", "tsn", "--num-seg", "4", "--short-side", "128",
+                 "--crop-size", "112"]) == 0
     folder = tmp_path / "repo" / "tsn" / "1"
     manifest = Manifest.read(folder)
     assert (manifest.shift, manifest.backbone) == (False, "ResNetTSN-18")
-    x = np.random.default_rng(4).standard_normal((1, 4, 3, 224, 224)).astype(np.float32)
+    spec = manifest.preprocessing
+    assert (spec.short_side, spec.crop_size, manifest.io.input_shape) == (128, 112, (-1, 4, 3, 112, 112))
+    x = np.random.default_rng(4).standard_normal((1, 4, 3, 112, 112)).astype(np.float32)
     tsn.eval()
     np.testing.assert_allclose(paddle_logits(folder, x), tsn(paddle.to_tensor(x)).numpy(), rtol=1e-4, atol=1e-5)
 
@@ -122,3 +148,16 @@ def test_repo_defaults_to_the_services_setting(monkeypatch: pytest.MonkeyPatch, 
     assert _parser().parse_args(command).repo == tmp_path / "models"
     monkeypatch.delenv("TSM_MODEL_REPO")
     assert _parser().parse_args(command).repo == Path("model_repo")
+
+
+@pytest.mark.parametrize("argv", [["demo", "--procs", "0"], ["demo", "--procs", "-1"],
+                                  ["dataset", "--train", "0"], ["extract-frames", "a.list", "--out", "x",
+                                                                "--short-side", "0"],
+                                  ["--log-level", "loud", "ensure-model"]])
+def test_out_of_range_arguments_are_refused_before_any_work(argv: list[str], capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be 1 or more" in err or "invalid choice: 'LOUD'" in err, err

@@ -140,6 +140,35 @@ def test_undecodable_clip_is_reported_by_path_and_skipped(tiny_set: Path, tmp_pa
     assert result.confusion.sum() == 2
 
 
+def test_a_run_or_evaluation_that_reads_no_clip_fails_naming_the_settings(tiny_set: Path, tmp_path: Path) -> None:
+    """Every clip skipped (a wrong data_prefix) would otherwise 'succeed': NaN loss, random weights, top-1 0."""
+    wrong = _cfg(tiny_set, tmp_path / "run", f"data.data_prefix={tmp_path / 'nowhere'}")
+    with pytest.raises(ValueError, match=r"epoch 1: no clip of .*train\.list could be read \(\d+ skipped\): "
+                                         r"check data\.data_prefix"):
+        train(wrong, validate=False)
+    assert not (tmp_path / "run" / "latest.pdparams").exists()
+    train(_cfg(tiny_set, tmp_path / "run", "train.epochs=1"), validate=False)
+    with pytest.raises(ValueError, match=r"no clip of .*val\.list could be read \(\d+ skipped\)"):
+        evaluate_checkpoint(wrong, tmp_path / "run" / "latest.pdparams")
+    (tmp_path / "only_bad.list").write_text("bad.mp4 0\n")
+    wrong_val = _cfg(tiny_set, tmp_path / "v", f"data.valid_list={tmp_path / 'only_bad.list'}")
+    with pytest.raises(ValueError, match=r"no clip of .*only_bad\.list could be read"):
+        train(wrong_val, validate=True)
+
+
+def test_train_refuses_at_once_what_would_fail_or_do_nothing_later(tiny_set: Path, tmp_path: Path) -> None:
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    with pytest.raises(ValueError, match=r"three\.txt has 3 labels, model\.num_classes is 4"):
+        train(_cfg(tiny_set, tmp_path / "run", f"data.labels={tmp_path / 'three.txt'}"), validate=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    train(_cfg(tiny_set, tmp_path / "run", "train.epochs=1"), validate=False)
+    with pytest.raises(ValueError, match=r"already at epoch 1 and train\.epochs is 1: nothing to train"):
+        train(_cfg(tiny_set, tmp_path / "run", "train.epochs=1"), validate=False,
+              resume=tmp_path / "run" / "latest.pdparams")
+    with pytest.raises(ValueError, match=r"not a checkpoint file \(give e\.g\. .*latest\.pdparams\)"):
+        train(_cfg(tiny_set, tmp_path / "run", "train.epochs=2"), validate=False, resume=tmp_path / "run")
+
+
 def test_evaluate_command_says_where_its_confusion_matrix_went(tiny_set: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from training.cli import main
@@ -260,18 +289,26 @@ def _plotted_epochs(monkeypatch: pytest.MonkeyPatch) -> list[list[float]]:
     return seen
 
 
-def test_a_fresh_run_starts_a_new_log_and_keeps_the_old_one(tiny_set: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fresh_run_sets_the_earlier_run_aside_whole(tiny_set: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh run into a folder holding another run moves that run's log and checkpoints into earlier_run.<n>:
+    best.pdparams can never be the earlier run's beside this run's latest, and nothing is lost."""
     short = ["train.max_steps_per_epoch=1"]
-    train(_cfg(tiny_set, tmp_path, "train.epochs=2", *short), validate=False)
+    train(_cfg(tiny_set, tmp_path, "train.epochs=2", *short), validate=True)
     first = (tmp_path / "metrics.jsonl").read_text()
+    first_best = (tmp_path / "best.pdparams").read_bytes()
+    (tmp_path / "notes.txt").write_text("the user's own file")
     plotted = _plotted_epochs(monkeypatch)
     train(_cfg(tiny_set, tmp_path, "train.epochs=1", *short), validate=False)
     assert [r["epoch"] for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"] == [1]
-    assert (tmp_path / "metrics.jsonl.1").read_text() == first  # the earlier run's log, not lost
     assert plotted == [[1]]  # the curves show this run only, not a zigzag through both
+    earlier = tmp_path / "earlier_run.1"
+    assert (earlier / "metrics.jsonl").read_text() == first and (earlier / "best.pdparams").read_bytes() == first_best
+    assert {"latest.pdparams", "epoch_2.pdparams", "result.json", "curves.png"} <= {f.name for f in earlier.iterdir()}
+    assert not (tmp_path / "best.pdparams").exists()  # this run did not validate: it has no best
+    assert not (tmp_path / "epoch_2.pdparams").exists() and (tmp_path / "notes.txt").is_file()
     train(_cfg(tiny_set, tmp_path, "train.epochs=1", *short), validate=False)
-    assert (tmp_path / "metrics.jsonl.1").read_text() == first and (tmp_path / "metrics.jsonl.2").is_file()
+    assert (earlier / "metrics.jsonl").read_text() == first and (tmp_path / "earlier_run.2" / "metrics.jsonl").is_file()
 
 
 def test_resuming_an_earlier_epoch_drops_the_later_records(tiny_set: Path, tmp_path: Path,

@@ -1,0 +1,63 @@
+"""A training run's output folder: what a fresh run moves aside and what a resumed run keeps.
+
+Checkpoints, the log and the curves of one run belong together: a fresh run into a folder that holds an
+earlier one moves all of them into ``earlier_run.<n>/`` (nothing is lost, and ``best.pdparams`` can never be
+the earlier run's beside this one's ``latest``); a resumed run keeps them and trims its log to the epoch it
+resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from training.checkpoint import write_atomically
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"  # a finished run's TrainResult, written by rank 0
+# What train() writes into its output folder (the rest of a folder is the user's, and stays).
+RUN_FILES = (LOG_FILE, RESULT_FILE, "curves.png", "config.json", "confusion_matrix.png", "best.*", "latest.*",
+             "epoch_*.pdparams", "epoch_*.pdopt", "epoch_*.json")
+
+
+def set_aside_earlier_run(out: Path) -> Path | None:
+    """Move the files of an earlier run in ``out`` into the first free ``out/earlier_run.<n>``; returns it
+    (None when ``out`` holds no run)."""
+    files = sorted({f for pattern in RUN_FILES for f in out.glob(pattern) if f.is_file()})
+    if not files:
+        return None
+    n = 1
+    while (out / f"earlier_run.{n}").exists():
+        n += 1
+    kept = out / f"earlier_run.{n}"
+    kept.mkdir()
+    for f in files:
+        f.rename(kept / f.name)
+    log.warning("%s held an earlier run (%d files): moved to %s; resume a run with --resume "
+                "<output_dir>/latest.pdparams instead", out, len(files), kept)
+    return kept
+
+
+def trim_log(log_file: Path, resumed_at: int) -> None:
+    """Drop the records of epochs after ``resumed_at`` (the resumed run trains them again) and a line torn by
+    a kill, so the log and its curves show one history."""
+    if not log_file.exists():
+        return
+    lines = log_file.read_text().splitlines(keepends=True)
+    current = [line for line in lines if _epoch_of(line) <= resumed_at]
+    if len(current) < len(lines):
+        write_atomically(log_file, lambda tmp: tmp.write_text("".join(current)))
+        log.info("dropped %d records after epoch %d from %s: the resumed run writes them anew",
+                 len(lines) - len(current), resumed_at, log_file.name)
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch a log line belongs to; infinite (so dropped) for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return float("inf")
+    return float(record.get("epoch", 0)) if isinstance(record, dict) else float("inf")
