@@ -98,6 +98,12 @@ def collate_clips(items: list[Item]) -> dict[str, Any]:
     return {"clips": clips, "labels": labels, "skipped": skipped}
 
 
+def unread_list_hint(cfg: Config) -> str:
+    """What to check when no clip of a list could be read: most often its paths are joined to the wrong prefix."""
+    return (f"check data.data_prefix ({cfg.data.data_prefix or 'empty'}) and data.format ({cfg.data.format}: "
+            "'videos' lists 'path label', 'frames' lists 'folder num_frames label')")
+
+
 def make_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, shuffle: bool,
                 distributed: bool = False) -> paddle.io.DataLoader:
     """A DataLoader with worker processes; a DistributedBatchSampler when running data-parallel.

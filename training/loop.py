@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
 from training.config import Config
-from training.data import ClipDataset, make_loader
+from training.data import ClipDataset, make_loader, unread_list_hint
 from training.evaluate import EvalResult, evaluate, merge_ranks
 from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
 from training.plots import plot_curves
@@ -25,7 +25,6 @@ from training.tsm.shift import ShiftImpl
 from training.workflows import labels_of
 
 log = logging.getLogger(__name__)
-
 
 
 def training_shift(num_seg: int) -> ShiftImpl:
@@ -107,13 +106,8 @@ def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer
                                  "lr": optimizer.get_lr()})
     if seen == 0:  # training on nothing would "succeed" with a NaN loss and random weights
         raise ValueError(f"epoch {epoch + 1}: no clip of {cfg.data.train_list} could be read ({skipped} skipped): "
-                         f"{_check_list_hint(cfg)}")
+                         f"{unread_list_hint(cfg)}")
     return {"train_loss": float(np.mean(losses)), "train_top1": hits / seen}
-
-
-def _check_list_hint(cfg: Config) -> str:
-    return (f"check data.data_prefix ({cfg.data.data_prefix or 'empty'}) and data.format ({cfg.data.format}: "
-            "'videos' lists 'path label', 'frames' lists 'folder num_frames label')")
 
 
 def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> TrainResult:
@@ -217,7 +211,7 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= (merge_ranks(result) if distributed else result).as_dict()
             if record["val_count"] == 0:
-                raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {_check_list_hint(cfg)}")
+                raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {unread_list_hint(cfg)}")
         history.append(record)
         stop = _reached_target(cfg, record, distributed)
         if dist.get_rank() != 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 from service.contract.manifest import Manifest, ModelIO, read_label_list
 from training.checkpoint import build_model, check_finite_weights, check_recorded_preprocessing, load_weights, read_meta
 from training.config import Config
-from training.data import ClipDataset, make_loader
+from training.data import ClipDataset, make_loader, unread_list_hint
 from training.evaluate import EvalResult, evaluate
 from training.export import check_name, export_to_repo, onnx_available, sha256_file
 from training.plots import plot_confusion
@@ -43,8 +43,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
     loader = make_loader(dataset, cfg.data.test_batch_size, cfg.data.num_workers, shuffle=False)
     result = evaluate(model, loader, cfg.model.num_classes)
     if result.count == 0:
-        raise ValueError(f"no clip of {list_file} could be read ({len(result.skipped)} skipped): check "
-                         f"data.data_prefix ({cfg.data.data_prefix or 'empty'}) and data.format ({cfg.data.format})")
+        raise ValueError(f"no clip of {list_file} could be read ({len(result.skipped)} skipped): "
+                         f"{unread_list_hint(cfg)}")
     out = out_dir or Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result.confusion_png = out / "confusion_matrix.png"
