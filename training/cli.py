@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
 
         result = evaluate_checkpoint(cfg, args.checkpoint, args.list)
         print(f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  ({result.count} clips, "
-              f"{len(result.skipped)} skipped); confusion matrix: {result.confusion_png}")
+              f"{len(result.skipped)} skipped); confusion matrix: {result.confusion_png}, figures: "
+              f"{result.confusion_png.with_name('evaluation.json')}")
         return 0
     if args.command == "export":
         from training.workflows import export_checkpoint

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 LOG_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"  # a finished run's TrainResult, written by rank 0
 # What train() writes into its output folder (the rest of a folder is the user's, and stays).
-RUN_FILES = (LOG_FILE, RESULT_FILE, "curves.png", "config.json", "confusion_matrix.png", "best.*", "latest.*",
+RUN_FILES = (LOG_FILE, RESULT_FILE, "curves.png", "config.json", "confusion_matrix.png", "evaluation.json",
+             "best.*", "latest.*",
              "epoch_*.pdparams", "epoch_*.pdopt", "epoch_*.json")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from training.export import check_name, export_to_repo, onnx_available, sha256_f
 from training.plots import plot_confusion
 
 log = logging.getLogger(__name__)
+EVALUATION_FILE = "evaluation.json"
 
 
 def labels_of(cfg: Config) -> list[str]:
@@ -30,7 +32,8 @@ def labels_of(cfg: Config) -> list[str]:
 
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = None,
                         out_dir: Path | None = None) -> EvalResult:
-    """Evaluate with the shared test pipeline; writes ``confusion_matrix.png`` into ``out_dir``."""
+    """Evaluate with the shared test pipeline; writes ``confusion_matrix.png`` and ``evaluation.json`` (the
+    figures, for scripts that gate on them) into ``out_dir``."""
     labels = labels_of(cfg)  # a wrong label list must fail now, not after the whole evaluation
     list_file = list_file or cfg.data.valid_list
     if not list_file:
@@ -50,6 +53,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
     result.confusion_png = out / "confusion_matrix.png"
     plot_confusion(result.confusion, labels, result.confusion_png,
                    title=f"{cfg.name}: top-1 {result.top1:.3f} on {result.count} clips")
+    figures = {"checkpoint": str(checkpoint), "list": str(list_file), **result.as_dict(prefix=""),
+               "count": result.count, "skipped": result.skipped, "labels": labels,
+               "confusion": result.confusion.tolist()}
+    (out / EVALUATION_FILE).write_text(json.dumps(figures, indent=1) + "\n")
     log.info("evaluated %s: top-1 %.4f, top-5 %.4f on %d clips", checkpoint, result.top1, result.top5, result.count)
     return result
 

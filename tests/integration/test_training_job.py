@@ -179,7 +179,14 @@ def test_evaluate_command_says_where_its_confusion_matrix_went(tiny_set: Path, t
     assert main(["evaluate", "-c", "tiny", *(a for o in overrides for a in ("-o", o)),
                  "--checkpoint", str(tmp_path / "run" / "latest.pdparams")]) == 0
     png = tmp_path / "eval" / "confusion_matrix.png"
-    assert f"confusion matrix: {png}" in capsys.readouterr().out and png.read_bytes()[:8] == PNG_MAGIC
+    out = capsys.readouterr().out
+    assert f"confusion matrix: {png}" in out and png.read_bytes()[:8] == PNG_MAGIC
+    figures = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert f"figures: {tmp_path / 'eval' / 'evaluation.json'}" in out
+    confusion = np.array(figures["confusion"])
+    assert figures["count"] == confusion.sum() == 6 and len(figures["skipped"]) == 1
+    assert figures["skipped"][0].startswith(f"{tiny_set / 'not_there.mp4'}: ") and "not found" in figures["skipped"][0]
+    assert figures["top1"] == pytest.approx(np.trace(confusion) / 6) and f"top-1 {figures['top1']:.4f}" in out
 
 
 def _free_port() -> int:
