@@ -67,6 +67,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def free_port() -> int:
+    """A port free now, for a server in a subprocess (one in this process gets a bound socket instead)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -81,19 +82,26 @@ class LiveServer:
         from service.app import create_app
         from service.settings import ServiceSettings
 
-        self.settings = ServiceSettings(**{"port": free_port(), "log_format": "text", **settings_overrides})
+        # Bound here and handed to uvicorn: a port only picked free now and bound later could be taken by
+        # another process (a parallel test run, a subprocess server) in between.
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        port = self.sock.getsockname()[1]
+        self.settings = ServiceSettings(**{"port": port, "log_format": "text", **settings_overrides})
         self.app = create_app(self.settings, **app_kwargs)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.settings.port, log_config=None,
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None,
                                 access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
-        self.url = f"http://127.0.0.1:{self.settings.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name="uvicorn")
+        self.url = f"http://127.0.0.1:{port}"
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+                                       name="uvicorn")
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 120
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__()
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.05)
         return self
@@ -101,13 +109,14 @@ class LiveServer:
     def __exit__(self, *_: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+        self.sock.close()  # uvicorn closes it on shutdown; this covers a server that never started
 
     @property
     def resources(self) -> Any:
         return self.app.state.resources
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+    def client(self, timeout: float = 60, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ class SoakResult:
     reload_at: float | None
     versions: set[int] = field(default_factory=set)
     mid: ProcessSample | None = None
-    """Sampled halfway, just before the hot reload."""
+    """Sampled just before the hot reload (halfway, unless ``run_soak`` was told otherwise)."""
 
     @property
     def sent(self) -> int:
@@ -234,14 +234,17 @@ async def closed_loop(url: str, video: bytes, clients: int, seconds: float) -> f
     return ok / (time.monotonic() - t0)
 
 
-async def open_loop(url: str, video: bytes, rps: float, seconds: float, at_half: object = None) -> list[Outcome]:
-    """Send at a constant ``rps`` for ``seconds`` regardless of answers; wait for every answer."""
+async def open_loop(url: str, video: bytes, rps: float, seconds: float, at_half: object = None,
+                    at_fraction: float = 0.5) -> list[Outcome]:
+    """Send at a constant ``rps`` for ``seconds`` regardless of answers; wait for every answer.
+
+    ``at_half`` runs once, ``at_fraction`` of the way through (halfway by default)."""
     outcomes: list[Outcome] = []
     tasks: list[asyncio.Task[None]] = []
     client = Client(url, video)
     t0, n, fired = time.monotonic(), 0, False
     while (now := time.monotonic() - t0) < seconds:
-        if not fired and at_half is not None and now >= seconds / 2:
+        if not fired and at_half is not None and now >= seconds * at_fraction:
             fired = True
             await asyncio.to_thread(at_half)  # type: ignore[arg-type]
         due = n / rps
@@ -270,8 +273,11 @@ def publish_copy(repo: Path, name: str, version: int) -> None:
 
 def run_soak(model_repo: Path, video: bytes, seconds: float, *, load: float = 2.0, clients: int = 4,
              capacity_s: float = 5.0, deadline_ms: float = 5000, reload: bool = True, port: int | None = None,
-             model_name: str = "tiny") -> SoakResult:
-    """Start a server on a copy of ``model_repo``, measure capacity, then soak at ``load`` x capacity."""
+             model_name: str = "tiny", reload_at_fraction: float = 0.5) -> SoakResult:
+    """Start a server on a copy of ``model_repo``, measure capacity, then soak at ``load`` x capacity.
+
+    Version 2 is published ``reload_at_fraction`` of the way through the soak; a short soak wants it early,
+    so that loading and warming version 2 under load has time to finish before the traffic stops."""
     from tests.conftest import free_port
 
     work = Path(tempfile.mkdtemp(prefix="tsm-soak-"))
@@ -291,13 +297,14 @@ def run_soak(model_repo: Path, video: bytes, seconds: float, *, load: float = 2.
 
         mid: list[ProcessSample] = []
 
-        def halfway() -> None:
+        def at_reload_point() -> None:
             mid.append(sample_process(server.proc.pid))
             if reload:
                 reload_at.append(time.monotonic() - soak_start)
                 publish_copy(repo, model_name, 2)
 
-        outcomes = asyncio.run(open_loop(server.url, video, capacity * load, seconds, halfway))
+        outcomes = asyncio.run(open_loop(server.url, video, capacity * load, seconds, at_reload_point,
+                                         reload_at_fraction))
         time.sleep(2)  # let the server settle: drained old version, idle keep-alive connections closed
         after = sample_process(server.proc.pid)
         leftovers = [p.name for p in work.iterdir() if p.name.startswith("tsm-upload-")]
