@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
 
         _require_train_lists(cfg, args.validate)
         result = train(cfg, validate=args.validate, resume=args.resume)
-        print(f"best {result.best_metrics} -> {result.best_checkpoint}; latest -> {result.latest_checkpoint}")
+        best = f"best {result.best_metrics} -> {result.best_checkpoint}; " if result.best_checkpoint else ""
+        print(f"{best}latest -> {result.latest_checkpoint}")
         return 0
     if args.command == "evaluate":
         from training.workflows import evaluate_checkpoint

@@ -147,6 +147,9 @@ def _prepare(cfg: Config, resume: Path | None, distributed: bool) -> _Run:
         load_weights(model, resume)
         if resume.with_suffix(".pdopt").exists():
             optimizer.set_state_dict(paddle.load(str(resume.with_suffix(".pdopt"))))
+        else:  # best/epoch_N checkpoints hold weights only: say so, the first steps differ from a true resume
+            log.warning("%s has no optimiser state (%s): the optimiser starts afresh; resume from latest.pdparams "
+                        "to continue exactly", resume, resume.with_suffix(".pdopt").name)
         start_epoch = int(read_meta(resume).get("epoch", 0))
         schedule.last_epoch = start_epoch - 1
         schedule.step()
@@ -158,9 +161,12 @@ def _prepare(cfg: Config, resume: Path | None, distributed: bool) -> _Run:
     return _Run(model, net, optimizer, schedule, plan, make_scaler(plan), start_epoch)
 
 
-def _check_inputs(cfg: Config, resume: Path | None) -> None:
+def _check_inputs(cfg: Config, validate: bool, resume: Path | None) -> None:
     """What would otherwise fail hours later (a wrong label list at export) or do nothing silently."""
     labels_of(cfg)
+    if cfg.train.stop_at_val_top1 > 0 and not (validate and cfg.data.valid_list):
+        log.warning("train.stop_at_val_top1=%g needs validation (--validate and data.valid_list): it is ignored",
+                    cfg.train.stop_at_val_top1)
     if resume is None:
         return
     if not resume.is_file():
@@ -173,7 +179,7 @@ def _check_inputs(cfg: Config, resume: Path | None) -> None:
 
 
 def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
-    _check_inputs(cfg, resume)
+    _check_inputs(cfg, validate, resume)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     distributed = dist.get_world_size() > 1

@@ -169,6 +169,15 @@ def test_train_refuses_at_once_what_would_fail_or_do_nothing_later(tiny_set: Pat
         train(_cfg(tiny_set, tmp_path / "run", "train.epochs=2"), validate=False, resume=tmp_path / "run")
 
 
+def test_settings_that_would_silently_do_less_are_warned_about(tiny_set: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    train(_cfg(tiny_set, tmp_path, "train.epochs=1", "train.stop_at_val_top1=0.9"), validate=False)
+    assert "train.stop_at_val_top1=0.9 needs validation (--validate and data.valid_list): it is ignored" in caplog.text
+    assert "no optimiser state" not in caplog.text
+    train(_cfg(tiny_set, tmp_path, "train.epochs=2"), validate=False, resume=tmp_path / "epoch_1.pdparams")
+    assert "epoch_1.pdparams has no optimiser state (epoch_1.pdopt): the optimiser starts afresh" in caplog.text
+
+
 def test_evaluate_command_says_where_its_confusion_matrix_went(tiny_set: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from training.cli import main
