@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -43,11 +44,27 @@ def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: in
         (params, lambda tmp: paddle.save(layer.state_dict(), str(tmp)))]
     if optimizer is not None:
         writes.append((Path(str(prefix) + ".pdopt"), lambda tmp: paddle.save(optimizer.state_dict(), str(tmp))))
-    writes.append((Path(str(prefix) + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n")))
+    writes.append((Path(str(prefix) + ".json"), lambda tmp: tmp.write_text(to_json(meta, indent=2) + "\n")))
     staged = [(_write_temporary(path, write), path) for path, write in writes]
     for tmp, path in staged:
         os.replace(tmp, path)
     return params
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """JSON that strict parsers (jq, JavaScript, pydantic) read: a NaN or infinite number (a diverged loss)
+    becomes null, where ``json.dumps`` would write the non-standard ``NaN``."""
+    return json.dumps(_nulls(obj), indent=indent, allow_nan=False)
+
+
+def _nulls(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nulls(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nulls(v) for v in obj]
+    return obj
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:

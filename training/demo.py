@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.contract.manifest import Manifest, scan_repository
+from training.checkpoint import to_json
 from training.config import Config, load_config
 from training.listfile import parse_list
 from training.motion_clips import CLASSES
@@ -253,7 +253,7 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
         "seconds_train": round(trained - warmed, 1), "seconds_refine": round(finished - trained, 1),
         "seconds_total": round(time.perf_counter() - started, 1),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "summary.json").write_text(to_json(summary, indent=2) + "\n")
     log.info("demo done: %s", summary)
     return summary
 

@@ -14,7 +14,7 @@ import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
 
-from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint
+from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint, to_json
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
 from training.evaluate import EvalResult, evaluate, merge_ranks
@@ -49,7 +49,7 @@ class TrainResult:
         fields = {"best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
                   "latest_checkpoint": str(self.latest_checkpoint), "best_metrics": self.best_metrics,
                   "history": self.history}
-        path.write_text(json.dumps(fields, indent=1) + "\n")
+        path.write_text(to_json(fields, indent=1) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> TrainResult:
@@ -61,7 +61,7 @@ class TrainResult:
 
 def _log_line(path: Path, record: dict[str, float | str]) -> None:
     with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(to_json(record) + "\n")
 
 
 def _autocast(plan: AmpPlan) -> contextlib.AbstractContextManager[object]:

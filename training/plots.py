@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: training runs on servers and in CI
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 
 def read_jsonl(path: Path) -> list[dict[str, float]]:
@@ -22,12 +23,13 @@ def plot_curves(metrics_log: Path, out: Path) -> Path:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax, label in [("train_loss", ax_loss, "train"), ("val_loss", ax_loss, "validation"),
                            ("train_top1", ax_acc, "train"), ("val_top1", ax_acc, "validation")]:
-        points = [(r["epoch"], r[key]) for r in epochs if key in r]
+        points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]  # null: a diverged (NaN) value
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
     ax_loss.set(title="loss", xlabel="epoch")
     ax_acc.set(title="top-1 accuracy", xlabel="epoch", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 from service.contract.manifest import Manifest, ModelIO, read_label_list
-from training.checkpoint import build_model, check_finite_weights, check_recorded_preprocessing, load_weights, read_meta
+from training.checkpoint import (
+    build_model,
+    check_finite_weights,
+    check_recorded_preprocessing,
+    load_weights,
+    read_meta,
+    to_json,
+)
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
 from training.evaluate import EvalResult, evaluate
@@ -56,7 +62,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
     figures = {"checkpoint": str(checkpoint), "list": str(list_file), **result.as_dict(prefix=""),
                "count": result.count, "skipped": result.skipped, "labels": labels,
                "confusion": result.confusion.tolist()}
-    (out / EVALUATION_FILE).write_text(json.dumps(figures, indent=1) + "\n")
+    (out / EVALUATION_FILE).write_text(to_json(figures, indent=1) + "\n")
     log.info("evaluated %s: top-1 %.4f, top-5 %.4f on %d clips", checkpoint, result.top1, result.top5, result.count)
     return result
 

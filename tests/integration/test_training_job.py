@@ -9,7 +9,7 @@ import pytest
 from training.config import Config, load_config
 from training.loop import train
 from training.synthetic import write_mp4
-from training.workflows import evaluate_checkpoint
+from training.workflows import evaluate_checkpoint, export_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -176,6 +176,28 @@ def test_settings_that_would_silently_do_less_are_warned_about(tiny_set: Path, t
     assert "no optimiser state" not in caplog.text
     train(_cfg(tiny_set, tmp_path, "train.epochs=2"), validate=False, resume=tmp_path / "epoch_1.pdparams")
     assert "epoch_1.pdparams has no optimiser state (epoch_1.pdopt): the optimiser starts afresh" in caplog.text
+
+
+def _strict(text: str) -> object:
+    """json.loads as jq or a browser reads JSON: NaN and Infinity are not JSON."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_run_writes_strict_json_and_cannot_be_exported(tiny_set: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_set, tmp_path, "train.epochs=2", "optimizer.values=[1e12, 1e12]")
+    result = train(cfg, validate=True)
+    assert any(not np.isfinite(r["train_loss"]) for r in result.history)  # it did diverge
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        _strict(line)
+    for name in ("latest.json", "best.json", "result.json"):
+        _strict((tmp_path / name).read_text())
+    assert None in [r.get("train_loss") for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC  # drawn around the nulls
+    with pytest.raises(ValueError, match="non-finite weights"):
+        export_checkpoint(cfg, tmp_path / "latest.pdparams", tmp_path / "repo", with_onnx=False)
 
 
 def test_evaluate_command_says_where_its_confusion_matrix_went(tiny_set: Path, tmp_path: Path,
