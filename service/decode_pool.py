@@ -7,7 +7,9 @@ is one process with its own pipe, so a crash shows up as EOF on that pipe only, 
 poll timeout on it; either way only that worker is killed and replaced and only its request
 fails with a clear error. When the replacement cannot be started (the OS refuses a process or
 a file descriptor), the slot is kept and its start retried after a short backoff, also without
-traffic; while no slot has a worker, requests get a 503 at once and /readyz answers 503.
+traffic; while no slot has a worker, requests get a 503 at once and /readyz answers 503. A worker
+that dies while idle (the OOM killer, ``kill -9``) is found by a sweep every ``WATCH_INTERVAL_S`` and
+replaced then, so /readyz does not count it and no request pays for its restart.
 
 Processes come from the ``forkserver`` context with the worker module preloaded: replacements
 start in milliseconds, and nothing is ever forked from the server process after Paddle (with
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 _CTX = mp.get_context("forkserver")
 _CTX.set_forkserver_preload(["service.decode_worker"])
 RESPAWN_BACKOFF_S = 1.0  # between attempts to start a worker the OS refused; short, an outage costs 503s
+WATCH_INTERVAL_S = 1.0  # between sweeps for workers that died idle; a liveness check costs a poll of a pipe
 
 
 class _Worker:
@@ -117,12 +120,12 @@ class DecodePool:
     def __init__(self, size: int, timeout_s: float, memory_mb: int,
                  task: Callable[..., Any] = decode_worker.decode_task,
                  on_replace: Callable[[str], None] | None = None, queue_capacity: int | None = None,
-                 respawn_backoff_s: float = RESPAWN_BACKOFF_S) -> None:
+                 respawn_backoff_s: float = RESPAWN_BACKOFF_S, watch_interval_s: float = WATCH_INTERVAL_S) -> None:
         """``on_replace(reason)`` is called for each replaced worker (crashed, timeout, out_of_memory);
         at most ``queue_capacity`` requests wait for a free worker (more get 503 at once)."""
         self.size, self.timeout_s, self.memory_mb, self.task = size, timeout_s, memory_mb, task
         self.queue_capacity = queue_capacity
-        self.respawn_backoff_s = respawn_backoff_s
+        self.respawn_backoff_s, self.watch_interval_s = respawn_backoff_s, watch_interval_s
         self.waiting = 0
         self._on_replace = on_replace
         self._workers: list[_Worker] = []  # by slot; a broken slot keeps its dead worker
@@ -133,6 +136,7 @@ class DecodePool:
         self._idle: asyncio.Queue[int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heal_timer: asyncio.TimerHandle | None = None
+        self._watch_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="tsm-decode")
         self.replaced = 0
@@ -144,6 +148,7 @@ class DecodePool:
         for slot in range(self.size):
             self._workers.append(self._spawn())
             self._idle.put_nowait(slot)
+        self._watch_timer = self._loop.call_later(self.watch_interval_s, self._sweep)
 
     def _spawn(self) -> _Worker:
         """One new decoder process; raises whatever the OS refuses it with (``OSError`` mostly)."""
@@ -282,6 +287,21 @@ class DecodePool:
         for slot in broken:  # the slot is owned by this retry until _release hands it back
             self._loop.run_in_executor(self._threads, self._revive_and_release, slot)
 
+    def _sweep(self) -> None:
+        """Replace the workers that died while idle (on the loop; the slots taken are owned by their revival)."""
+        assert self._loop is not None and self._idle is not None
+        if self._closed:
+            return
+        idle = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
+        with self._lock:
+            broken = set(self._broken)
+        for slot in idle:
+            if slot in broken or self._workers[slot].alive():  # broken slots are the heal timer's
+                self._idle.put_nowait(slot)
+            else:
+                self._loop.run_in_executor(self._threads, self._revive_and_release, slot)
+        self._watch_timer = self._loop.call_later(self.watch_interval_s, self._sweep)
+
     def _revive_and_release(self, slot: int) -> None:
         try:
             self._revive(slot)
@@ -290,8 +310,9 @@ class DecodePool:
 
     def close(self) -> None:
         self._closed = True
-        if self._heal_timer is not None:
-            self._heal_timer.cancel()
+        for timer in (self._heal_timer, self._watch_timer):
+            if timer is not None:
+                timer.cancel()
         with self._lock:
             workers = list(self._workers)
         for worker in workers:

@@ -60,3 +60,27 @@ def test_no_decoder_startable_means_503_and_not_ready_until_one_starts(
         metrics = http.get("/metrics").text
     assert 'tsm_rejected_requests_total{reason="decoder-unavailable"} 1.0' in metrics
     assert 'tsm_decoder_replacements_total{reason="crashed"} 1.0' in metrics  # counted once, when it succeeded
+
+
+def test_a_decoder_killed_while_idle_takes_the_replica_out_until_one_starts(
+        tiny_repo_template: Path, videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No request is needed to notice it: /readyz answers 503 while the OS refuses its replacement."""
+    overrides = {"model_repo": tiny_repo_template, "decode_workers": 1, "poll_interval_s": 0, "cpu_threads": 1,
+                 "max_queue_delay_ms": 5}
+    with LiveServer(overrides) as live, live.client() as http:
+        assert http.get("/readyz").status_code == 200
+        monkeypatch.setattr(decode_pool._CTX, "Process", refused_start)
+        os.kill(live.resources.pool.pids()[0], signal.SIGKILL)  # idle: no request is running
+        deadline = time.monotonic() + 15
+        while (probe := http.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "/readyz kept counting a dead decoder as ready"
+            time.sleep(0.1)
+        assert probe.status_code == 503 and probe.json()["decoders_ready"] == 0, probe.text
+        monkeypatch.undo()
+        while http.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline + 15, "the pool did not recover once processes could start again"
+            time.sleep(0.2)
+        assert pool_healthy(live)
+        ok = http.post("/classify", content=videos["c"].read_bytes(), headers=MP4)
+        assert ok.status_code == 200, ok.text
+        assert 'tsm_decoder_replacements_total{reason="crashed"} 1.0' in http.get("/metrics").text

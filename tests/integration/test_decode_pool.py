@@ -21,6 +21,7 @@ from service.decode_pool import DecodePool
 from service.errors import DecoderCrashedError, DecoderUnavailableError
 
 BACKOFF_S = 0.3
+WATCH_S = 0.2
 HANG_GUARD_S = 10.0  # far above any answer the pool should give; reaching it means a request hung
 
 
@@ -63,7 +64,8 @@ async def until(condition: Callable[[], bool], timeout_s: float) -> None:
 
 def with_pool(size: int, scenario: Callable[[DecodePool], Any]) -> None:
     async def main() -> None:
-        pool = DecodePool(size, timeout_s=5, memory_mb=1024, task=echo_or_die, respawn_backoff_s=BACKOFF_S)
+        pool = DecodePool(size, timeout_s=5, memory_mb=1024, task=echo_or_die, respawn_backoff_s=BACKOFF_S,
+                          watch_interval_s=WATCH_S)
         pool.start()
         try:
             await scenario(pool)
@@ -140,3 +142,29 @@ def test_a_slot_taken_while_the_pool_closes_says_shutting_down_not_refused() -> 
             pool._call_and_release(0, ("hello",))
 
     asyncio.run(scenario())
+
+
+def test_a_worker_that_dies_idle_is_replaced_without_traffic() -> None:
+    """Killed while idle (the OOM killer, ``kill -9``): replaced by the pool's sweep, not by the next request."""
+    async def scenario(pool: DecodePool) -> None:
+        victim = pool.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        await until(lambda: pool.replaced == 1, HANG_GUARD_S)
+        assert victim not in pool.pids() and pool.usable() == 2
+        assert sorted(await asyncio.gather(pool.run("a"), pool.run("b"))) == ["a", "b"]
+        assert pool.replaced == 1  # the requests found live workers: nothing restarted on their time
+
+    with_pool(2, scenario)
+
+
+def test_a_worker_that_dies_idle_while_none_can_start_makes_the_pool_unusable(refusal: Refusal) -> None:
+    """What /readyz reports: a dead idle worker whose replacement the OS refuses is not counted as usable."""
+    async def scenario(pool: DecodePool) -> None:
+        refusal.on()
+        os.kill(pool.pids()[0], signal.SIGKILL)
+        await until(lambda: pool.usable() == 0, HANG_GUARD_S)
+        refusal.off()
+        await until(lambda: pool.usable() == 1, HANG_GUARD_S)
+        assert await asyncio.wait_for(pool.run("back"), HANG_GUARD_S) == "back" and pool.replaced == 1
+
+    with_pool(1, scenario)
