@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,7 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
                 break
             continue
         latest = _end_epoch(out, run, cfg, epoch, record)
-        if "val_top1" in record and record["val_top1"] >= best.get("val_top1", -1.0):
+        if improves_on(record, best):
             best, best_path = record, save_checkpoint(out / "best", run.model, cfg, epoch + 1, record)
         plot_curves(log_file, out / "curves.png")
         if stop:
@@ -260,6 +261,24 @@ def _end_epoch(out: Path, run: _Run, cfg: Config, epoch: int, record: dict[str, 
     if (epoch + 1) % cfg.train.save_interval == 0:
         save_checkpoint(out / f"epoch_{epoch + 1}", run.model, cfg, epoch + 1, record)
     return latest
+
+
+def improves_on(record: dict[str, float], best: dict[str, float]) -> bool:
+    """Whether an epoch's validation beats the best so far: a higher top-1, or the same top-1 with a lower loss.
+
+    On 160 clips equal top-1s are common; PaddleVideo keeps the first of them, we keep the surer one (a loss
+    that is missing or not finite, a diverged epoch's, never wins a tie).
+    """
+    if "val_top1" not in record:
+        return False
+    top1, best_top1 = record["val_top1"], best.get("val_top1", -1.0)
+    if top1 != best_top1:
+        return top1 > best_top1
+
+    def loss(r: dict[str, float]) -> float:
+        value = r.get("val_loss")
+        return value if value is not None and math.isfinite(value) else math.inf
+    return loss(record) < loss(best)
 
 
 def _reached_target(cfg: Config, record: dict[str, float], distributed: bool) -> bool:

@@ -185,3 +185,18 @@ def test_training_loader_drops_a_partial_last_batch_unless_that_leaves_none(size
 
     loader = make_loader(Numbers(), 4, 0, shuffle)
     assert [len(b) for b in loader.batch_sampler] == batches
+
+
+def test_the_best_checkpoint_is_the_higher_top1_then_the_lower_loss() -> None:
+    from training.loop import improves_on
+
+    best = {"val_top1": 0.9, "val_loss": 0.5}
+    assert improves_on({"val_top1": 0.91, "val_loss": 2.0}, best)  # top-1 first, whatever the loss
+    assert not improves_on({"val_top1": 0.89, "val_loss": 0.1}, best)
+    assert improves_on({"val_top1": 0.9, "val_loss": 0.4}, best)  # a tie goes to the surer epoch
+    assert not improves_on({"val_top1": 0.9, "val_loss": 0.6}, best)  # the later, less sure one does not replace it
+    assert not improves_on({"val_top1": 0.9, "val_loss": 0.5}, best)  # equal in both: the first is kept
+    assert not improves_on({"val_top1": 0.9, "val_loss": float("nan")}, best)
+    assert improves_on({"val_top1": 0.9, "val_loss": 3.0}, {"val_top1": 0.9, "val_loss": None})  # null in JSON
+    assert improves_on({"val_top1": 0.0, "val_loss": 9.0}, {})  # the first validated epoch
+    assert not improves_on({"loss": 0.1}, {})  # no validation, no best checkpoint
