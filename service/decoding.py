@@ -7,6 +7,7 @@ pixels fed to the network are the same on both paths.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -16,6 +17,9 @@ import numpy as np
 
 from service.contract.manifest import Preprocessing
 from service.contract.sampling import test_indices
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")  # FFmpeg's AVERROR as an errno: a number no reader can use
 
 
 class DecodeError(Exception):
@@ -38,13 +42,23 @@ _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "t
 
 
 def why(exc: BaseException, path: Path) -> str:
-    """An exception's text without the server-side path of the file (clients see this text)."""
+    """An exception's text without the server-side path of the file (clients see this text).
+
+    FFmpeg's error number and PyAV's closing ``: '<file>'`` go too: our message names the file first.
+    """
     text = str(exc).replace(str(path), path.name)
     # Only a named folder is stripped: the parent of a bare name is "." and that of /clip.mp4 is "/",
     # and removing those would eat every dot or slash of the message.
     if path.parent.name:
         text = text.replace(str(path.parent) + os.sep, "").replace(str(path.parent), "")
+    text = _ERRNO.sub("", text).replace(f": '{path.name}'", "")
     return text[:300]
+
+
+def reason_only(exc: BaseException, path: Path) -> str:
+    """An error's text for a report that names ``path`` itself: without the file name our messages begin with."""
+    text = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path.name}: ")
+    return text or type(exc).__name__
 
 
 def require_file(path: Path) -> None:

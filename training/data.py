@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.contract.preprocess import normalize, preprocess_clip
 from service.contract.sampling import test_indices, train_indices
-from service.decoding import DecodeError, read_frames
+from service.decoding import DecodeError, read_frames, reason_only
 from training.config import Config
 from training.listfile import Sample, parse_list
 from training.transforms import flip_with_label, multi_scale_crop, reverse_with_label
@@ -32,7 +32,7 @@ def read_frame_dir(sample: Sample, indices: list[int]) -> np.ndarray:
             with Image.open(file) as img:
                 frames.append(np.asarray(img.convert("RGB")))
         except OSError as exc:
-            raise DecodeError(f"{file}: {exc}", "missing_frame") from exc
+            raise DecodeError(f"frame {file.name} could not be read ({exc.strerror or exc})", "missing_frame") from exc
     return np.stack(frames)
 
 
@@ -58,7 +58,7 @@ class ClipDataset(paddle.io.Dataset):
             pick = lambda count: test_indices(count, num_seg, self.cfg.data.sampling)  # noqa: E731
         if self.cfg.data.format == "frames":
             if sample.num_frames < 1:
-                raise DecodeError(f"{sample.path}: the list says it has no frames", "no_frames")
+                raise DecodeError("the list says it has no frames", "no_frames")
             return read_frame_dir(sample, list(pick(sample.num_frames)))
         return read_frames(sample.path, pick)[0]
 
@@ -83,7 +83,7 @@ class ClipDataset(paddle.io.Dataset):
             else:
                 clip = preprocess_clip(frames, self.cfg.preprocessing())
         except (DecodeError, OSError, ValueError) as exc:
-            return None, label, str(sample.path), str(exc) or type(exc).__name__
+            return None, label, str(sample.path), reason_only(exc, sample.path)  # the report names the path
         return clip, label, str(sample.path), ""
 
 

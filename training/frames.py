@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from service.contract.preprocess import scale
-from service.decoding import DecodeError, read_frames, read_frames_decord, require_file
+from service.decoding import DecodeError, read_frames, read_frames_decord, reason_only, require_file
 from training.listfile import parse_list
 from training.pool import run_tasks
 
@@ -64,7 +64,7 @@ def _extract(job: _Job) -> tuple[int, str]:
                 count += 1
                 img.save(job.folder / f"img_{count:05d}.jpg", quality=JPEG_QUALITY, subsampling=0)
     except (DecodeError, OSError) as exc:
-        return 0, str(exc) or type(exc).__name__
+        return 0, reason_only(exc, job.video)  # the report names the video
     return count, ""
 
 

@@ -85,6 +85,7 @@ def test_undecodable_or_no_video_stream_422(server: LiveServer, tmp_path: Path) 
         # the client's name for its upload, never the server's temporary file
         assert raw["detail"].startswith("the upload: ") and named["detail"].startswith("'holiday.mp4': ")
         assert "tsm-upload" not in raw["detail"] + named["detail"]
+        assert raw["detail"].count("the upload") == 1 and "Errno" not in raw["detail"], raw["detail"]
         body = assert_problem(http.post("/classify", content=audio, headers={"content-type": "video/mp4"}),
                               422, "undecodable-video")
         assert "no video stream" in body["detail"]

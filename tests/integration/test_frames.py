@@ -86,7 +86,7 @@ def test_a_list_none_of_whose_videos_decode_is_an_error_and_a_rerun_extracts(
     monkeypatch.chdir(tmp_path)  # the list's relative paths point nowhere from here
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match=r"none of the 2 videos .* relative to"):
         extract_frames(video_set / "good.list", tmp_path / "out", workers=1)
-    assert "videos/a.mp4: a.mp4: not found" in caplog.text  # each still reported by path, as not found
+    assert "videos/a.mp4: not found" in caplog.text  # each still reported by path (once), as not found
     assert not (tmp_path / "out" / "good.list").exists() and not (tmp_path / "out" / "good.list.json").exists()
     monkeypatch.chdir(video_set)
     out = extract_frames(video_set / "good.list", tmp_path / "out", workers=1)
@@ -99,13 +99,20 @@ def test_the_decode_error_of_a_bare_file_name_keeps_its_dots(video_set: Path, mo
     (tmp_path / "bare.list").write_text("broken.mp4 0\na.mp4 1\n")
     with caplog.at_level(logging.WARNING):
         extract_frames(tmp_path / "bare.list", tmp_path / "out", workers=1)
-    assert "'broken.mp4'" in caplog.text and "brokenmp4" not in caplog.text
+    assert "skipped video broken.mp4: the video could not be decoded (Invalid data found" in caplog.text
+    assert "brokenmp4" not in caplog.text and caplog.text.count("broken.mp4") == 1
 
 
 @pytest.mark.parametrize("path", ["clip_6.mp4", "/clip_6.mp4", "/srv/up.d/x/clip_6.mp4"])
 def test_why_removes_only_a_real_folder(path: str) -> None:
     text = why(OSError(f"{path}: bad header (1/2 readers tried, v1.2)"), Path(path))
     assert text == "clip_6.mp4: bad header (1/2 readers tried, v1.2)"  # "." and "/" are no folder to strip
+
+
+def test_why_drops_ffmpegs_error_number_and_pyavs_file_name() -> None:
+    # our message names the file first; PyAV's "[Errno 1094995529] ...: '<file>'" would name it twice
+    error = OSError("[Errno 1094995529] Invalid data found when processing input: '/srv/up/clip.mp4'")
+    assert why(error, Path("/srv/up/clip.mp4")) == "Invalid data found when processing input"
 
 
 def test_why_removes_the_folder_mentioned_on_its_own() -> None:

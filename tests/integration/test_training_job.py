@@ -135,7 +135,8 @@ def test_undecodable_clip_is_reported_by_path_and_skipped(tiny_set: Path, tmp_pa
     train(cfg, validate=False)
     result = evaluate_checkpoint(cfg, tmp_path / "latest.pdparams", str(tiny_set / "with_bad.list"), tmp_path)
     assert result.count == 2
-    assert len(result.skipped) == 1 and result.skipped[0].startswith(str(tiny_set / "bad.mp4"))
+    assert len(result.skipped) == 1 and result.skipped[0].startswith(str(tiny_set / "bad.mp4") + ": ")
+    assert result.skipped[0].count("bad.mp4") == 1, result.skipped  # named once, then why
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
     assert result.confusion.sum() == 2
 
