@@ -18,7 +18,6 @@ import numpy as np
 from service.contract.manifest import Preprocessing
 from service.contract.sampling import test_indices
 
-
 _ERRNO = re.compile(r"\[Errno -?\d+\] ")  # FFmpeg's AVERROR as an errno: a number no reader can use
 
 
