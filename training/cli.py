@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+from pydantic import ValidationError
 
 from service.contract.manifest import Preprocessing, read_label_list
 from training.recipes import QUICK, RECIPES
@@ -221,9 +222,20 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("training").error("invalid YAML in config %s or an -o override: %s",
                                             getattr(args, "config", "?"), exc)
         return 2
+    except ValidationError as exc:  # a ValueError too, but pydantic's text carries a URL for every field
+        logging.getLogger("training").error("%s", validation_message(exc))
+        return 2
     except (ValueError, OSError) as exc:  # the user's input is wrong: a message, not a traceback
         logging.getLogger("training").error("%s", exc)
         return 2
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line a refused field: its dotted key (as ``-o`` takes it), why, and the value given."""
+    what = "the config" if exc.title == "Config" else exc.title
+    lines = [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']} (got {e['input']!r})"
+             for e in exc.errors(include_url=False)]
+    return f"{what} is refused:\n  " + "\n  ".join(lines)
 
 
 if __name__ == "__main__":

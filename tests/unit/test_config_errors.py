@@ -56,3 +56,15 @@ def test_text_settings_take_the_override_text_as_given_and_others_parse_it_as_ya
 def test_optional_text_counts_as_text() -> None:
     assert _is_text(str) and _is_text(str | None)
     assert not _is_text(int) and not _is_text(list[str]) and not _is_text(None)
+
+
+def test_the_cli_names_each_refused_field_with_its_value_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    from training.cli import main
+
+    code = main(["train", "-c", "tiny", "-o", "train.epochs=abc", "-o", "data.bogus=1"])
+    assert code == 2
+    assert "the config is refused:" in caplog.text
+    assert "train.epochs: Input should be a valid integer, unable to parse string as an integer (got 'abc')" \
+        in caplog.text
+    assert "data.bogus: Extra inputs are not permitted (got 1)" in caplog.text
+    assert "pydantic.dev" not in caplog.text and "[type=" not in caplog.text
