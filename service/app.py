@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -150,5 +151,9 @@ def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None 
     app.include_router(routes.router)
     app.include_router(health.router)
     app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origins:  # outermost, so that errors and the auth's 401 carry the CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After", "WWW-Authenticate"], max_age=600)
     problem_json_in_openapi(app)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from service.contract.manifest import is_valid_name
 
 Device = Literal["auto", "cpu", "gpu"]
+_ORIGIN = re.compile(r"https?://[^\s/?#@]+", re.IGNORECASE)
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -93,6 +95,11 @@ class ServiceSettings(BaseSettings):
         "'Authorization: Bearer'.")
     protect_operations: bool = Field(
         False, description="With api_key set: /healthz, /readyz and /metrics need the key too (else they are open).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins whose pages may call the API from a browser (CORS), comma-separated or as a JSON "
+                    "list, e.g. https://app.example.com; * allows any. Empty: no CORS headers (browsers refuse "
+                    "cross-origin calls; other clients are not affected).")
     shutdown_grace_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM: seconds in-flight requests get to finish before exit.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
@@ -115,13 +122,24 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(f"invalid pin {name!r}: {version!r}")
         return value
 
-    @field_validator("allowed_content_types", mode="before")
+    @field_validator("allowed_content_types", "cors_origins", mode="before")
     @classmethod
-    def _split_types(cls, value: Any) -> Any:
-        """``video/mp4,video/webm`` as well as ``["video/mp4"]``: a single type is the natural way to write one."""
+    def _split_list(cls, value: Any) -> Any:
+        """``video/mp4,video/webm`` as well as ``["video/mp4"]``: a single entry is the natural way to write one."""
         if isinstance(value, str):
             return json.loads(value) if value.lstrip().startswith("[") else value.split(",")
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # A browser's Origin header is scheme://host[:port] with no path: anything else would never match.
+        cleaned = [v.strip().rstrip("/") for v in value if v.strip()]
+        wrong = [v for v in cleaned if v != "*" and not _ORIGIN.fullmatch(v)]
+        if wrong:
+            raise ValueError(f"not a web origin: {', '.join(map(repr, wrong))} (write scheme://host[:port], "
+                             "e.g. https://app.example.com, or *)")
+        return cleaned
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -177,3 +177,10 @@ def test_tsm_serve_refuses_bad_settings_in_a_line_without_echoing_them(env: dict
                           text=True, timeout=120, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert message in done.stderr and next(iter(env.values())) not in done.stderr.replace(message, "")
+
+
+def test_no_cors_headers_unless_origins_are_configured(locked_server: LiveServer) -> None:
+    with locked_server.client() as http:
+        preflight = http.options("/classify", headers={"origin": "https://app.example.com",
+                                                       "access-control-request-method": "POST"})
+        assert "access-control-allow-origin" not in preflight.headers and preflight.status_code in (401, 405)

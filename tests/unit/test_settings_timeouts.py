@@ -47,3 +47,13 @@ def test_short_deadline_from_the_environment_needs_short_timeouts(monkeypatch: p
     monkeypatch.setenv("TSM_UPLOAD_TIMEOUT_S", "1.5")
     s = ServiceSettings()
     assert (s.request_deadline_ms, s.decode_timeout_s, s.upload_timeout_s) == (2000, 1.5, 1.5)
+
+
+def test_cors_origins_are_listed_as_browsers_send_them() -> None:
+    settings = ServiceSettings(cors_origins="https://app.example.com/, http://localhost:3000")  # type: ignore[arg-type]
+    assert settings.cors_origins == ["https://app.example.com", "http://localhost:3000"]
+    assert ServiceSettings(cors_origins='["*"]').cors_origins == ["*"]  # type: ignore[arg-type]
+    assert ServiceSettings().cors_origins == []
+    for wrong in ("app.example.com", "https://app.example.com/ui", "ftp://x.org"):
+        with pytest.raises(ValueError, match="not a web origin"):
+            ServiceSettings(cors_origins=wrong)  # type: ignore[arg-type]
