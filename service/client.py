@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 120.0
 
 
 class ClassifyError(Exception):
@@ -19,10 +23,14 @@ class ClassifyError(Exception):
         self.status, self.type, self.body = status, str(body.get("type", "")), body
 
 
+class UnexpectedReplyError(ClassifyError):
+    """A success status, but not this service's answer (another server on that port, a proxy's HTML page)."""
+
+
 class Client:
     """``Client(url).classify(path, top_k=5)`` -> the JSON response as a dict."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout_s: float = 120.0):
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
 
@@ -40,7 +48,7 @@ class Client:
         params, video = _params(top_k, model, version), Path(video)
         with video.open("rb") as fh:  # httpx streams the file from disk
             response = self._http.post("/classify", params=params, files={"file": (video.name, fh, "video/mp4")})
-        return _json(response)
+        return _json(response, ("model", "version", "predictions"))
 
     def classify_batch(self, videos: list[str | Path], top_k: int | None = None, model: str | None = None,
                        version: int | None = None) -> dict[str, Any]:
@@ -52,60 +60,110 @@ class Client:
         finally:
             for fh in handles:
                 fh.close()
-        return _json(response)
+        return _json(response, ("results",))
 
     def models(self) -> dict[str, Any]:
-        return _json(self._http.get("/models"))
+        return _json(self._http.get("/models"), ("models",))
 
 
 def _params(top_k: int | None, model: str | None, version: int | None) -> dict[str, Any]:
     # Only what the user chose: the server's default top_k fits the model (a fixed 5 is a 400 on fewer labels).
-    params: dict[str, Any] = {}
-    if top_k is not None:
-        params["top_k"] = top_k
-    if model:
-        params["model"] = model
-    if version:
-        params["version"] = version
-    return params
+    params: dict[str, Any] = {"top_k": top_k, "model": model or None, "version": version}
+    return {k: v for k, v in params.items() if v is not None}  # version 0 is sent: the server explains it
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(response: httpx.Response, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The answer's JSON object; a problem body raises :class:`ClassifyError`, anything else not ours too."""
     try:
         body = response.json()
     except ValueError:
-        body = {"type": "not-json", "detail": response.text[:200]}
+        body = None
     if response.status_code >= 400:
-        raise ClassifyError(response.status_code, body)
+        raise ClassifyError(response.status_code, body if isinstance(body, dict) else {
+            "type": "not-json", "detail": f"the server answered {response.status_code} with no problem document: "
+                                          f"{response.text[:200]!r}"})
+    if not (isinstance(body, dict) and all(k in body for k in keys)):
+        what = "no JSON" if body is None else "JSON without " + ", ".join(repr(k) for k in keys if k not in
+                                                                          (body if isinstance(body, dict) else {}))
+        raise UnexpectedReplyError(response.status_code, {
+            "type": "unexpected-reply", "detail": f"{response.url} answered {response.status_code} with {what}: "
+                                                  "is it a TSM service?"})
     return body
 
 
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tsm-classify", description="Classify videos with a TSM service, one request a video.",
+        epilog="Exit status: 0 when every video was classified, 1 when any was not, 2 for wrong arguments.")
+    parser.add_argument("videos", nargs="+", type=Path, help="video files to classify")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"the service's base URL (default {DEFAULT_URL})")
+    parser.add_argument("--top-k", type=_positive(int),
+                        help="classes to show (default: the server's, 5 or the label count)")
+    parser.add_argument("--model", help="model name (default: the server's only or default model)")
+    parser.add_argument("--version", type=int, help="model version (default: the one the server serves)")
+    parser.add_argument("--api-key", default=os.environ.get("TSM_API_KEY") or None,
+                        help="the service's API key (default: $TSM_API_KEY; the environment keeps it out of ps)")
+    parser.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds a video may take, upload to answer (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object a line and video, in order, each with its 'file'; a failure has "
+                             "'error' (status, type, detail) instead of the result")
+    return parser
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, ClassifyError):
+        return {"status": exc.status, "type": exc.type, "detail": str(exc.body.get("detail", ""))}
+    kind = "file" if isinstance(exc, OSError) else "timeout" if isinstance(exc, httpx.TimeoutException) else \
+        "connection"
+    return {"status": None, "type": kind, "detail": str(exc) or type(exc).__name__}
+
+
+def _show(video: Path, result: dict[str, Any]) -> None:
+    print(f"{video}  ({result['model']} v{result['version']})")
+    for p in result["predictions"]:
+        print(f"  {p['score']:.4f}  {p['label']}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``tsm-classify VIDEO... --url URL [--top-k K] [--model M] [--json]``; exit 1 if any video failed."""
-    parser = argparse.ArgumentParser(prog="tsm-classify", description="Classify videos with a TSM service.")
-    parser.add_argument("videos", nargs="+", type=Path)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--top-k", type=int, help="classes to show (default: the server's, 5 or the label count)")
-    parser.add_argument("--model")
-    parser.add_argument("--version", type=int)
-    parser.add_argument("--api-key")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON responses")
-    args = parser.parse_args(argv)
+    """``tsm-classify VIDEO... [--url URL] [--top-k K] [--model M] [--version V] [--json]``."""
+    args = _parser().parse_args(argv)
+    try:
+        client = Client(args.url, args.api_key, args.timeout)
+    except httpx.InvalidURL as exc:
+        print(f"tsm-classify: --url {args.url!r} is not a valid URL ({exc})", file=sys.stderr)
+        return 2
     failed = 0
-    with Client(args.url, args.api_key) as client:
-        for video in args.videos:
-            try:
-                result = client.classify(video, args.top_k, args.model, args.version)
-            except (ClassifyError, OSError, httpx.HTTPError) as exc:
-                print(f"{video}: error: {exc}", file=sys.stderr)
-                failed += 1
-                continue
-            if args.json:
-                print(json.dumps(result))
-                continue
-            print(f"{video}  ({result['model']} v{result['version']})")
-            for p in result["predictions"]:
-                print(f"  {p['score']:.4f}  {p['label']}")
+    try:
+        with client:
+            for video in args.videos:
+                try:
+                    result = client.classify(video, args.top_k, args.model, args.version)
+                except (ClassifyError, OSError, httpx.HTTPError, httpx.InvalidURL) as exc:
+                    failed += 1
+                    error = _failure(exc)
+                    if args.json:
+                        print(json.dumps({"file": str(video), "error": error}), flush=True)
+                    else:
+                        print(f"{video}: error: {exc}", file=sys.stderr)
+                    continue
+                if args.json:
+                    print(json.dumps({"file": str(video), **result}), flush=True)
+                else:
+                    _show(video, result)
+    except KeyboardInterrupt:
+        print("tsm-classify: interrupted", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 

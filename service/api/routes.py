@@ -49,7 +49,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def _digits_only(value: Any) -> Any:
     """Query integers as strictly as form fields: int() alone would also read '1_0', ' 2', '+2' and '٣'."""
     if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-        raise ValueError("must be written in the digits 0-9")
+        raise ValueError("must be a positive integer written in the digits 0-9")
     return value
 
 

@@ -184,3 +184,15 @@ def test_no_cors_headers_unless_origins_are_configured(locked_server: LiveServer
         preflight = http.options("/classify", headers={"origin": "https://app.example.com",
                                                        "access-control-request-method": "POST"})
         assert "access-control-allow-origin" not in preflight.headers and preflight.status_code in (401, 405)
+
+
+def test_the_client_cli_takes_the_key_from_the_environment(locked_server: LiveServer, videos: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from service.client import main
+
+    monkeypatch.delenv("TSM_API_KEY", raising=False)
+    assert main([str(videos["c"]), "--url", locked_server.url]) == 1
+    assert "401 unauthorized" in capsys.readouterr().err
+    monkeypatch.setenv("TSM_API_KEY", KEY)  # not on the command line, where ps and the shell history show it
+    assert main([str(videos["c"]), "--url", locked_server.url]) == 0, capsys.readouterr().err

@@ -1,0 +1,139 @@
+"""``tsm-classify`` as scripts use it: JSON lines that match the inputs, one-line errors, honest exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from service.client import ClassifyError, Client, UnexpectedReplyError, main
+from tests.conftest import LiveServer
+
+ROOT = Path(__file__).parents[2]
+
+
+class _NotOurService(BaseHTTPRequestHandler):
+    """Another server on the port the user gave: HTML, foreign JSON, a proxy's 502 page, or silence."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path.startswith("/slow"):
+            self.server.arrived.set()  # type: ignore[attr-defined]  # an _OtherServer
+            time.sleep(30)
+            return
+        status, kind, body = {"/html": (200, "text/html", b"<html>hello</html>"),
+                              "/foreign": (200, "application/json", b'{"ok": true}'),
+                              "/proxy": (502, "text/html", b"<html>Bad Gateway</html>")}[self.path.split("?")[0]
+                                                                                        .removesuffix("/classify")]
+        self.send_response(status)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _OtherServer(ThreadingHTTPServer):
+    daemon_threads = True
+    arrived = threading.Event()  # a request reached /slow
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def other() -> Iterator[_OtherServer]:
+    httpd = _OtherServer(("127.0.0.1", 0), _NotOurService)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd
+    httpd.shutdown()
+
+
+@pytest.fixture
+def other_server(other: _OtherServer) -> str:
+    return other.url
+
+
+def test_an_answer_that_is_not_the_services_is_a_failure(other_server: str, videos: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    clip = str(videos["a"])
+    for prefix in ("/html", "/foreign"):
+        assert main([clip, "--url", other_server + prefix, "--json"]) == 1
+        line = json.loads(capsys.readouterr().out)
+        assert line["file"] == clip and line["error"]["type"] == "unexpected-reply", line
+        assert "TSM service" in line["error"]["detail"]
+        with Client(other_server + prefix) as client, pytest.raises(UnexpectedReplyError):
+            client.classify(clip)
+    assert main([clip, "--url", other_server + "/foreign"]) == 1  # text mode: one line, no KeyError traceback
+    err = capsys.readouterr().err
+    assert "unexpected-reply" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with Client(other_server + "/proxy") as client, pytest.raises(ClassifyError) as proxy:
+        client.classify(clip)
+    assert proxy.value.status == 502 and proxy.value.type == "not-json" and "Bad Gateway" in str(proxy.value)
+
+
+def test_a_wrong_url_or_option_is_one_line_and_exit_2(videos: dict[str, Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(videos["a"]), "--url", "http://127.0.0.1:notaport"]) == 2
+    err = capsys.readouterr().err
+    assert "not a valid URL" in err and "Traceback" not in err
+    for option in (["--top-k", "0"], ["--timeout", "-1"]):
+        with pytest.raises(SystemExit) as usage:
+            main([str(videos["a"]), *option])
+        assert usage.value.code == 2 and "must be above 0" in capsys.readouterr().err
+
+
+def test_the_timeout_option_bounds_a_silent_server(other_server: str, videos: dict[str, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    start = time.monotonic()
+    assert main([str(videos["a"]), "--url", other_server + "/slow", "--timeout", "0.5", "--json"]) == 1
+    assert time.monotonic() - start < 10  # not the default 120 s
+    assert json.loads(capsys.readouterr().out)["error"]["type"] == "timeout"
+
+
+def test_ctrl_c_ends_the_client_without_a_traceback(other: _OtherServer, videos: dict[str, Path]) -> None:
+    arrived, other_server = other.arrived, other.url
+    arrived.clear()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "service.client", str(videos["a"]), "--url",
+                             other_server + "/slow"], stderr=subprocess.PIPE, text=True, env=env)
+    assert arrived.wait(30), "the client never reached the server"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_json_lines_match_the_inputs_in_order(server: LiveServer, videos: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "not-video.mp4"
+    bad.write_bytes(b"nope" * 100)
+    missing = tmp_path / "missing.mp4"
+    inputs = [str(videos["a"]), str(bad), str(missing), str(videos["c"])]
+    assert main([*inputs, "--url", server.url, "--json", "--top-k", "1"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == inputs
+    assert lines[0]["model"] == "tiny" and len(lines[0]["predictions"]) == 1 and "error" not in lines[0]
+    assert lines[1]["error"] == {"status": 422, "type": "undecodable-video", "detail": lines[1]["error"]["detail"]}
+    assert lines[2]["error"]["status"] is None and lines[2]["error"]["type"] == "file"
+    assert lines[3]["predictions"] and "error" not in lines[3]
+
+
+@pytest.mark.slow
+def test_version_0_is_sent_and_refused_not_dropped(server: LiveServer, videos: dict[str, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(videos["a"]), "--url", server.url, "--version", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "400 bad-parameter" in err and "version" in err
