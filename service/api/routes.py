@@ -16,9 +16,9 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
 
 from service.api.deps import Authorized, RequestIdDep, Resources, ResourcesDep
-from service.api.errors import problem, validation_error
+from service.api.errors import problem, problem_response, validation_error
 from service.api.schemas import BatchItem, BatchResponse, ClassifyResponse, Problem
-from service.errors import BadParameterError, ClientClosedError, ServiceError, UnauthorizedError
+from service.errors import BadParameterError, ClientClosedError, NotReadyError, ServiceError, UnauthorizedError
 from service.metrics import Metrics
 from service.pipeline import Deadline, classify_file
 from service.upload import Upload, receive_upload
@@ -110,7 +110,16 @@ class _TrackedRoute(APIRoute):
             resources: Resources = request.app.state.resources
             with _tracked(resources.metrics) as outcome:
                 request.state.outcome = outcome  # the endpoint fills in the model version it leased
-                response = await handler(request)
+                try:
+                    response = await handler(request)
+                except asyncio.CancelledError:
+                    # Only the server cancels a request (a client that leaves is a ClientClosedError): uvicorn
+                    # does when the shutdown grace runs out. Answered, it gets a problem document and is
+                    # counted as what it got, where uvicorn would send a bare 500 for a request logged as 200.
+                    gone = NotReadyError("the server shut down before this request finished; retry it on "
+                                         "another replica", retry_after_s=1)
+                    _count_failure(resources.metrics, outcome, gone)
+                    response = problem_response(gone)
                 outcome.status = response.status_code
                 return response
 
