@@ -3,44 +3,123 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import logging
+import os
 import re
+import socket
 import sys
+from collections.abc import Collection
 
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from service.app import create_app
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, unknown_variables
+
+log = logging.getLogger("service.cli")  # not __name__: under `python -m` that is "__main__"
+FLAGS = {"host": "--host", "port": "--port", "model_repo": "--model-repo"}  # setting -> its command-line flag
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up fails
+
+
+def parser() -> argparse.ArgumentParser:
+    """The flags, helped by the settings' own descriptions and defaults (one source for both, and the README)."""
+    fields = ServiceSettings.model_fields
+    every = ", ".join(f"TSM_{name.upper()}" for name in fields)
+    parser = argparse.ArgumentParser(
+        prog="tsm-serve", description="Serve TSM models over HTTP.",
+        epilog=f"Every setting is a TSM_* environment variable (a flag overrides its variable); the README's "
+               f"Settings table gives each one's default and meaning. An empty variable counts as unset. The "
+               f"variables: {every}.")
+    for name, flag in FLAGS.items():
+        field = fields[name]
+        text = f"{field.description} Default: {field.default}; environment variable TSM_{name.upper()}."
+        parser.add_argument(flag, type=int if name == "port" else str, help=text.replace("%", "%%"))
+    return parser
 
 
 def serve(argv: list[str] | None = None) -> None:
     """Start uvicorn; ``--host``/``--port``/``--model-repo`` override the environment."""
-    parser = argparse.ArgumentParser(prog="tsm-serve", description="Serve TSM models over HTTP.")
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--model-repo")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as exc:
-        sys.exit(settings_error(exc))
+        sys.exit(settings_error(exc, given=overrides))
     except SettingsError as exc:  # a value that should be JSON is not (its cause: the decoder's complaint)
         sys.exit(unreadable_setting(exc))
-    app = create_app(settings)
+    app = create_app(settings)  # configures logging: the warnings below come out in TSM_LOG_FORMAT
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
+    sock = bind(settings.host, settings.port)
+    config = uvicorn.Config(app, host=settings.host, port=sock.getsockname()[1], log_config=None,
+                            access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s)
     # One uvicorn worker: batching needs every request of a model in one process.
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for up to shutdown_grace_s,
     # then runs the lifespan shutdown (batchers drain, decoder workers stop) and exits.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=settings.shutdown_grace_s)
+    server = _Server(config)
+    # As uvicorn.run: once shut down, uvicorn re-raises the SIGINT it handled; Ctrl+C is no crash.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
-def settings_error(exc: ValidationError) -> str:
-    """One line a refused setting, named as its environment variable, without the value given (it may be the
-    API key)."""
-    lines = [f"TSM_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
-             for e in exc.errors(include_input=False, include_url=False)]
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the app's lifespan loads and warms up the models: a port in use fails the
+    start in a second instead of after that. Not listening yet (uvicorn listens once the models are ready), so
+    connections are refused until then, as before."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:  # an unknown host name
+        sys.exit(f"tsm-serve: cannot listen on {where}: {exc.strerror or exc}")
+    try:
+        # As uvicorn and asyncio do: a restart need not wait for the old process's connections in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (another process listens there; choose another --port or TSM_PORT)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        sys.exit(f"tsm-serve: cannot listen on {where}: {exc.strerror or exc}{hint}")
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn names the address it listens on only for a socket it bound itself: say it here (the port too when
+    TSM_PORT=0 picked one), once the models are loaded and the server accepts connections."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = self.config.host, sockets[0].getsockname()[1]
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", url)
+
+
+def settings_error(exc: ValidationError, given: Collection[str] = ()) -> str:
+    """One line a refused setting, named as its environment variable (and its flag when ``given`` on the command
+    line), without the value given (it may be the API key). A check across settings names each setting its message
+    mentions."""
+    def label(field: str) -> str:
+        name = f"TSM_{field.upper()}"
+        return f"{FLAGS[field]} ({name})" if field in given and field in FLAGS else name
+
+    lines: list[str] = []
+    for e in exc.errors(include_input=False, include_url=False):
+        loc = [str(p) for p in e["loc"]]
+        if loc:
+            names = label(loc[0]) + "".join(f"[{p}]" for p in loc[1:])  # TSM_MODEL_VERSIONS[tiny]
+        else:
+            mentioned = sorted((m.start(), f) for f in ServiceSettings.model_fields
+                               if (m := re.search(rf"\b{f}\b", e["msg"])))
+            names = ", ".join(label(f) for _, f in mentioned) or "settings"
+        lines.append(f"{names}: {e['msg']}")
     return "tsm-serve: refused settings:\n  " + "\n  ".join(lines)
 
 

@@ -42,7 +42,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    """Install one stderr handler on the root logger (replacing earlier ones from this function)."""
+    """Install one stderr handler on the root logger (replacing earlier ones from this function); Python warnings
+    go through it too."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_tsm", False):
@@ -54,3 +55,7 @@ def configure_logging(level: str, fmt: str) -> None:
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
+    # warnings.warn (Paddle's "No ccache found" at import) would print its own two plain lines to stderr, breaking
+    # the one-record-a-line format; routed through the "py.warnings" logger it is a WARNING record like any other.
+    # Lines that Paddle's C++ code prints (glog) bypass Python and cannot be caught here.
+    logging.captureWarnings(True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service.batcher import BatchPolicy, DynamicBatcher
-from service.contract.manifest import Manifest, scan_repository
+from service.contract.manifest import Manifest, repository_problem, scan_repository
 from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, VersionNotFoundError
 from service.metrics import Metrics
 from service.model_version import ModelVersion, PredictorFactory, PredictorLike, State, folder_files
@@ -55,6 +55,7 @@ class ModelRepository:
         # they keep going to it when others are published later, instead of turning into 400s.
         self._sole: str | None = None
         self._missing_pins: set[str] = set()  # pinned models whose pinned version the repository lacks
+        self.root_problem: str | None = None  # why the root holds no models ("... does not exist"), while it lasts
 
     async def start(self) -> None:
         await self.poll_once()
@@ -85,7 +86,8 @@ class ModelRepository:
         """Load whatever should serve and doesn't yet: new models, new highest versions, pins; fall back when the
         serving version's folder is removed, and stop serving a model whose folder is removed."""
         async with self._scan_lock:
-            found, changed = await asyncio.to_thread(self._scan)
+            problem, found, changed = await asyncio.to_thread(self._scan)
+            self._note_root(problem)
             self._forget_failed(found)
             for name, versions in found.items():
                 for version in self._candidates(name, versions, changed):
@@ -95,6 +97,17 @@ class ModelRepository:
             self._check_pins(found)
             if self.default_model is None and self._sole is None and len(self.serving) == 1:
                 self._sole = next(iter(self.serving))
+
+    def _note_root(self, problem: str | None) -> None:
+        """Warn when the root goes wrong, once: start-up stays permissive (a volume may be filled later), so
+        without this a mistyped TSM_MODEL_REPO would look like an empty repository."""
+        if problem is not None and problem != self.root_problem:
+            again = f"; it is scanned again every {self.poll_interval_s:g} s" if self.poll_interval_s > 0 else ""
+            log.warning("the model repository %s %s (TSM_MODEL_REPO): no model can load from it%s", self.root,
+                        problem, again)
+        elif problem is None and self.root_problem is not None:
+            log.info("the model repository %s is usable now", self.root)
+        self.root_problem = problem
 
     def _retire_removed(self, found: dict[str, list[int]]) -> None:
         """Drain and unload models whose folder is gone. A scan that finds no model at all (an unmounted or
@@ -132,11 +145,12 @@ class ModelRepository:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _scan(self) -> tuple[dict[str, list[int]], set[tuple[str, int]]]:
-        """(the repository's versions, the failed versions whose files changed since): file system work, off the
-        event loop."""
+    def _scan(self) -> tuple[str | None, dict[str, list[int]], set[tuple[str, int]]]:
+        """(what is wrong with the root, the repository's versions, the failed versions whose files changed since):
+        file system work, off the event loop."""
         failed = [mv for mv in list(self.others.values()) if mv.state is State.FAILED]
-        return scan_repository(self.root), {(mv.name, mv.version) for mv in failed if folder_files(mv.path) != mv.files}
+        changed = {(mv.name, mv.version) for mv in failed if folder_files(mv.path) != mv.files}
+        return repository_problem(self.root), scan_repository(self.root), changed
 
     def _forget_failed(self, found: dict[str, list[int]]) -> None:
         """Drop failed versions whose folder is gone: the model is then unknown (404), not "not ready"."""
@@ -252,8 +266,7 @@ class ModelRepository:
             elif self._sole in self.serving:
                 model = self._sole
             elif not self.serving:
-                why = "; ".join(self._pin_problem(n) for n in sorted(self._missing_pins))
-                raise NotReadyError("no model is loaded yet" + (f" ({why})" if why else ""), retry_after_s=5)
+                raise NotReadyError(f"no model is loaded yet: {self.nothing_served()}", retry_after_s=5)
             else:
                 raise BadParameterError(f"several models are served ({', '.join(sorted(self.serving))}); "
                                         "choose one with the 'model' parameter")
@@ -261,8 +274,7 @@ class ModelRepository:
         if mv is None:
             pending = [o for (n, _), o in self.others.items() if n == model]
             if pending or model in (self.default_model, *self.pins):  # expected to serve, just not yet: retry later
-                why = "; ".join(f"version {o.version} {o.state.value}" + (f" ({o.error})" if o.error else "")
-                                for o in pending)
+                why = "; ".join(_state_of(o) for o in pending)
                 why = why or (self._pin_problem(model) if model in self._missing_pins else "not found in the "
                               "repository yet")
                 raise NotReadyError(f"model {model!r} is not ready: {why}", retry_after_s=5)
@@ -270,6 +282,14 @@ class ModelRepository:
         if version is not None and version != mv.version:
             raise VersionNotFoundError(f"{model} version {version} is not served (serving version {mv.version})")
         return mv
+
+    def nothing_served(self) -> str:
+        """Why no model serves, as far as known: the root's problem, the versions that are loading or failed (with
+        their error), the pins the repository lacks."""
+        why = [f"the model repository {self.root_problem}"] if self.root_problem else []
+        why += [f"{o.name} {_state_of(o)}" for _, o in sorted(self.others.items())]
+        why += [self._pin_problem(n) for n in sorted(self._missing_pins)]
+        return "; ".join(why) or "the model repository holds no <name>/<version>/ folder"  # the path stays in the log
 
     @asynccontextmanager
     async def lease(self, model: str | None, version: int | None) -> AsyncIterator[ModelVersion]:
@@ -288,3 +308,7 @@ class ModelRepository:
         versions = [*self.serving.values(), *self.others.values()]
         return [mv.describe() for mv in sorted(versions, key=lambda m: (m.name, m.version))
                 if name is None or mv.name == name]
+
+
+def _state_of(mv: ModelVersion) -> str:
+    return f"version {mv.version} {mv.state.value}" + (f" ({mv.error})" if mv.error else "")

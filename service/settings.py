@@ -6,9 +6,11 @@ contradictory values are refused at start, not discovered under traffic.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +27,10 @@ Precision = Literal["fp32", "fp16", "int8"]
 class ServiceSettings(BaseSettings):
     """Everything the inference service can be told; env vars are ``TSM_<FIELD>`` (upper case)."""
 
-    model_config = SettingsConfigDict(env_prefix="TSM_", extra="ignore", protected_namespaces=())
+    # An empty variable is unset: `TSM_UPLOAD_DIR=` in a compose file or `-e TSM_API_KEY=` means "no value", not
+    # the current folder or a refused key.
+    model_config = SettingsConfigDict(env_prefix="TSM_", extra="ignore", env_ignore_empty=True,
+                                      protected_namespaces=())
 
     host: str = Field("127.0.0.1", description="Address uvicorn binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on (0 picks a free one).")
@@ -191,3 +196,19 @@ class ServiceSettings(BaseSettings):
         base = content_type.split(";", 1)[0].strip().lower()
         major = base.split("/", 1)[0]
         return any(base == allowed or allowed == f"{major}/*" for allowed in self.allowed_content_types)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``TSM_*`` variable that is no setting (pydantic-settings ignores it, so a misspelt name
+    would silently leave its default in force), with the closest setting's name when one is close."""
+    names = [name.upper() for name in ServiceSettings.model_fields]
+    warnings: list[str] = []
+    for key in sorted(environ):
+        # Setting names are matched in any case (pydantic-settings' default), so the check is too.
+        rest = key.upper().removeprefix("TSM_")
+        if not key.upper().startswith("TSM_") or rest in names:
+            continue
+        close = difflib.get_close_matches(rest, names, n=1)
+        hint = f" (did you mean TSM_{close[0]}?)" if close else ""
+        warnings.append(f"{key} is not a setting{hint}; it is ignored")
+    return warnings

@@ -7,7 +7,9 @@ model (``model.json`` or ``model.pdmodel`` plus ``model.pdiparams``), ``labels.t
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -144,10 +146,27 @@ def list_versions(model_dir: Path) -> list[int]:
                   if p.is_dir() and p.name.isdigit() and p.name[0] != "0")
 
 
+def repository_problem(root: Path) -> str | None:
+    """Why ``root`` can hold no models, as a clause ("does not exist"), or None when it is a readable folder (an
+    empty one included). The clause leaves the path out: clients see it, the server's log adds the path."""
+    try:
+        mode = root.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISDIR(mode):
+        return "is not a folder"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
 def scan_repository(root: Path) -> dict[str, list[int]]:
-    """``{model name: [versions ascending]}`` for every valid, non-hidden model folder of ``root``."""
+    """``{model name: [versions ascending]}`` for every valid, non-hidden model folder of ``root`` (none when
+    :func:`repository_problem` has something to say)."""
     found: dict[str, list[int]] = {}
-    if not root.is_dir():
+    if repository_problem(root) is not None:
         return found
     for model_dir in sorted(root.iterdir()):
         if not model_dir.is_dir() or model_dir.name.startswith(".") or not is_valid_name(model_dir.name):

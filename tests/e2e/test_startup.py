@@ -1,0 +1,141 @@
+"""``tsm-serve`` start-up: what it says of a wrong repository, a misspelt variable, Python warnings, a port in use."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TINY_NAME, LiveServer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[2]
+MP4 = {"content-type": "video/mp4"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _paddle_imported_here() -> None:
+    """Paddle imported first by a LiveServer's thread (the app looks for a GPU) leaves this thread in static mode,
+    and exporting the tiny model here fails: import it here first."""
+    import paddle  # noqa: F401
+
+
+class Serve:
+    """``python -m service.cli`` in a subprocess on a port it picks (TSM_PORT=0), its stderr collected as it
+    comes: the test learns the port from the log, as an operator would."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, text=True,
+                                     env={**os.environ, "TSM_PORT": "0", "TSM_DECODE_WORKERS": "1", **env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def url(self, timeout_s: float = 90) -> str:
+        """The address the server says it listens on, once it does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            for line in list(self.lines):
+                if found := re.search(r"Uvicorn running on (http://\S+)", line):
+                    return found.group(1)
+            time.sleep(0.1)
+        raise AssertionError("the server did not start:\n" + "\n".join(self.lines[-30:]))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def misconfigured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, str, Path]]:
+    """One server started wrong in two ways: TSM_MODEL_REPO names no folder and TSM_MAX_BATCHSIZE is misspelt."""
+    missing = tmp_path_factory.mktemp("repo") / "nosuch"
+    server = Serve({"TSM_MODEL_REPO": str(missing), "TSM_MAX_BATCHSIZE": "8", "TSM_LOG_FORMAT": "json"})
+    try:
+        yield server, server.url(), missing
+    finally:
+        server.stop()
+
+
+def test_a_missing_model_repository_is_named_at_start_and_in_the_503(misconfigured: tuple[Serve, str, Path]) -> None:
+    server, url, missing = misconfigured
+    warnings = [json.loads(line)["message"] for line in server.lines if '"WARNING"' in line]
+    assert f"the model repository {missing} does not exist (TSM_MODEL_REPO): no model can load from it; it is " \
+           "scanned again every 5 s" in warnings, warnings
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/readyz").status_code == 503  # started all the same: the volume may be filled later
+        r = http.post("/classify", content=b"\x00" * 1024, headers=MP4)
+    assert r.status_code == 503 and r.json()["type"] == "not-ready", r.text
+    assert r.json()["detail"] == "no model is loaded yet: the model repository does not exist"  # no server path
+
+
+def test_a_misspelt_variable_is_warned_about_with_the_closest_setting(misconfigured: tuple[Serve, str, Path]) -> None:
+    server, _, _ = misconfigured
+    warnings = [json.loads(line)["message"] for line in server.lines if '"WARNING"' in line]
+    assert "TSM_MAX_BATCHSIZE is not a setting (did you mean TSM_MAX_BATCH_SIZE?); it is ignored" in warnings
+
+
+def test_python_warnings_are_json_records_like_the_rest(misconfigured: tuple[Serve, str, Path]) -> None:
+    if shutil.which("ccache") is not None:
+        pytest.skip("Paddle's import warns (a Python UserWarning) only where there is no ccache")
+    server, _, _ = misconfigured
+    records = [json.loads(line) for line in server.lines]  # every line a JSON object: no bare warning text
+    assert any(r["logger"] == "py.warnings" and "UserWarning: No ccache found" in r["message"] for r in records)
+
+
+def test_a_model_repository_that_is_a_file_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    repo = tmp_path / "models.tar"
+    repo.write_bytes(b"not a folder")
+    with LiveServer({"model_repo": repo, "decode_workers": 1, "poll_interval_s": 0}) as live, \
+            live.client() as http:
+        r = http.post("/classify", content=b"\x00" * 1024, headers=MP4)
+    assert f"the model repository {repo} is not a folder (TSM_MODEL_REPO): no model can load from it" in caplog.text
+    assert r.status_code == 503 and r.json()["detail"] == "no model is loaded yet: the model repository is not a " \
+                                                          "folder", r.text
+
+
+def test_an_unnamed_request_when_the_only_version_failed_gets_its_error(model_repo: Path) -> None:
+    (model_repo / TINY_NAME / "1" / "model.pdiparams").write_bytes(b"truncated")
+    with LiveServer({"model_repo": model_repo, "decode_workers": 1, "poll_interval_s": 0}) as live, \
+            live.client() as http:
+        error = http.get("/models").json()["models"][0]["error"]
+        r = http.post("/classify", content=b"\x00" * 1024, headers=MP4)
+    assert error and r.status_code == 503, r.text
+    assert r.json()["detail"] == f"no model is loaded yet: {TINY_NAME} version 1 failed ({error})"
+
+
+def test_a_port_in_use_fails_before_loading_the_model_and_names_the_address(tiny_repo_template: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "TSM_MODEL_REPO": str(tiny_repo_template), "TSM_DECODE_WORKERS": "1",
+               "TSM_LOG_FORMAT": "text"}
+        done = subprocess.run([sys.executable, "-m", "service.cli", "--port", str(port)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (f"tsm-serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+                                            "(another process listens there; choose another --port or TSM_PORT)")
+    assert "serving tiny" not in done.stderr and "Waiting for application startup" not in done.stderr
