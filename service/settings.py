@@ -198,6 +198,11 @@ class ServiceSettings(BaseSettings):
         return any(base == allowed or allowed == f"{major}/*" for allowed in self.allowed_content_types)
 
 
+# The project's TSM_ variables that are not the server's (compose's and the benchmarks'): a shell that sets them
+# for those tools may start tsm-serve too, and they are no typo.
+OTHER_TOOLS_VARIABLES = frozenset({"TSM_HTTP_PORT", "TSM_DEMO_RECIPE", "TSM_BENCH_CACHE"})
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """A warning for each ``TSM_*`` variable that is no setting (pydantic-settings ignores it, so a misspelt name
     would silently leave its default in force), with the closest setting's name when one is close."""
@@ -206,7 +211,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     for key in sorted(environ):
         # Setting names are matched in any case (pydantic-settings' default), so the check is too.
         rest = key.upper().removeprefix("TSM_")
-        if not key.upper().startswith("TSM_") or rest in names:
+        if not key.upper().startswith("TSM_") or rest in names or key.upper() in OTHER_TOOLS_VARIABLES:
             continue
         close = difflib.get_close_matches(rest, names, n=1)
         hint = f" (did you mean TSM_{close[0]}?)" if close else ""

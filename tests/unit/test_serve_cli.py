@@ -55,3 +55,12 @@ def test_help_describes_each_flag_from_its_setting_and_points_to_the_variables()
         assert f"{flag} {name.upper()} {field.description} Default: {field.default}; environment variable " \
                f"TSM_{name.upper()}." in text, text
     assert "README's Settings table" in text and all(f"TSM_{n.upper()}" in text for n in ServiceSettings.model_fields)
+
+
+def test_unknown_tsm_variables_are_named_but_not_the_other_tools() -> None:
+    from service.settings import unknown_variables
+
+    warnings = unknown_variables({"TSM_MAX_BATCHSIZE": "8", "TSM_HTTP_PORT": "8080", "TSM_BENCH_CACHE": "/tmp/b",
+                                  "TSM_PORT": "1", "PATH": "/bin", "TSM_ZZZ": "1"})
+    assert warnings == ["TSM_MAX_BATCHSIZE is not a setting (did you mean TSM_MAX_BATCH_SIZE?); it is ignored",
+                        "TSM_ZZZ is not a setting; it is ignored"]
