@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> export (about 10 min on 2 cores)")
     p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
-    p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
+                   help="where the generated sets, extracted frames, runs and log go (default runs/demo; a set "
+                        "already made there is reused)")
     p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
     p.add_argument("--procs", type=_positive, help="data-parallel training processes (default: a CPU core each, "
                    "at most 2; 1 on a GPU); the global batch stays 16")
