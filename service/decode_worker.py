@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -72,6 +73,9 @@ def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> N
     answers, then exits) or, inside native code, a dead process; either way the pool replaces
     it, instead of the host swapping.
     """
+    # Ctrl+C in a terminal reaches the whole process group: the server ends its workers itself (a pipe's close,
+    # then a kill), so a worker ignores it instead of printing a KeyboardInterrupt traceback mid-shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     warm_imports()

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,10 +36,10 @@ class Serve:
     """``python -m service.cli`` in a subprocess on a port it picks (TSM_PORT=0), its stderr collected as it
     comes: the test learns the port from the log, as an operator would."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), new_session: bool = False) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, text=True,
                                      env={**os.environ, "TSM_PORT": "0", "TSM_DECODE_WORKERS": "1", **env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=new_session)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -139,3 +140,19 @@ def test_a_port_in_use_fails_before_loading_the_model_and_names_the_address(tiny
     assert done.stderr.splitlines()[-1] == (f"tsm-serve: cannot listen on 127.0.0.1:{port}: Address already in use "
                                             "(another process listens there; choose another --port or TSM_PORT)")
     assert "serving tiny" not in done.stderr and "Waiting for application startup" not in done.stderr
+
+
+def test_ctrl_c_in_a_terminal_ends_the_server_and_its_workers_quietly(tiny_repo_template: Path) -> None:
+    """Ctrl+C signals the terminal's whole process group: the server, the forkserver and the decoder workers."""
+    server = Serve({"TSM_MODEL_REPO": str(tiny_repo_template), "TSM_DECODE_WORKERS": "2", "TSM_LOG_FORMAT": "text"},
+                   new_session=True)
+    try:
+        with httpx.Client(base_url=server.url(), timeout=30) as http:
+            assert http.get("/readyz").status_code == 200
+        os.killpg(server.proc.pid, signal.SIGINT)
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    text = "\n".join(server.lines)
+    assert "Application shutdown complete" in text and "Traceback" not in text and "KeyboardInterrupt" not in text, \
+        text[-3000:]
