@@ -198,7 +198,9 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
             trim_log(log_file, run.start_epoch)
         if log_file.exists():
             plot_curves(log_file, out / "curves.png")  # the resumed history, until its next epoch is drawn
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        # Rank 0's alone, after the set-aside: another rank's copy could land first and be moved away as an
+        # earlier run's (seen in a fresh demo folder).
+        (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     history: list[dict[str, float]] = []
     # A resumed run competes with the best checkpoint it already has, not with nothing.
     best_path: Path | None = out / "best.pdparams" if resume is not None and (out / "best.pdparams").exists() else None
