@@ -71,7 +71,7 @@ def bind(host: str, port: int) -> socket.socket:
     """The server's socket, bound before the app's lifespan loads and warms up the models: a port in use fails the
     start in a second instead of after that. Not listening yet (uvicorn listens once the models are ready), so
     connections are refused until then, as before."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = host_port(host, port)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
@@ -97,9 +97,13 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and sockets:
-            host, port = self.config.host, sockets[0].getsockname()[1]
-            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            url = f"http://{host_port(self.config.host, sockets[0].getsockname()[1])}"
             logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", url)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (as URLs write it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def settings_error(exc: ValidationError, given: Collection[str] = ()) -> str:

@@ -82,9 +82,9 @@ def _json(response: httpx.Response, keys: tuple[str, ...]) -> dict[str, Any]:
         raise ClassifyError(response.status_code, body if isinstance(body, dict) else {
             "type": "not-json", "detail": f"the server answered {response.status_code} with no problem document: "
                                           f"{response.text[:200]!r}"})
-    if not (isinstance(body, dict) and all(k in body for k in keys)):
-        what = "no JSON" if body is None else "JSON without " + ", ".join(repr(k) for k in keys if k not in
-                                                                          (body if isinstance(body, dict) else {}))
+    missing = [k for k in keys if not isinstance(body, dict) or k not in body]
+    if missing:
+        what = "no JSON" if body is None else "JSON without " + ", ".join(map(repr, missing))
         raise UnexpectedReplyError(response.status_code, {
             "type": "unexpected-reply", "detail": f"{response.url} answered {response.status_code} with {what}: "
                                                   "is it a TSM service?"})

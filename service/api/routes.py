@@ -46,10 +46,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         503: "Overloaded or not ready", 504: "Deadline passed"}.items()}
 
 
+DIGITS_ONLY = "must be a positive integer written in the digits 0-9"  # query and form integers alike
+
+
 def _digits_only(value: Any) -> Any:
     """Query integers as strictly as form fields: int() alone would also read '1_0', ' 2', '+2' and '٣'."""
     if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-        raise ValueError("must be a positive integer written in the digits 0-9")
+        raise ValueError(DIGITS_ONLY)
     return value
 
 
@@ -147,7 +150,7 @@ def _int_option(name: str, query: int | None, upload: Upload) -> int | None:
     digits = raw.strip()
     # ASCII only: str.isdigit() also passes '²' (int() refuses it) and other scripts' digits (int() reads them).
     if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
-        raise BadParameterError(f"{name} must be a positive integer written in the digits 0-9, got {raw!r}")
+        raise BadParameterError(f"{name} {DIGITS_ONLY}, got {raw!r}")
     return int(digits)
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -346,8 +347,10 @@ def test_a_copy_that_completes_during_a_failed_load_is_tried_again(model_repo: P
     asyncio.run(deleted())
 
 
-def _serve_held_in_batcher(repo: Path, delay_ms: int, grace_s: float) -> tuple[subprocess.Popen[bytes], str]:
-    """A ``tsm-serve`` process whose requests wait ``delay_ms`` in the batcher, ready to serve."""
+@contextmanager
+def _serve_held_in_batcher(repo: Path, delay_ms: int, grace_s: float) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A ``tsm-serve`` process whose requests wait ``delay_ms`` in the batcher, ready to serve; killed on the way
+    out if it is still running."""
     port = free_port()
     env = {**os.environ, "TSM_MODEL_REPO": str(repo), "TSM_PORT": str(port),
            "TSM_MAX_QUEUE_DELAY_MS": str(delay_ms), "TSM_MAX_BATCH_SIZE": "8", "TSM_DECODE_WORKERS": "1",
@@ -356,23 +359,34 @@ def _serve_held_in_batcher(repo: Path, delay_ms: int, grace_s: float) -> tuple[s
     proc = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, cwd=Path(__file__).parents[2],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
             proc.kill()
-            raise AssertionError("the server did not start")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
+            proc.wait()
+
+
+def _exit_log(proc: subprocess.Popen[bytes]) -> str:
+    """The stderr of a server told to stop, once it has exited as uvicorn does after a graceful shutdown (which
+    re-raises the SIGTERM it caught)."""
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=5)
+    return stderr.decode()
 
 
 def test_sigterm_finishes_in_flight_then_exits(tiny_repo_template: Path, videos: dict[str, Path]) -> None:
     """SIGTERM: the listener closes, the in-flight request (held 4 s in the batcher) still gets 200, exit 0."""
     # A 4 s batching window: the signal, and the listener closing, come well before it ends, on any machine.
-    proc, url = _serve_held_in_batcher(tiny_repo_template, 4000, 20)
-    try:
+    with _serve_held_in_batcher(tiny_repo_template, 4000, 20) as (proc, url):
         result: dict[str, Any] = {}
 
         def in_flight() -> None:
@@ -395,15 +409,8 @@ def test_sigterm_finishes_in_flight_then_exits(tiny_repo_template: Path, videos:
             assert time.monotonic() < refused_at, "the server still accepts connections 5 s after SIGTERM"
             time.sleep(0.05)
         thread.join(timeout=30)
-        # uvicorn re-raises the caught SIGTERM once its graceful shutdown is done
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        log = _exit_log(proc)
     assert result["response"].status_code == 200, result["response"].text
-    log = stderr.decode()
     assert "Application shutdown complete" in log and "unloaded tiny version 1" in log, log[-2000:]
 
 
@@ -411,8 +418,7 @@ def test_a_request_cut_off_by_the_shutdown_grace_gets_a_503_problem(tiny_repo_te
                                                                     videos: dict[str, Path]) -> None:
     """Held 9 s in the batcher with 1 s of grace: uvicorn cancels it; it is answered 503 not-ready and counted and
     logged so, not uvicorn's bare 500 for a request logged as 200."""
-    proc, url = _serve_held_in_batcher(tiny_repo_template, 9000, 1)
-    try:
+    with _serve_held_in_batcher(tiny_repo_template, 9000, 1) as (proc, url):
         with httpx.Client(base_url=url, timeout=60) as http:
             result: dict[str, Any] = {}
             thread = threading.Thread(target=lambda: result.update(
@@ -421,16 +427,10 @@ def test_a_request_cut_off_by_the_shutdown_grace_gets_a_503_problem(tiny_repo_te
             wait_until(lambda: metric(http.get("/metrics").text, 'tsm_queue_depth{model="tiny"}') == 1.0, 30)
             proc.send_signal(signal.SIGTERM)
             thread.join(timeout=30)
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        log = _exit_log(proc)
     response = result["response"]
     assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "not-ready" and "shut down" in response.json()["detail"]
     assert response.headers["retry-after"] == "1"
-    log = stderr.decode()
     assert "status=503 type=not-ready" in log and "status=200" not in log, log[-3000:]
     assert "Exception in ASGI application" not in log, log[-3000:]
