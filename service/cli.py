@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ from collections.abc import Collection
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from uvicorn.lifespan.on import LifespanOn
 
 from service.app import create_app
 from service.settings import ServiceSettings, unknown_variables
@@ -59,6 +61,8 @@ def serve(argv: list[str] | None = None) -> None:
     # One uvicorn worker: batching needs every request of a model in one process.
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for up to shutdown_grace_s,
     # then runs the lifespan shutdown (batchers drain, decoder workers stop) and exits.
+    config.load()
+    config.lifespan_class = functools.partial(_ListenOnceStarted, sockets=[sock])
     server = _Server(config)
     # As uvicorn.run: once shut down, uvicorn re-raises the SIGINT it handled; Ctrl+C is no crash.
     with contextlib.suppress(KeyboardInterrupt):
@@ -84,10 +88,37 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        hint = " (another process listens there; choose another --port or TSM_PORT)" \
-            if exc.errno == errno.EADDRINUSE else ""
-        sys.exit(f"tsm-serve: cannot listen on {where}: {exc.strerror or exc}{hint}")
+        sys.exit(cannot_listen(where, exc))
     return sock
+
+
+def cannot_listen(where: str, exc: OSError) -> str:
+    """One line for a refused bind or listen, with what to do when the port is taken."""
+    hint = " (another process listens there; choose another --port or TSM_PORT)" \
+        if exc.errno == errno.EADDRINUSE else ""
+    return f"tsm-serve: cannot listen on {where}: {exc.strerror or exc}{hint}"
+
+
+class _ListenOnceStarted(LifespanOn):
+    """The app's start-up, then ``listen()`` on the bound sockets. Two servers started at the same moment on one
+    port both bind (SO_REUSEADDR, neither listening yet); the second to listen is refused, and uvloop's
+    ``create_server`` would lose that error and leave a server that is not listening."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config)
+        self.sockets = sockets
+
+    async def startup(self) -> None:
+        await super().startup()
+        if self.should_exit:
+            return
+        try:
+            for sock in self.sockets:
+                sock.listen(self.config.backlog)
+        except OSError as exc:
+            self.logger.error("%s", cannot_listen(host_port(self.config.host, self.config.port), exc))
+            await self.shutdown()  # the models' batchers and decoder workers
+            self.should_exit = True  # uvicorn exits with STARTUP_FAILURE
 
 
 class _Server(uvicorn.Server):

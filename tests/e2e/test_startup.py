@@ -142,6 +142,32 @@ def test_a_port_in_use_fails_before_loading_the_model_and_names_the_address(tiny
     assert "serving tiny" not in done.stderr and "Waiting for application startup" not in done.stderr
 
 
+def test_a_port_taken_while_the_model_loads_fails_in_one_line_and_stops_the_workers(
+        tiny_repo_template: Path) -> None:
+    """Two servers started at the same moment on one port both bind (SO_REUSEADDR, neither listening yet); the
+    one that listens second must fail as clearly as a port already in use, not with a traceback."""
+    with socket.socket() as rival:
+        rival.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rival.bind(("127.0.0.1", 0))
+        port = rival.getsockname()[1]
+        server = Serve({"TSM_MODEL_REPO": str(tiny_repo_template), "TSM_LOG_FORMAT": "text"},
+                       args=("--port", str(port)))
+        try:
+            deadline = time.monotonic() + 60
+            while not any("Waiting for application startup" in line for line in server.lines):
+                assert time.monotonic() < deadline and server.proc.poll() is None, "\n".join(server.lines)
+                time.sleep(0.05)
+            rival.listen()  # while the server loads and warms its model
+            code = server.proc.wait(timeout=120)
+        finally:
+            server.stop()
+    text = "\n".join(server.lines)
+    assert code == 3 and "Traceback" not in text, text[-3000:]
+    assert (f"tsm-serve: cannot listen on 127.0.0.1:{port}: Address already in use (another process listens "
+            "there; choose another --port or TSM_PORT)") in text
+    assert "Application shutdown complete" in text and "Uvicorn running on" not in text
+
+
 def test_ctrl_c_in_a_terminal_ends_the_server_and_its_workers_quietly(tiny_repo_template: Path) -> None:
     """Ctrl+C signals the terminal's whole process group: the server, the forkserver and the decoder workers."""
     server = Serve({"TSM_MODEL_REPO": str(tiny_repo_template), "TSM_DECODE_WORKERS": "2", "TSM_LOG_FORMAT": "text"},
