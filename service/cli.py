@@ -19,6 +19,7 @@ from pydantic_settings import SettingsError
 from uvicorn.lifespan.on import LifespanOn
 
 from service.app import create_app
+from service.logs import stdout_into_log
 from service.settings import ServiceSettings, unknown_variables
 
 log = logging.getLogger("service.cli")  # not __name__: under `python -m` that is "__main__"
@@ -53,6 +54,7 @@ def serve(argv: list[str] | None = None) -> None:
     except SettingsError as exc:  # a value that should be JSON is not (its cause: the decoder's complaint)
         sys.exit(unreadable_setting(exc))
     app = create_app(settings)  # configures logging: the warnings below come out in TSM_LOG_FORMAT
+    stdout_into_log()  # before the lifespan makes the predictors
     for warning in unknown_variables(os.environ):
         log.warning("%s", warning)
     sock = bind(settings.host, settings.port)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import threading
 import uuid
 from contextvars import ContextVar
 
@@ -57,5 +59,23 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     # warnings.warn (Paddle's "No ccache found" at import) would print its own two plain lines to stderr, breaking
     # the one-record-a-line format; routed through the "py.warnings" logger it is a WARNING record like any other.
-    # Lines that Paddle's C++ code prints (glog) bypass Python and cannot be caught here.
+    # Lines that Paddle's C++ code prints to stdout are made records by stdout_into_log (tsm-serve calls it).
     logging.captureWarnings(True)
+
+
+def stdout_into_log(logger_name: str = "paddle") -> None:
+    """Turn every line this process and its children write to file descriptor 1 into an INFO record. Paddle's
+    C++ code prints to std::cout (``ReduceMeanCheckIfOneDNNSupport`` as each predictor is made), which would put
+    bare lines among the JSON records of a container's log. The service itself writes nothing to stdout."""
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 1)
+    os.close(write_end)
+    log = logging.getLogger(logger_name)
+
+    def forward() -> None:
+        with open(read_end, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if text := line.rstrip():
+                    log.info("%s", text)
+
+    threading.Thread(target=forward, name="stdout-into-log", daemon=True).start()

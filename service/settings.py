@@ -109,8 +109,9 @@ class ServiceSettings(BaseSettings):
         30.0, ge=0, le=3600, description="On SIGTERM: seconds in-flight requests get to finish before exit.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_format: Literal["json", "text"] = Field(
-        "json", description="json: one JSON object a line, with request_id; text: one plain line a record, for a "
-                            "terminal.")
+        "json", description="json: one JSON object a line on stderr, with request_id (what Paddle's C++ code "
+                            "prints to stdout becomes records of the `paddle` logger); text: one plain line a "
+                            "record, for a terminal.")
 
     @field_validator("default_model")
     @classmethod

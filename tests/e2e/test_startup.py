@@ -36,10 +36,12 @@ class Serve:
     """``python -m service.cli`` in a subprocess on a port it picks (TSM_PORT=0), its stderr collected as it
     comes: the test learns the port from the log, as an operator would."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), new_session: bool = False) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, text=True,
-                                     env={**os.environ, "TSM_PORT": "0", "TSM_DECODE_WORKERS": "1", **env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=new_session)
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), new_session: bool = False,
+                 stdout: Path | None = None) -> None:
+        with open(stdout or os.devnull, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, text=True,
+                                         env={**os.environ, "TSM_PORT": "0", "TSM_DECODE_WORKERS": "1", **env},
+                                         stdout=out, stderr=subprocess.PIPE, start_new_session=new_session)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -104,6 +106,22 @@ def test_python_warnings_are_json_records_like_the_rest(misconfigured: tuple[Ser
     server, _, _ = misconfigured
     records = [json.loads(line) for line in server.lines]  # every line a JSON object: no bare warning text
     assert any(r["logger"] == "py.warnings" and "UserWarning: No ccache found" in r["message"] for r in records)
+
+
+def test_with_a_model_served_every_line_of_the_log_is_a_json_record(tiny_repo_template: Path,
+                                                                    tmp_path: Path) -> None:
+    """Making a predictor, Paddle's C++ code prints to stdout; those lines must come out as records too."""
+    stdout = tmp_path / "stdout"
+    server = Serve({"TSM_MODEL_REPO": str(tiny_repo_template), "TSM_LOG_FORMAT": "json"}, stdout=stdout)
+    try:
+        with httpx.Client(base_url=server.url(), timeout=30) as http:
+            assert http.get("/readyz").status_code == 200
+    finally:
+        server.stop()
+    assert stdout.read_text() == ""
+    records = [json.loads(line) for line in server.lines]  # every line a JSON object
+    assert any(r["logger"] == "paddle" for r in records), "Paddle printed nothing: this test checks nothing"
+    assert records[-1]["message"].startswith("Finished server process")  # the records kept coming to the end
 
 
 def test_a_model_repository_that_is_a_file_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
