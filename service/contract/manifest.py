@@ -14,13 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.txt"
 MODEL_PREFIX = "model"
 ONNX_FILE = "model.onnx"
 SCHEMA_VERSION = 1
+"""The newest manifest schema this code reads and the one it writes. Every version from 1 up reads as is: the
+schema has had no change that needs a migration yet."""
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -28,6 +30,16 @@ SamplingRule = Literal["paddlevideo_test", "paddlevideo_predict"]
 """``paddlevideo_test``: PaddleVideo's valid/test Sampler (select_left=True), centre of each
 segment, all zeros when frames <= num_seg. ``paddlevideo_predict``: ``tools/predict.py``'s
 helper (select_left=False), ``(d-1)//2 + i*d`` or ``i % L`` for short clips."""
+
+
+def schema_version_problem(version: int) -> str | None:
+    """Why this code cannot read a manifest of schema ``version``, as one sentence, or None when it can."""
+    if version < 1:
+        return f"manifest schema_version {version} is not a schema version (they start at 1)"
+    if version > SCHEMA_VERSION:
+        return (f"manifest schema_version {version} is newer than this code reads ({SCHEMA_VERSION}): upgrade the "
+                "service (or the training code) that reads it")
+    return None
 
 
 def is_valid_name(name: str) -> bool:
@@ -111,6 +123,14 @@ class Manifest(BaseModel):
     paddle_version: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, version: int) -> int:
+        # Without this a newer exporter's manifest would be served by rules it was not written for.
+        if (problem := schema_version_problem(version)) is not None:
+            raise ValueError(problem)
+        return version
+
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.io.input_shape[1] != self.preprocessing.frames_per_clip:
@@ -133,8 +153,25 @@ class Manifest(BaseModel):
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
-        """Read and validate ``folder/manifest.json``; raises ValueError/OSError if unusable."""
-        return cls.model_validate_json((folder / MANIFEST_FILE).read_text())
+        """Read and validate ``folder/manifest.json``; raises ValueError/OSError if unusable.
+
+        A schema_version this code cannot read is raised alone, as a plain ValueError of one sentence: the other
+        errors of a newer manifest (fields added since) follow from it, and the repository shows the message as
+        the failed version's error and in one log line, where pydantic's several-line report reads badly."""
+        try:
+            return cls.model_validate_json((folder / MANIFEST_FILE).read_text())
+        except ValidationError as exc:
+            if (problem := _schema_problem_in(exc)) is not None:
+                raise ValueError(problem) from exc
+            raise
+
+
+def _schema_problem_in(exc: ValidationError) -> str | None:
+    """The sentence of :meth:`Manifest._known_schema` when it is among ``exc``'s errors (not a wrong type there)."""
+    for error in exc.errors(include_url=False):
+        if error["loc"] == ("schema_version",) and error["type"] == "value_error":
+            return str(error["ctx"]["error"])
+    return None
 
 
 def list_versions(model_dir: Path) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +236,40 @@ def test_client_leaves_top_k_to_the_server(tmp_path: Path, videos: dict[str, Pat
     assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 3
     assert len(one["predictions"]) == 3
     assert [len(r["result"]["predictions"]) for r in batch["results"]] == [3]
+
+
+def test_a_manifest_of_a_newer_schema_is_refused_in_one_line(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A hand-made version whose manifest says schema_version 99 is failed with the reason, not served; the
+    refusal reads as one sentence in the log, /models and the 503's detail (no predictor is ever built)."""
+    from service.batcher import BatchPolicy
+    from service.contract.manifest import SCHEMA_VERSION, Manifest, Preprocessing
+    from service.metrics import Metrics
+    from service.repository import ModelRepository
+
+    folder = tmp_path / "demo" / "1"
+    folder.mkdir(parents=True)
+    Manifest(name="demo", version=1, labels=["a", "b"], preprocessing=Preprocessing()).write(folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**raw, "schema_version": 99}))
+    for file in ("model.json", "model.pdiparams"):  # present, so only the manifest can stop the load
+        (folder / file).write_bytes(b"")
+
+    def factory(*_: object) -> None:
+        raise AssertionError("a refused manifest must not reach the predictor")
+
+    async def scenario() -> tuple[list[dict], str]:
+        repo = ModelRepository(tmp_path, Metrics(process=False), factory, BatchPolicy(2, 5, 8), warmup_runs=1)
+        await repo.start()
+        try:
+            return repo.describe(), repo.nothing_served()
+        finally:
+            await repo.close()
+
+    models, why = run(scenario())
+    sentence = (f"ValueError: manifest schema_version 99 is newer than this code reads ({SCHEMA_VERSION}): upgrade "
+                "the service (or the training code) that reads it")
+    assert [(m["version"], m["state"], m["error"]) for m in models] == [(1, "failed", sentence)]
+    assert why == f"demo version 1 failed ({sentence})"
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused demo version 1")]
+    assert len(refusals) == 1 and refusals[0].endswith(f": {sentence}") and "\n" not in refusals[0], refusals

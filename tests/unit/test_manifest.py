@@ -1,11 +1,19 @@
 """The manifest schema: round trip, consistency checks and label lists."""
 
+import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from service.contract.manifest import Manifest, ModelIO, Preprocessing, is_valid_name, read_label_list
+from service.contract.manifest import (
+    SCHEMA_VERSION,
+    Manifest,
+    ModelIO,
+    Preprocessing,
+    is_valid_name,
+    read_label_list,
+)
 
 LABELS = Path(__file__).parents[2] / "training" / "labels" / "kinetics400_label_list.txt"
 
@@ -73,3 +81,49 @@ def test_scan_repository_skips_hidden_invalid_and_non_version_folders(tmp_path: 
     assert list_versions(tmp_path / "demo") == [1, 3]
     assert list_versions(tmp_path / "missing") == []
     assert scan_repository(tmp_path / "missing") == {}
+
+
+def _write_raw(folder: Path, **changes: object) -> None:
+    """A hand-edited manifest.json: a valid one with ``changes`` applied to its JSON."""
+    _manifest().write(folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw.update(changes)
+    (folder / "manifest.json").write_text(json.dumps(raw))
+
+
+def test_a_manifest_from_a_newer_schema_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    # A newer exporter may also add fields this code forbids: the version is the reason to give, alone.
+    _write_raw(tmp_path, schema_version=SCHEMA_VERSION + 98, calibration={"t": 1.5})
+    with pytest.raises(ValueError) as refused:
+        Manifest.read(tmp_path)
+    assert not isinstance(refused.value, ValidationError)
+    assert str(refused.value) == (f"manifest schema_version {SCHEMA_VERSION + 98} is newer than this code reads "
+                                  f"({SCHEMA_VERSION}): upgrade the service (or the training code) that reads it")
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_a_schema_version_below_one_is_refused(tmp_path: Path, bad: int) -> None:
+    _write_raw(tmp_path, schema_version=bad)
+    with pytest.raises(ValueError, match=rf"^manifest schema_version {bad} is not a schema version \(they start "
+                                         r"at 1\)$"):
+        Manifest.read(tmp_path)
+    with pytest.raises(ValidationError, match="they start at 1"):
+        _manifest(schema_version=bad)
+
+
+def test_supported_schema_versions_still_load(tmp_path: Path) -> None:
+    for version in range(1, SCHEMA_VERSION + 1):
+        _write_raw(tmp_path, schema_version=version)
+        assert Manifest.read(tmp_path).schema_version == version
+    with pytest.raises(ValidationError, match="newer than this code reads"):
+        _manifest(schema_version=SCHEMA_VERSION + 1)
+
+
+def test_other_errors_stay_pydantic_errors(tmp_path: Path) -> None:
+    """Only the version check is lifted out of the ValidationError; a wrong type is pydantic's own message."""
+    _write_raw(tmp_path, schema_version="two")
+    with pytest.raises(ValidationError, match="schema_version"):
+        Manifest.read(tmp_path)
+    _write_raw(tmp_path, labels=[])
+    with pytest.raises(ValidationError, match="labels"):
+        Manifest.read(tmp_path)
