@@ -51,9 +51,10 @@ class ModelRepository:
         self._scan_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._after_load = after_load
-        # Without a default model, unnamed requests go to the only model served; once one has been the only one,
-        # they keep going to it when others are published later, instead of turning into 400s.
-        self._sole: str | None = None
+        # The models the repository holds (as of the last scan that found any): without a default model, unnamed
+        # requests go to the only one. Decided by the repository alone, so every replica answers alike.
+        self._names: set[str] = set()
+        self._gone: set[tuple[str, int]] = set()  # serving versions whose folder is removed, already warned about
         self._missing_pins: set[str] = set()  # pinned models whose pinned version the repository lacks
         self.root_problem: str | None = None  # why the root holds no models ("... does not exist"), while it lasts
 
@@ -95,8 +96,17 @@ class ModelRepository:
                         break
             self._retire_removed(found)
             self._check_pins(found)
-            if self.default_model is None and self._sole is None and len(self.serving) == 1:
-                self._sole = next(iter(self.serving))
+            self._note_names(found)
+
+    def _note_names(self, found: dict[str, list[int]]) -> None:
+        """Keep the repository's model names, and warn when unnamed requests stop having a model to go to."""
+        if not found:  # as _retire_removed: an unmounted repository changes nothing
+            return
+        names = set(found)
+        if self.default_model is None and len(names) > 1 and len(self._names) <= 1:
+            log.warning("the repository now holds several models (%s) and TSM_DEFAULT_MODEL is not set: requests "
+                        "that name no model get 400 until it is set or one model is left", ", ".join(sorted(names)))
+        self._names = names
 
     def _note_root(self, problem: str | None) -> None:
         """Warn when the root goes wrong, once: start-up stays permissive (a volume may be filled later), so
@@ -162,18 +172,35 @@ class ModelRepository:
         """Versions worth trying, best first: the pin, else newer-than-serving ones not failed before (any, when the
         serving version's folder is gone)."""
         current = self.serving.get(name)
-        if current is not None and current.version not in versions:
-            log.warning("%s version %d was removed from the repository: falling back to the highest other valid "
-                        "version", name, current.version)
+        removed = current is not None and current.version not in versions
+        if removed:
             current = None
+        elif current is not None:
+            self._gone.discard((name, current.version))  # its folder is back
         if name in self.pins:
             pinned = self.pins[name]
             wanted = [pinned] if pinned in versions else []
         else:
             wanted = sorted(versions, reverse=True)
-        return [v for v in wanted
-                if (current is None or v > current.version or (name in self.pins and v != current.version))
-                and ((name, v) not in self.others or self._retry_due(self.others[(name, v)], changed))]
+        chosen = [v for v in wanted
+                  if (current is None or v > current.version or (name in self.pins and v != current.version))
+                  and ((name, v) not in self.others or self._retry_due(self.others[(name, v)], changed))]
+        if removed:
+            self._note_gone(self.serving[name], fallback=bool(chosen))
+        return chosen
+
+    def _note_gone(self, mv: ModelVersion, fallback: bool) -> None:
+        """Say once that the serving version's folder is gone, and what happens now."""
+        if (mv.name, mv.version) in self._gone:
+            return
+        self._gone.add((mv.name, mv.version))
+        if fallback:
+            then = "trying its other versions, highest first"
+        elif mv.name in self.pins:
+            then = "it is pinned (TSM_MODEL_VERSIONS), so it keeps serving from memory until its folder is back"
+        else:
+            then = "no other valid version, so it keeps serving from memory until one is published"
+        log.warning("%s version %d was removed from the repository: %s", mv.name, mv.version, then)
 
     @staticmethod
     def _retry_due(mv: ModelVersion, changed: set[tuple[str, int]]) -> bool:
@@ -228,8 +255,8 @@ class ModelRepository:
         if manifest.version != mv.version:  # a copied folder: the folder's number is what serves, and says so
             log.warning("%s version %d: its manifest says version %d (a copied folder?); it serves as version %d",
                         mv.name, mv.version, manifest.version, mv.version)
-        for file in (manifest.model_file, manifest.params_file):
-            if not (mv.path / file).is_file():
+        for file in (manifest.model_file, manifest.params_file, manifest.onnx_file):
+            if file is not None and not (mv.path / file).is_file():  # a copy not finished yet
                 raise FileNotFoundError(f"{file} is missing from {mv.path}")
         mv.manifest = manifest
         predictor = self.factory(mv.path, manifest)
@@ -259,17 +286,7 @@ class ModelRepository:
     def resolve(self, model: str | None, version: int | None) -> ModelVersion:
         """The ready version a request asked for; 400/404/503 errors say what is wrong."""
         if model is None:
-            if self.default_model is not None:
-                model = self.default_model
-            elif len(self.serving) == 1:
-                model = next(iter(self.serving))
-            elif self._sole in self.serving:
-                model = self._sole
-            elif not self.serving:
-                raise NotReadyError(f"no model is loaded yet: {self.nothing_served()}", retry_after_s=5)
-            else:
-                raise BadParameterError(f"several models are served ({', '.join(sorted(self.serving))}); "
-                                        "choose one with the 'model' parameter")
+            model = self._unnamed()
         mv = self.serving.get(model)
         if mv is None:
             pending = [o for (n, _), o in self.others.items() if n == model]
@@ -282,6 +299,18 @@ class ModelRepository:
         if version is not None and version != mv.version:
             raise VersionNotFoundError(f"{model} version {version} is not served (serving version {mv.version})")
         return mv
+
+    def _unnamed(self) -> str:
+        """The model of a request that names none: the default, else the repository's only model."""
+        if self.default_model is not None:
+            return self.default_model
+        if not self.serving:
+            raise NotReadyError(f"no model is loaded yet: {self.nothing_served()}", retry_after_s=5)
+        names = self._names | set(self.serving)
+        if len(names) == 1:
+            return next(iter(names))
+        raise BadParameterError(f"the repository holds several models ({', '.join(sorted(names))}); choose one with "
+                                "the 'model' parameter (or the server's TSM_DEFAULT_MODEL)")
 
     def nothing_served(self) -> str:
         """Why no model serves, as far as known: the root's problem, the versions that are loading or failed (with

@@ -36,7 +36,8 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on (0 picks a free one).")
     model_repo: Path = Field(Path("model_repo"), description="Model repository root: <repo>/<name>/<version>/.")
     default_model: str | None = Field(
-        None, description="Model used when a request names none; optional when only one model is served.")
+        None, description="Model used when a request names none; optional while the repository holds one model "
+                          "(with several and none set, such requests get 400, on every replica alike).")
     model_versions: dict[str, int] = Field(
         default_factory=dict,
         description='Pinned versions as JSON, e.g. {"tiny": 3}; unpinned models serve their highest valid version.')

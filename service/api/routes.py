@@ -58,8 +58,10 @@ def _digits_only(value: Any) -> Any:
 
 Digits = BeforeValidator(_digits_only)
 TopK = Annotated[int | None, Query(ge=1, le=10_000, description="How many classes to return (default 5)."), Digits]
-ModelName = Annotated[str | None, Query(max_length=64, description="Model name (default: the only/default).")]
-Version = Annotated[int | None, Query(ge=1, description="Model version (default: the serving one)."), Digits]
+ModelName = Annotated[str | None, Query(max_length=64, description="Model name (default: TSM_DEFAULT_MODEL, or the "
+                                                                    "repository's only model; empty is not given).")]
+Version = Annotated[int | None, Query(ge=1, description="The version the answer must come from: 404 unless it is the "
+                                                        "one serving (a check; TSM_MODEL_VERSIONS pins one)."), Digits]
 
 
 @dataclass
@@ -138,7 +140,8 @@ router = APIRouter(tags=["classify"], route_class=_TrackedRoute)
 
 
 def _option(name: str, query: Any, upload: Upload) -> str | None:
-    if query is not None:
+    """The query's value, else the form's; empty is not given (``?model=`` as a form's empty field)."""
+    if query is not None and query != "":
         return str(query)
     return upload.fields.get(name) or None
 

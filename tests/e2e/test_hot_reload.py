@@ -193,6 +193,20 @@ def test_highest_broken_version_at_start_falls_back(model_repo: Path, videos: di
         assert r.status_code == 200 and r.json()["version"] == 1
 
 
+def test_a_version_missing_a_file_its_manifest_lists_is_not_served(model_repo: Path) -> None:
+    """A folder copied file by file (not renamed into place whole) must not serve before its last file lands."""
+    partial = model_repo / TINY_NAME / "2"
+    shutil.copytree(model_repo / TINY_NAME / "1", partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["onnx_file"], manifest["version"] = "model.onnx", 2  # still being copied
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    with LiveServer({"model_repo": model_repo, "decode_workers": 1}) as live:
+        assert states(live) == {1: "ready", 2: "failed"}
+        with live.client() as http:
+            failed = [m for m in http.get("/models").json()["models"] if m["version"] == 2]
+    assert "model.onnx is missing" in json.dumps(failed), failed
+
+
 def test_no_model_not_ready(tmp_path: Path, videos: dict[str, Path]) -> None:
     with LiveServer({"model_repo": tmp_path, "decode_workers": 1}) as live, live.client() as http:
         assert http.get("/readyz").status_code == 503
@@ -240,23 +254,56 @@ def test_removing_the_serving_version_falls_back_to_the_highest_other(model_repo
         assert model_info(http.get("/metrics").text) == [("tiny", "2", 1.0)]
 
 
-def test_a_model_published_or_removed_later_leaves_unnamed_requests_on_theirs(model_repo: Path,
-                                                                                videos: dict[str, Path]) -> None:
+def test_unnamed_requests_go_to_the_only_model_and_are_refused_when_there_are_several(
+        model_repo: Path, videos: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Where an unnamed request goes depends on the repository only, so a replica started later answers alike."""
     def names(ready_only: bool = True) -> set[str]:
         return {m["name"] for m in http.get("/models").json()["models"] if m["state"] == "ready" or not ready_only}
 
+    several = "the repository holds several models (other, tiny); choose one with the 'model' parameter (or the " \
+              "server's TSM_DEFAULT_MODEL)"
     with LiveServer({"model_repo": model_repo, "poll_interval_s": 0.2, "decode_workers": 1}) as live, \
             live.client() as http:
+        assert _classify(http, videos["a"]).json()["model"] == TINY_NAME
+        assert _classify(http, videos["a"], model="").json()["model"] == TINY_NAME  # ?model= is not a name
         export_tiny(model_repo, name="other")
         wait_for(lambda: names() == {TINY_NAME, "other"})
-        r = _classify(http, videos["a"])  # no model named: still the one that was served alone
-        assert r.status_code == 200 and r.json()["model"] == TINY_NAME
+        r = _classify(http, videos["a"])
+        assert r.status_code == 400 and r.json()["type"] == "bad-parameter" and r.json()["detail"] == several
+        assert caplog.text.count("the repository now holds several models (other, tiny)") == 1
         assert _classify(http, videos["a"], model="other").json()["model"] == "other"
+        with LiveServer({"model_repo": model_repo, "decode_workers": 1}) as fresh, fresh.client() as http2:
+            assert _classify(http2, videos["a"]).json()["detail"] == several  # a replica started now: the same
         shutil.rmtree(model_repo / "other")
         wait_for(lambda: names(ready_only=False) == {TINY_NAME})  # drained and unloaded
         r = _classify(http, videos["a"], model="other")
         assert r.status_code == 404 and r.json()["type"] == "model-not-found"
         assert _classify(http, videos["a"]).json()["model"] == TINY_NAME
+
+
+def test_a_default_model_keeps_unnamed_requests_when_another_is_published(model_repo: Path,
+                                                                          videos: dict[str, Path]) -> None:
+    export_tiny(model_repo, name="other")
+    with LiveServer({"model_repo": model_repo, "decode_workers": 1, "default_model": "other"}) as live, \
+            live.client() as http:
+        assert _classify(http, videos["a"]).json()["model"] == "other"
+
+
+def test_the_serving_version_removed_with_nothing_to_fall_back_to_keeps_serving_and_says_so_once(
+        model_repo: Path, videos: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    broken = model_repo / TINY_NAME / "2"
+    shutil.copytree(model_repo / TINY_NAME / "1", broken)
+    (broken / "model.pdiparams").write_bytes(b"not parameters")
+    with LiveServer({"model_repo": model_repo, "poll_interval_s": 0.1, "decode_workers": 1}) as live, \
+            live.client() as http:  # version 2 is tried again after 30 s, or when its files change
+        wait_for(lambda: states(live) == {1: "ready", 2: "failed"})
+        shutil.rmtree(model_repo / TINY_NAME / "1")
+        time.sleep(1.0)  # ten scans
+        r = _classify(http, videos["a"])
+        assert r.status_code == 200 and r.json()["version"] == 1
+    said = "tiny version 1 was removed from the repository: no other valid version, so it keeps serving from " \
+           "memory until one is published"
+    assert caplog.text.count(said) == 1, caplog.text[-2000:]
 
 
 def test_a_pin_to_a_version_the_repository_lacks_is_explained(model_repo: Path, videos: dict[str, Path],
