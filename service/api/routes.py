@@ -21,7 +21,7 @@ from service.api.schemas import BatchItem, BatchResponse, ClassifyResponse, Prob
 from service.errors import BadParameterError, ClientClosedError, NotReadyError, ServiceError, UnauthorizedError
 from service.metrics import Metrics
 from service.pipeline import Deadline, classify_file
-from service.upload import Upload, receive_upload
+from service.upload import Upload, UploadedFile, receive_upload
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -244,10 +244,18 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
             outcome.model, outcome.version = mv.name, str(mv.version)
             assert mv.manifest is not None
             k = _top_k(k, mv.manifest.num_classes)
+            # At most one file a decoder in the pool at once: all at once would overflow a short decoder queue,
+            # and an idle server would turn away the batch's own files as "queue full".
+            gate = asyncio.Semaphore(res.pool.size)
+
+            async def one(f: UploadedFile) -> ClassifyResponse:
+                async with gate:
+                    return await classify_file(f, mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
+                                               upload.seconds, started)
+
             videos = [f for f in upload.files if f.size > 0]
-            decoded = await _unless_disconnected(request, res, asyncio.gather(*(
-                classify_file(f, mv, res.pool, res.limits, res.metrics, deadline, k, request_id,
-                              upload.seconds, started) for f in videos), return_exceptions=True))
+            decoded = await _unless_disconnected(request, res, asyncio.gather(*(one(f) for f in videos),
+                                                                              return_exceptions=True))
     finally:
         upload.cleanup()
     answers = iter(decoded)  # in the order of the non-empty files

@@ -102,6 +102,17 @@ def test_batch_endpoint_answers_each_file(server: LiveServer, videos: dict[str, 
     assert results[2]["error"]["type"] == "bad-parameter" and "empty" in results[2]["error"]["detail"]
 
 
+def test_a_batch_larger_than_the_decoder_queue_is_answered_whole(tiny_repo_template: Path,
+                                                                 videos: dict[str, Path]) -> None:
+    """One decoder and one queue slot, four files: an idle server must not turn away the batch's own files."""
+    files = [("files", (f"{i}.mp4", videos["a"].read_bytes(), "video/mp4")) for i in range(4)]
+    with LiveServer({"model_repo": tiny_repo_template, "decode_workers": 1, "decode_queue_capacity": 1}) as live, \
+            live.client() as http:
+        response = http.post("/classify/batch", files=files)
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == [200] * 4, response.text
+
+
 def test_models_health_and_openapi(server: LiveServer) -> None:
     with server.client() as http:
         assert http.get("/healthz").json() == {"status": "ok"}  # liveness only: no counts it did not compute
