@@ -127,6 +127,7 @@ def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None 
                           on_replace=lambda reason: metrics.decoder_replacements.labels(reason).inc(),
                           queue_capacity=settings.decode_queue_capacity)
         pool.start()
+        metrics.watch_decode_pool(lambda: pool.waiting, lambda: len(pool.busy_pids()))
         policy = BatchPolicy(settings.max_batch_size, settings.max_queue_delay_ms, settings.queue_capacity)
         repository = ModelRepository(
             settings.model_repo, metrics, predictor_factory or default_factory(settings), policy,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import DeadlineExceededError, InferenceFailedError, NotReadyError, QueueFullError
+from service.errors import DeadlineExceededError, InferenceFailedError, NotReadyError, QueueFullError, counted
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,10 @@ class DynamicBatcher:
     def submit(self, clip: np.ndarray, deadline: float) -> asyncio.Future[BatchResult]:
         """Queue one clip (``deadline`` on the ``time.monotonic`` clock); raises QueueFullError when full."""
         if self._closing:
-            raise NotReadyError(f"model version {self.name} is shutting down; retry", retry_after_s=1)
+            raise NotReadyError(f"{self.name} is shutting down; retry", retry_after_s=1)
         if len(self._pending) >= self.policy.queue_capacity:
             raise QueueFullError(
-                f"{self.policy.queue_capacity} clips are already waiting for {self.name}; retry shortly",
+                f"{counted(self.policy.queue_capacity, 'clip')} already waiting for {self.name}; retry shortly",
                 retry_after_s=1)
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(clip, future, time.monotonic(), deadline))

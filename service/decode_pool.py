@@ -37,6 +37,7 @@ from service.errors import (
     QueueFullError,
     UndecodableVideoError,
     VideoLimitExceededError,
+    counted,
 )
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class DecodePool:
         if self.usable() == 0:
             raise self._unavailable()
         if self.queue_capacity is not None and self._idle.empty() and self.waiting >= self.queue_capacity:
-            raise QueueFullError(f"{self.waiting} videos are already waiting for a decoder; retry shortly",
+            raise QueueFullError(f"{counted(self.waiting, 'video')} already waiting for a decoder; retry shortly",
                                  retry_after_s=1)
 
     def _unavailable(self) -> DecoderUnavailableError:

@@ -98,7 +98,7 @@ class ClientClosedError(ServiceError):
 
 
 class QueueFullError(ServiceError):
-    status, type, title = 503, "queue-full", "Overloaded: the model's queue is full"
+    status, type, title = 503, "queue-full", "Overloaded: too many requests are waiting"
     refusal = True
 
 
@@ -122,3 +122,8 @@ class InferenceFailedError(ServiceError):
 
 class DeadlineExceededError(ServiceError):
     status, type, title = 504, "deadline-exceeded", "The request deadline passed"
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 clip is`` / ``3 clips are``, for the details above."""
+    return f"1 {noun} is" if n == 1 else f"{n} {noun}s are"

@@ -7,7 +7,7 @@ Labels stay bounded: ``model``/``version`` come from the repository (not from re
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -35,6 +35,9 @@ class Metrics:
         self.batch_size = Histogram("tsm_batch_size", "Clips per inference call.", buckets=_BATCH, registry=r)
         self.queue_depth = Gauge("tsm_queue_depth", "Clips waiting for inference.", ["model"], registry=r)
         self.inflight = Gauge("tsm_inflight_requests", "Classification requests in progress.", registry=r)
+        # Where a CPU server saturates first: decoding. Read from the pool at each scrape (watch_decode_pool).
+        self.decode_waiting = Gauge("tsm_decode_waiting", "Videos waiting for a free decoder process.", registry=r)
+        self.decoders_busy = Gauge("tsm_decoders_busy", "Decoder processes decoding a video now.", registry=r)
         self.decode_failures = Counter("tsm_decode_failures", "Videos that could not be decoded, by reason.",
                                        ["reason"], registry=r)
         self.rejected = Counter("tsm_rejected_requests", "Requests refused before inference, by reason.",
@@ -52,6 +55,10 @@ class Metrics:
                                       registry=r)
         for stage in STAGES:  # export every stage from the start, so rate() works from the first scrape
             self.stage_duration.labels(stage)
+
+    def watch_decode_pool(self, waiting: Callable[[], int], busy: Callable[[], int]) -> None:
+        self.decode_waiting.set_function(waiting)
+        self.decoders_busy.set_function(busy)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_duration.labels(stage).observe(seconds)

@@ -230,7 +230,7 @@ class ModelRepository:
             return False
         if self._after_load is not None:
             self._after_load()
-        mv.batcher = DynamicBatcher(predictor.run, self.policy, f"{name}-{version}",
+        mv.batcher = DynamicBatcher(predictor.run, self.policy, f"{name} version {version}",
                                     on_batch=self.metrics.batch_size.observe,
                                     on_depth=lambda _depth: self._report_depth(name), executor=executor)
         mv.batcher.start()

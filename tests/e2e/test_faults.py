@@ -137,6 +137,7 @@ def test_client_disconnect_cancels_work(patient_server: LiveServer, videos: dict
             with socket.create_connection(("127.0.0.1", port), timeout=60) as impatient:
                 impatient.sendall(request)
                 wait_until(lambda: pool.waiting == 1, 60)
+                queued = http.get("/metrics").text
             wait_until(left, 60)  # cancelled while the decoder was still held
         finally:
             (tmp_path / "go").touch()
@@ -147,6 +148,8 @@ def test_client_disconnect_cancels_work(patient_server: LiveServer, videos: dict
     assert metric(metrics, cancelled) == before[cancelled] + 1
     assert metric(metrics, closed) == before[closed] + 1
     assert "client-closed-request" not in metrics  # a client gone is cancelled, not refused
+    decoding = ("tsm_decoders_busy", "tsm_decode_waiting")
+    assert [metric(queued, m) for m in decoding] == [1, 1] and [metric(metrics, m) for m in decoding] == [0, 0]
 
 
 class BrokenInference:

@@ -27,7 +27,7 @@ DOCKER = Path(__file__).resolve().parents[2] / "docker"
 DEADLINE_S = 60.0
 # Queries the dashboard must answer with data once the service has handled a few requests.
 MUST_HAVE_DATA = ("tsm_requests_total", "tsm_request_duration_seconds_bucket", "tsm_stage_duration_seconds_bucket",
-                  "tsm_model_info", "tsm_queue_depth", "up{")
+                  "tsm_model_info", "tsm_queue_depth", "tsm_decode_waiting", "up{")
 
 
 def prometheus_binary() -> str:
@@ -139,7 +139,7 @@ def test_prometheus_scrapes_the_service(prometheus: httpx.Client, server: LiveSe
 
     rules = wait_for(rules_evaluated, "the alert rules to be evaluated", deadline)
     assert {r["name"] for r in rules} == {"TsmReplicaDown", "TsmNoModelLoaded", "TsmHighErrorRate",
-                                          "TsmHighLatencyP99", "TsmQueueBacklog"}
+                                          "TsmHighLatencyP99", "TsmQueueBacklog", "TsmDecodeBacklog"}
     assert all(r["health"] == "ok" for r in rules), rules
     # the live replica is up and serves a model: neither paging alert is even pending
     firing = {a["labels"]["alertname"] for a in prometheus.get("/api/v1/alerts").json()["data"]["alerts"]}
