@@ -10,6 +10,7 @@ futures; a batch whose output row count differs from its input fails them all.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import DeadlineExceededError, InferenceFailedError, NotReadyError, QueueFullError, counted
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class DynamicBatcher:
             if len(outputs) != len(items):
                 raise RuntimeError(f"the model returned {len(outputs)} rows for a batch of {len(items)}")
         except Exception as exc:
+            log.exception("%s: inference failed for a batch of %d", self.name, len(items))  # the server's fault
             error = InferenceFailedError(f"inference failed for a batch of {len(items)}: {exc}", retry_after_s=1)
             for item in items:
                 if not item.future.done():

@@ -70,6 +70,7 @@ class _Outcome:
     version: str = ""
     status: int = 200
     type: str = ""
+    detail: str = ""
 
 
 def _count_failure(metrics: Metrics, outcome: _Outcome, exc: Exception) -> None:
@@ -78,7 +79,7 @@ def _count_failure(metrics: Metrics, outcome: _Outcome, exc: Exception) -> None:
     if not isinstance(error, ServiceError):
         outcome.status, outcome.type = 500, ServiceError.type
         return
-    outcome.status, outcome.type = error.status, error.type
+    outcome.status, outcome.type, outcome.detail = error.status, error.type, error.detail
     if isinstance(error, ClientClosedError):
         metrics.cancelled.labels(error.stage).inc()
     elif error.refusal and not isinstance(error, UnauthorizedError):  # the auth dependency counts its own 401s
@@ -86,8 +87,8 @@ def _count_failure(metrics: Metrics, outcome: _Outcome, exc: Exception) -> None:
 
 
 @contextmanager
-def _tracked(metrics: Metrics) -> Iterator[_Outcome]:
-    """In-flight gauge, request counter and duration for one classification request."""
+def _tracked(metrics: Metrics, path: str) -> Iterator[_Outcome]:
+    """In-flight gauge, request counter, duration and the log line of one classification request."""
     outcome, start = _Outcome(), time.perf_counter()
     metrics.inflight.inc()
     try:
@@ -100,8 +101,19 @@ def _tracked(metrics: Metrics) -> Iterator[_Outcome]:
         metrics.inflight.dec()
         metrics.requests.labels(outcome.model, outcome.version, str(outcome.status)).inc()
         metrics.request_duration.observe(elapsed)
-        log.info("classify model=%s version=%s status=%d type=%s in %.1f ms", outcome.model or "-",
-                 outcome.version or "-", outcome.status, outcome.type or "-", elapsed * 1000)
+        _log_answer(path, outcome, elapsed)
+
+
+def _log_answer(path: str, outcome: _Outcome, elapsed_s: float) -> None:
+    """One line a request: the reason of a refusal, so the log says which parameter; a 5xx is a warning. In
+    JSON the same values are fields too, for a log store to filter on."""
+    fields = {"path": path, "model": outcome.model or None, "version": outcome.version or None,
+              "status": outcome.status, "type": outcome.type or None, "duration_ms": round(elapsed_s * 1000, 1)}
+    why = f": {outcome.detail}" if outcome.detail else ""
+    log.log(logging.WARNING if outcome.status >= 500 else logging.INFO,
+            "POST %s model=%s version=%s status=%d type=%s in %.1f ms%s", path, outcome.model or "-",
+            outcome.version or "-", outcome.status, outcome.type or "-", elapsed_s * 1000, why,
+            extra={"fields": fields})
 
 
 class _TrackedRoute(APIRoute):
@@ -113,7 +125,7 @@ class _TrackedRoute(APIRoute):
 
         async def tracked(request: Request) -> Response:
             resources: Resources = request.app.state.resources
-            with _tracked(resources.metrics) as outcome:
+            with _tracked(resources.metrics, request.url.path) as outcome:
                 request.state.outcome = outcome  # the endpoint fills in the model version it leased
                 try:
                     response = await handler(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -175,7 +176,8 @@ class BrokenInference:
         return predictor
 
 
-def test_failed_inference_is_503_not_a_refusal(tiny_repo_template: Path, videos: dict[str, Path]) -> None:
+def test_failed_inference_is_503_not_a_refusal(tiny_repo_template: Path, videos: dict[str, Path],
+                                               caplog: pytest.LogCaptureFixture) -> None:
     from service.settings import ServiceSettings
 
     overrides = {"model_repo": tiny_repo_template, "decode_workers": 1, "cpu_threads": 1, "poll_interval_s": 0,
@@ -186,6 +188,15 @@ def test_failed_inference_is_503_not_a_refusal(tiny_repo_template: Path, videos:
         metrics = http.get("/metrics").text
     assert metric(metrics, 'tsm_requests_total{model="tiny",status="503",version="1"}') == 1.0
     assert "inference-failed" not in metrics  # the request was admitted: not counted as refused
+    # The server's fault is in its own log, with the cause, not only in the client's answer.
+    failed = [r for r in caplog.records if r.name == "service.batcher"]
+    assert [(r.levelname, r.getMessage()) for r in failed] == [("ERROR", "tiny version 1: inference failed for a "
+                                                                         "batch of 1")]
+    assert "the device fell over (injected)" in str(failed[0].exc_info[1])
+    answer = [r for r in caplog.records if r.name == "service.api.routes"]
+    assert answer[-1].levelname == "WARNING" and re.search(
+        r"status=503 type=inference-failed in [\d.]+ ms: inference failed for a batch of 1: the device fell over "
+        r"\(injected\)$", answer[-1].getMessage())
 
 
 class FailingWarmup:

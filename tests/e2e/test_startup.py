@@ -94,6 +94,25 @@ def test_a_missing_model_repository_is_named_at_start_and_in_the_503(misconfigur
     assert r.json()["detail"] == "no model is loaded yet: the model repository does not exist"  # no server path
 
 
+def test_a_request_is_logged_once_as_a_record_with_its_fields(misconfigured: tuple[Serve, str, Path]) -> None:
+    server, url, _ = misconfigured
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/classify/batch", content=b"\x00" * 1024, headers={**MP4, "x-request-id": "log-me-1"})
+    assert r.status_code == 503
+    deadline = time.monotonic() + 10
+    while not (mine := [json.loads(line) for line in server.lines if '"log-me-1"' in line]):
+        assert time.monotonic() < deadline, "the request was not logged"
+        time.sleep(0.05)
+    assert len(mine) == 1, mine
+    record = mine[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", record["time"]), record  # UTC, ms
+    assert {k: record[k] for k in ("level", "path", "model", "version", "status", "type")} == {
+        "level": "WARNING", "path": "/classify/batch", "model": None, "version": None, "status": 503,
+        "type": "not-ready"}
+    assert isinstance(record["duration_ms"], float)
+    assert record["message"].endswith(": " + r.json()["detail"])  # the reason, as the client got it
+
+
 def test_a_misspelt_variable_is_warned_about_with_the_closest_setting(misconfigured: tuple[Serve, str, Path]) -> None:
     server, _, _ = misconfigured
     warnings = [json.loads(line)["message"] for line in server.lines if '"WARNING"' in line]
