@@ -10,7 +10,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 STAGES = ("upload", "decode", "queue", "inference", "postprocess")
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -22,6 +30,9 @@ class Metrics:
     """Every service metric, registered on ``registry`` (a fresh one per app, so tests don't share)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        # A *_created series per counter and histogram doubles the exposition for no dashboard's use (Prometheus
+        # ignores them); the switch is process-wide, which the service's process is.
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         if process:

@@ -10,6 +10,7 @@ its in-flight requests before its batcher and predictor are released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -277,6 +278,9 @@ class ModelRepository:
         if c is not None:
             self.metrics.model_info.remove(mv.name, str(mv.version), c.backend, c.device, c.precision)
         self.others.pop((mv.name, mv.version), None)
+        if mv.name not in self.serving and not any(n == mv.name for n, _ in self.others):
+            with contextlib.suppress(KeyError):  # a model no longer in the repository: its gauge goes too
+                self.metrics.queue_depth.remove(mv.name)
         log.info("unloaded %s version %d", mv.name, mv.version)
 
     def _report_depth(self, name: str) -> None:

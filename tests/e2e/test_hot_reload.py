@@ -276,6 +276,8 @@ def test_unnamed_requests_go_to_the_only_model_and_are_refused_when_there_are_se
             assert _classify(http2, videos["a"]).json()["detail"] == several  # a replica started now: the same
         shutil.rmtree(model_repo / "other")
         wait_for(lambda: names(ready_only=False) == {TINY_NAME})  # drained and unloaded
+        depths = http.get("/metrics").text
+        assert 'tsm_queue_depth{model="tiny"}' in depths and 'tsm_queue_depth{model="other"}' not in depths
         r = _classify(http, videos["a"], model="other")
         assert r.status_code == 404 and r.json()["type"] == "model-not-found"
         assert _classify(http, videos["a"]).json()["model"] == TINY_NAME
@@ -317,8 +319,8 @@ def test_a_pin_to_a_version_the_repository_lacks_is_explained(model_repo: Path, 
             assert r.status_code == 503 and r.json()["type"] == "not-ready" and problem in r.json()["detail"]
         r = http.get(f"/models/{TINY_NAME}")
         assert r.status_code == 404 and problem in r.json()["detail"]
-        time.sleep(0.5)  # a few more scans: the warning is not repeated
-        assert caplog.text.count(problem) == 1
+        time.sleep(0.5)  # a few more scans: the warning is not repeated (the requests' own lines quote it too)
+        assert [r.getMessage() for r in caplog.records if r.name == "service.repository"].count(problem) == 1
         shutil.copytree(model_repo / TINY_NAME / "1", model_repo / TINY_NAME / "9")
         wait_for(lambda: states(live) == {9: "ready"})
         assert _classify(http, videos["a"]).json()["version"] == 9

@@ -68,6 +68,7 @@ def test_metrics_valid_and_moving(server: LiveServer, videos: dict[str, Path]) -
     assert (inflight_before, inflight_after) == (0, 0)  # back to 0 once the request is answered
     assert gauge(after.text, "tsm_queue_depth", model="tiny") == 0
     assert any(name.startswith("process_") for name, _ in s)
+    assert not [name for name, _ in s if name.endswith("_created")]  # no timestamp series beside each counter
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is missing: apt-get install -y prometheus (./run.sh test installs it)")
