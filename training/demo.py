@@ -275,7 +275,7 @@ def ensure_model(repo: Path, workdir: Path = Path("runs/demo")) -> None:
     present = published_models(repo)
     if present:
         names = ", ".join(sorted({f"{m.name} v{m.version}" for m in present}))
-        print(f"model_repo already holds {names}; not rebuilding")
+        print(f"{repo} already holds {names}; not rebuilding")
         return
-    print("model_repo is empty: building the demo model (synthetic data, training, export)...")
+    print(f"{repo} holds no model: building the demo model (synthetic data, training, export)...")
     run_demo(repo, workdir)

@@ -150,6 +150,23 @@ def test_repo_defaults_to_the_services_setting(monkeypatch: pytest.MonkeyPatch, 
     assert _parser().parse_args(command).repo == Path("model_repo")
 
 
+def test_ensure_model_names_the_repository_it_was_given(model_repo: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The operator's --repo, not the literal default 'model_repo', whether a model is there or not."""
+    import training.demo
+
+    built: list[Path] = []
+    monkeypatch.setattr(training.demo, "run_demo", lambda repo, workdir: built.append(repo))
+    assert main(["ensure-model", "--repo", str(model_repo)]) == 0
+    assert capsys.readouterr().out == f"{model_repo} already holds tiny v1; not rebuilding\n"
+    assert built == []
+    empty = tmp_path / "empty_repo"
+    assert main(["ensure-model", "--repo", str(empty)]) == 0
+    assert capsys.readouterr().out.startswith(f"{empty} holds no model: building the demo model")
+    assert built == [empty]
+
+
 @pytest.mark.parametrize("argv", [["demo", "--procs", "0"], ["demo", "--procs", "-1"],
                                   ["dataset", "--train", "0"], ["extract-frames", "a.list", "--out", "x",
                                                                 "--short-side", "0"],
