@@ -7,11 +7,16 @@ and gradients are all-reduced (gloo on the CPU, NCCL on GPUs).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing.connection
 import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from training.run_dir import RESULT_FILE
 log = logging.getLogger(__name__)
 EXIT_GRACE_S = 60.0  # a rank that has returned its result gets this long to exit before it is ended
 FAIL_GRACE_S = 10.0  # after one rank failed, the others get this long to end by themselves
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>: the signal this process gets when its parent dies
 
 
 def default_procs(limit: int = 2) -> int:
@@ -57,10 +63,22 @@ def spawn_and_wait(func: Callable[..., None], args: tuple[Any, ...], nprocs: int
     sent SIGTERM (see :func:`_fail`), and a rank that has returned from ``func`` but does not exit within
     ``exit_grace_s`` (stuck in Paddle's C++ exit handlers) is killed with a warning: its work is complete, as
     spawn's wrapper queues the result only after ``func`` returns.
+
+    Nor do the ranks outlive the caller: they die with its process (:func:`_die_with_parent`), and a SIGTERM
+    while they run ends them and exits with status 143 (:func:`_sigterm_exits`).
     """
     import paddle.distributed as dist
 
-    context = dist.spawn(func, args=args, nprocs=nprocs, join=False)
+    context = dist.spawn(_rank_start, args=(os.getpid(), func, *args), nprocs=nprocs, join=False)
+    with _sigterm_exits():
+        try:
+            _wait(context, exit_grace_s)
+        finally:  # an exception or SIGTERM here: no rank outlives the wait
+            _kill_all(context.processes)
+
+
+def _wait(context: Any, exit_grace_s: float) -> None:
+    """Wait until every rank of spawn's ``context`` has ended (see :func:`spawn_and_wait`)."""
     processes = context.processes
     returned_at: dict[int, float] = {}
     ended: set[int] = set()  # ranks killed here after returning: not failures
@@ -100,3 +118,61 @@ def _fail(context: Any, rank: int, grace_s: float = FAIL_GRACE_S) -> None:
     queue, process = context.error_queues[rank], context.processes[rank]
     why = queue.get() if not queue.empty() else f"exit code {process.exitcode}"
     raise RuntimeError(f"training rank {rank} failed:\n{why}")
+
+
+def _kill_all(processes: list[Any]) -> None:
+    """SIGKILL (see :func:`_fail` for why not SIGTERM) and reap every rank still running."""
+    running = [p for p in processes if p.is_alive()]
+    if running:
+        log.warning("ending %d training rank(s) still running", len(running))
+    for process in running:
+        process.kill()
+    for process in running:
+        process.join()
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While the ranks run, SIGTERM (``timeout``, ``docker stop``) raises SystemExit(143) here: the ``finally``
+    above ends the ranks and the program exits quietly. Paddle's own handler printed a C++ "FatalError"
+    traceback and died at once, leaving the ranks training. Signal handlers can only be set in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_sigterm(signum: int, frame: object) -> None:
+        log.warning("SIGTERM: stopping the data-parallel training")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        # Paddle's C++ handler is invisible to Python (reported as SIG_DFL, or None) and cannot be put back:
+        # after the wait a SIGTERM ends the process at once, without its traceback
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _rank_start(parent_pid: int, func: Callable[..., None], *args: Any) -> None:
+    """Each spawned rank's entry point: it must end with the process that spawned it, then runs ``func``."""
+    _die_with_parent(parent_pid)
+    # A SIGTERM to the whole process group (`timeout` sends one) kills a rank at once and quietly, instead of
+    # running Paddle's handler, which prints a C++ traceback and can deadlock on the allocator (see _fail).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    func(*args)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux only; elsewhere nothing is done).
+
+    Without it a killed parent's ranks were re-parented to PID 1 and trained on for minutes, holding its pipes
+    open. SIGKILL: the work is lost with the parent anyway, and SIGTERM would run Paddle's handler (see
+    :func:`_fail`). The kernel tracks the parent *thread*: spawn_and_wait's thread waits until the ranks end."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (%s): this rank will outlive a killed parent",
+                    os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent_pid:  # the parent died before the prctl, which then never fires
+        os._exit(1)

@@ -1,6 +1,9 @@
 """The training job end to end on real MP4s: loss falls, checkpoints, resume, skipped clips, plots."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +42,14 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _keys(root: Path, out: Path, *extra: str) -> list[str]:
+    """The overrides of the ``tiny`` config for the set at ``root``, writing into ``out``."""
+    return [f"data.train_list={root / 'train.list'}", f"data.valid_list={root / 'val.list'}",
+            f"data.data_prefix={root}", f"train.output_dir={out}", *extra]
+
+
 def _cfg(root: Path, out: Path, *extra: str) -> Config:
-    return load_config("tiny", [f"data.train_list={root / 'train.list'}", f"data.valid_list={root / 'val.list'}",
-                                f"data.data_prefix={root}", f"train.output_dir={out}", *extra])
+    return load_config("tiny", _keys(root, out, *extra))
 
 
 def _step_losses(out: Path) -> list[float]:
@@ -285,6 +293,87 @@ def test_spawned_data_parallel_run_returns_what_rank_0_trained(tiny_set: Path, t
     assert len(_step_losses(tmp_path)) == 2 * (12 // (4 * 2))  # rank 0 took half of each epoch's batches
     assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 2
     assert not list(tmp_path.glob("earlier_run.*"))  # a fresh folder: nothing of this run set aside as earlier
+
+
+# A demo's data-parallel stage in a process of its own; `-c`: spawn's ranks have no main file to import again
+_ENDLESS_RUN = """
+import sys
+from training.config import load_config
+from training.parallel import train_data_parallel
+train_data_parallel(load_config("tiny", sys.argv[1:]), nprocs=2, validate=False)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started and has not reaped (Linux's /proc)."""
+    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie does not (PID 1 in a container may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_for_training_ranks(run: subprocess.Popen[bytes], out: Path, log: Path) -> list[int]:
+    """The run's child processes (two ranks and multiprocessing's resource tracker), once rank 0 has trained a
+    step: the ranks are then past their start, where they arrange to die with the parent."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert run.poll() is None, log.read_text()[-3000:]
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file() and '"kind": "step"' in metrics.read_text():
+            children = _children(run.pid)
+            assert sum("spawn_main" in Path(f"/proc/{c}/cmdline").read_text() for c in children) == 2, children
+            return children
+        time.sleep(0.1)
+    raise AssertionError("no training step in 120 s: " + log.read_text()[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals and /proc are Linux's")
+@pytest.mark.parametrize("how", ["SIGKILL to the parent", "SIGTERM to the parent", "SIGTERM to the group"])
+def test_the_ranks_of_a_killed_data_parallel_run_end_with_it(tiny_set: Path, tmp_path: Path, how: str) -> None:
+    """A killed `python -m training demo` left its two spawned ranks training for minutes under PID 1, holding its
+    pipes open. They must end within seconds, and a SIGTERM (`timeout` sends one to the whole group) must end
+    the run quietly: no Python or C++ traceback from Paddle's handler."""
+    import os
+    import signal
+
+    out, log = tmp_path / "run", tmp_path / "log"
+    cmd = [sys.executable, "-c", _ENDLESS_RUN, *_keys(tiny_set, out, "train.epochs=100000")]
+    with log.open("wb") as sink:  # a file, not a pipe nobody reads while it fills
+        run = subprocess.Popen(cmd, cwd=Path(__file__).parents[2], stdout=sink, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    children: list[int] = []
+    try:
+        children = _wait_for_training_ranks(run, out, log)
+        if how == "SIGKILL to the parent":
+            run.kill()
+        elif how == "SIGTERM to the parent":
+            run.terminate()
+        else:
+            os.killpg(run.pid, signal.SIGTERM)
+        code = run.wait(30)
+        deadline = time.monotonic() + 10
+        while any(map(_running, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [c for c in children if _running(c)], f"still running after {how}: {children}"
+        text = log.read_text()
+        if how == "SIGKILL to the parent":
+            assert code == -signal.SIGKILL
+        else:
+            assert code == 128 + signal.SIGTERM, text[-3000:]
+            assert "SIGTERM: stopping the data-parallel training" in text
+            assert "Traceback" not in text and "FatalError" not in text, text[-3000:]
+    finally:  # whatever failed, leave nothing of the run training
+        for pid in [run.pid, *children]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        run.wait(30)
 
 
 def test_a_failed_data_parallel_run_raises_instead_of_reporting_an_old_result(tiny_set: Path, tmp_path: Path) -> None:
