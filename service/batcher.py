@@ -74,14 +74,18 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
-    def submit(self, clip: np.ndarray, deadline: float) -> asyncio.Future[BatchResult]:
-        """Queue one clip (``deadline`` on the ``time.monotonic`` clock); raises QueueFullError when full."""
+    def admit(self) -> None:
+        """Raise the refusal :meth:`submit` would now: a request checks before it spends a decoder on its clip."""
         if self._closing:
             raise NotReadyError(f"{self.name} is shutting down; retry", retry_after_s=1)
         if len(self._pending) >= self.policy.queue_capacity:
             raise QueueFullError(
                 f"{counted(self.policy.queue_capacity, 'clip')} already waiting for {self.name}; retry shortly",
                 retry_after_s=1)
+
+    def submit(self, clip: np.ndarray, deadline: float) -> asyncio.Future[BatchResult]:
+        """Queue one clip (``deadline`` on the ``time.monotonic`` clock); raises QueueFullError when full."""
+        self.admit()
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(clip, future, time.monotonic(), deadline))
         self._report_depth()

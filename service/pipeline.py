@@ -41,6 +41,7 @@ async def classify_file(file: UploadedFile, mv: ModelVersion, pool: DecodePool, 
     """Classify one uploaded file with the leased version ``mv``; raises ServiceError kinds."""
     assert mv.manifest is not None and mv.batcher is not None
     manifest = mv.manifest
+    mv.batcher.admit()  # a full inference queue refuses now, not after a decoder has worked for nothing
     t0 = time.perf_counter()
     try:
         decoded: DecodedClip = await asyncio.wait_for(

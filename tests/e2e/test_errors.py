@@ -139,13 +139,14 @@ def test_full_queue_503_at_once_and_deadline_504(tiny_repo_template: Path, video
         second = http.post("/classify", content=data, headers={"content-type": "video/mp4"})
         refused_in = time.monotonic() - start
         body = assert_problem(second, 503, "queue-full")
-        # Refused once decoded (its upload and decode included, slow under load), not queued until its own 4 s
+        # Refused before its decode (its upload included, slow under load), not queued until its own 4 s
         # deadline: half of that tells the two apart.
         assert second.headers["retry-after"] == "1" and refused_in < 2.0, refused_in
         assert "retry" in body["detail"]
         assert_problem(first.result(), 504, "deadline-exceeded")
         metrics = http.get("/metrics").text
     assert 'tsm_rejected_requests_total{reason="queue-full"} 1.0' in metrics
+    assert 'tsm_stage_duration_seconds_count{stage="decode"} 1.0' in metrics  # the refused clip was not decoded
     assert 'tsm_requests_total{model="tiny",status="504",version="1"} 1.0' in metrics
     assert "deadline-exceeded" not in metrics  # a passed deadline is not a refusal (tsm_rejected_requests_total)
 
