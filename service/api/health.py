@@ -41,7 +41,10 @@ async def readyz(res: ResourcesDep) -> JSONResponse:
     # Without a decoder every /classify would answer 503: take the replica out of rotation until one starts.
     decoders = res.pool.usable()
     ready = models > 0 and decoders > 0
-    body = Health(status="ready" if ready else "not-ready", models_ready=models, decoders_ready=decoders).model_dump()
+    why = ([] if models else [f"no model is loaded yet: {res.repository.nothing_served()}"]) + \
+        ([] if decoders else ["no decoder process could be started (the system refused a new process)"])
+    body = Health(status="ready" if ready else "not-ready", models_ready=models, decoders_ready=decoders,
+                  detail="; ".join(why) or None).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"})
 
 

@@ -78,3 +78,4 @@ class Health(BaseModel):
     status: str
     models_ready: int = 0
     decoders_ready: int = 0
+    detail: str | None = Field(None, description="Why the replica is not ready (absent when it is).")

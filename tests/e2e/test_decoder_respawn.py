@@ -44,6 +44,7 @@ def test_no_decoder_startable_means_503_and_not_ready_until_one_starts(
         not_ready = http.get("/readyz")
         assert not_ready.status_code == 503 and not_ready.json()["status"] == "not-ready", not_ready.text
         assert not_ready.json()["models_ready"] == 1 and not_ready.json()["decoders_ready"] == 0
+        assert not_ready.json()["detail"] == "no decoder process could be started (the system refused a new process)"
         start = time.monotonic()
         refused = http.post("/classify", content=good, headers=MP4)
         assert time.monotonic() - start < 5  # answered at once, not at the 30 s deadline

@@ -209,7 +209,9 @@ def test_a_version_missing_a_file_its_manifest_lists_is_not_served(model_repo: P
 
 def test_no_model_not_ready(tmp_path: Path, videos: dict[str, Path]) -> None:
     with LiveServer({"model_repo": tmp_path, "decode_workers": 1}) as live, live.client() as http:
-        assert http.get("/readyz").status_code == 503
+        not_ready = http.get("/readyz")
+        assert not_ready.status_code == 503 and not_ready.json()["detail"] == (
+            "no model is loaded yet: the model repository holds no <name>/<version>/ folder")  # why, as /classify
         assert http.get("/healthz").status_code == 200
         r = http.post("/classify", content=videos["a"].read_bytes(), headers={"content-type": "video/mp4"})
         assert r.status_code == 503 and r.json()["type"] == "not-ready" and r.headers["retry-after"]
