@@ -117,6 +117,8 @@ def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None 
                decode_task: Callable[..., Any] = decode_worker.decode_task) -> FastAPI:
     """Build the service; ``predictor_factory`` and ``decode_task`` are seams for tests."""
     configure_logging(settings.log_level, settings.log_format)
+    for advice in settings.advice():
+        log.warning("%s", advice)
     metrics = Metrics(registry)
 
     @asynccontextmanager

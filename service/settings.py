@@ -179,6 +179,15 @@ class ServiceSettings(BaseSettings):
         self._timeouts_within_deadline()
         return self
 
+    def advice(self) -> list[str]:
+        """Settings that work but not as their values suggest: said at start-up, not refused (a test or a
+        deliberate probe may want them)."""
+        if self.queue_capacity < self.max_batch_size:
+            return [f"TSM_QUEUE_CAPACITY ({self.queue_capacity}) is below TSM_MAX_BATCH_SIZE ({self.max_batch_size}): "
+                    f"a batch is taken from that queue, so none holds more than {self.queue_capacity} "
+                    f"clip{'s' if self.queue_capacity > 1 else ''}"]
+        return []
+
     def _timeouts_within_deadline(self) -> None:
         """A stage timeout at or past the request deadline never takes effect: the deadline always ends first."""
         deadline_s = self.request_deadline_ms / 1000

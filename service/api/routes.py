@@ -152,10 +152,14 @@ router = APIRouter(tags=["classify"], route_class=_TrackedRoute)
 
 
 def _option(name: str, query: Any, upload: Upload) -> str | None:
-    """The query's value, else the form's; empty is not given (``?model=`` as a form's empty field)."""
-    if query is not None and query != "":
-        return str(query)
-    return upload.fields.get(name) or None
+    """The query's value or the form's; empty is not given (``?model=`` as a form's empty field). Two different
+    values are refused: whichever won silently, the client would not get what it meant half the time."""
+    given = str(query) if query is not None and query != "" else None
+    form = upload.fields.get(name) or None
+    if given is not None and form is not None and form.strip() != given:
+        raise BadParameterError(f"{name} is given twice, {given!r} in the query and {form!r} in the form; give it "
+                                "once")
+    return given or form
 
 
 def _int_option(name: str, query: int | None, upload: Upload) -> int | None:

@@ -183,6 +183,17 @@ def test_slow_upload_gets_408_and_no_file(strict_server: LiveServer) -> None:
     assert leftover_uploads(strict_server) == []
 
 
+def test_an_option_given_twice_differently_is_400_and_alike_is_fine(strict_server: LiveServer, good: bytes) -> None:
+    with strict_server.client() as http:
+        r = http.post("/classify", params={"top_k": 2}, files={"file": ("c.mp4", good, "video/mp4")},
+                      data={"top_k": "3"})
+        same = http.post("/classify", params={"top_k": 2}, files={"file": ("c.mp4", good, "video/mp4")},
+                         data={"top_k": "2"})
+    detail = assert_problem(r, 400, "bad-parameter")["detail"]
+    assert detail == "top_k is given twice, '2' in the query and '3' in the form; give it once"
+    assert same.status_code == 200 and len(same.json()["predictions"]) == 2
+
+
 @pytest.mark.parametrize("field", ["top_k", "version"])
 @pytest.mark.parametrize("value", ["\u00b2", "\u0663"])  # superscript two (int() refuses it), Arabic-Indic three
 def test_option_with_non_ascii_digits_400(strict_server: LiveServer, good: bytes, field: str, value: str) -> None:

@@ -119,7 +119,8 @@ def test_api_key_401(tiny_repo_template: Path, videos: dict[str, Path]) -> None:
         assert http.get("/models", headers={"x-api-key": "s3cret-key"}).status_code == 200
 
 
-def test_full_queue_503_at_once_and_deadline_504(tiny_repo_template: Path, videos: dict[str, Path]) -> None:
+def test_full_queue_503_at_once_and_deadline_504(tiny_repo_template: Path, videos: dict[str, Path],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Capacity 1 and a 5 s batching window: the first clip waits, the second is refused at once;
     the first then passes its 4 s deadline while still queued."""
     # The deadline leaves time (on a slow machine too) for the second request to be uploaded and decoded while
@@ -147,6 +148,8 @@ def test_full_queue_503_at_once_and_deadline_504(tiny_repo_template: Path, video
         metrics = http.get("/metrics").text
     assert 'tsm_rejected_requests_total{reason="queue-full"} 1.0' in metrics
     assert 'tsm_stage_duration_seconds_count{stage="decode"} 1.0' in metrics  # the refused clip was not decoded
+    assert "TSM_QUEUE_CAPACITY (1) is below TSM_MAX_BATCH_SIZE (4): a batch is taken from that queue, so none holds " \
+           "more than 1 clip" in caplog.text  # what this test relies on, said at start-up
     assert 'tsm_requests_total{model="tiny",status="504",version="1"} 1.0' in metrics
     assert "deadline-exceeded" not in metrics  # a passed deadline is not a refusal (tsm_rejected_requests_total)
 
