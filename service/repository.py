@@ -21,7 +21,7 @@ from typing import Any
 
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.contract.manifest import Manifest, repository_problem, scan_repository
-from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, VersionNotFoundError
+from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, ServiceError, VersionNotFoundError
 from service.metrics import Metrics
 from service.model_version import ModelVersion, PredictorFactory, PredictorLike, State, folder_files
 
@@ -315,6 +315,15 @@ class ModelRepository:
             return next(iter(names))
         raise BadParameterError(f"the repository holds several models ({', '.join(sorted(names))}); choose one with "
                                 "the 'model' parameter (or the server's TSM_DEFAULT_MODEL)")
+
+    def peek(self, model: str | None) -> tuple[str, str]:
+        """(name, version) of the version a request for ``model`` would get now, or empty strings: for metric
+        labels only (no lease is taken)."""
+        try:
+            mv = self.resolve(model, None)
+        except ServiceError:
+            return "", ""
+        return mv.name, str(mv.version)
 
     def nothing_served(self) -> str:
         """Why no model serves, as far as known: the root's problem, the versions that are loading or failed (with

@@ -151,6 +151,16 @@ def _outcome(request: Request) -> _Outcome:
 router = APIRouter(tags=["classify"], route_class=_TrackedRoute)
 
 
+def _admit(res: Resources, outcome: _Outcome, model: str | None) -> None:
+    """The decoder pool's overload check; a refusal is counted under the model the request would have gone to
+    (per-model dashboards count it), as far as the query says before the upload is read."""
+    try:
+        res.pool.admit()
+    except ServiceError:
+        outcome.model, outcome.version = res.repository.peek(model or None)
+        raise
+
+
 def _option(name: str, query: Any, upload: Upload) -> str | None:
     """The query's value or the form's; empty is not given (``?model=`` as a form's empty field). Two different
     values are refused: whichever won silently, the client would not get what it meant half the time."""
@@ -229,7 +239,7 @@ async def classify(request: Request, res: ResourcesDep, request_id: RequestIdDep
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     outcome = _outcome(request)
-    res.pool.admit()  # refuse an overloaded server's request before reading its body
+    _admit(res, outcome, model)  # refuse an overloaded server's request before reading its body
     upload = await _receive(request, res, ("file",), 1, deadline)
     try:
         k = _int_option("top_k", top_k, upload)
@@ -251,7 +261,7 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     outcome = _outcome(request)
-    res.pool.admit()
+    _admit(res, outcome, model)
     upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files, deadline)
     try:
         k = _int_option("top_k", top_k, upload)

@@ -153,6 +153,34 @@ def test_client_disconnect_cancels_work(patient_server: LiveServer, videos: dict
     assert [metric(queued, m) for m in decoding] == [1, 1] and [metric(metrics, m) for m in decoding] == [0, 0]
 
 
+def test_a_full_decoder_queue_refuses_at_once_under_the_model_it_was_for(tiny_repo_template: Path,
+                                                                         videos: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """One decoder, held; one request waits for it; a third is refused before its upload is read."""
+    overrides = {"model_repo": tiny_repo_template, "decode_workers": 1, "decode_queue_capacity": 1,
+                 "decode_timeout_s": HOLD_MAX_S, "request_deadline_ms": 2 * HOLD_MAX_S * 1000, "poll_interval_s": 0,
+                 "cpu_threads": 1, "max_queue_delay_ms": 5}
+    good = videos["c"].read_bytes()
+    with LiveServer(overrides, decode_task=faulty_decode) as live, live.client(timeout=2 * HOLD_MAX_S) as http, \
+            ThreadPoolExecutor(2) as threads:
+        pool = live.resources.pool
+        held = threads.submit(http.post, "/classify", content=HOLD + str(tmp_path).encode() + b"\n", headers=MP4)
+        try:
+            wait_until(lambda: bool(pool.busy_pids()), 60)
+            waiting = threads.submit(http.post, "/classify", content=good, headers=MP4)
+            wait_until(lambda: pool.waiting == 1, 60)
+            refused = http.post("/classify", content=good, headers=MP4)
+        finally:
+            (tmp_path / "go").touch()
+        assert waiting.result(timeout=60).status_code == 200 and held.result(timeout=60).status_code == 422
+        metrics = http.get("/metrics").text
+    body = assert_problem(refused, 503, "queue-full")
+    assert refused.headers["retry-after"] == "1"
+    assert body["detail"] == "1 video is already waiting for a decoder; retry shortly"
+    assert metric(metrics, 'tsm_requests_total{model="tiny",status="503",version="1"}') == 1.0
+    assert metric(metrics, 'tsm_rejected_requests_total{reason="queue-full"}') == 1.0
+
+
 class BrokenInference:
     """The real predictor for loading and warm-up; every inference call after that fails."""
 
