@@ -1,7 +1,8 @@
 """Prometheus metrics on an injected registry; names are fixed (dashboards and alerts use them).
 
 Labels stay bounded: ``model``/``version`` come from the repository (not from requests),
-``status`` is the HTTP status code, ``stage`` and ``reason`` are short fixed vocabularies.
+``status`` is the HTTP status code, ``status_class`` its first digit, ``stage`` and ``reason`` are short fixed
+vocabularies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prometheus_client import (
 )
 
 STAGES = ("upload", "decode", "queue", "inference", "postprocess")
+STATUS_CLASSES = ("2xx", "4xx", "5xx")
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 _BYTES = tuple(float(1024 * 4**i) for i in range(11))  # 1 KiB .. 1 GiB
@@ -39,8 +41,9 @@ class Metrics:
             ProcessCollector(registry=r)
         self.requests = Counter("tsm_requests", "Classification requests by outcome.",
                                 ["model", "version", "status"], registry=r)
+        # By status class: overload's fast 503s would pull the latency of answered requests down.
         self.request_duration = Histogram("tsm_request_duration_seconds", "Whole request time, seconds.",
-                                          buckets=_SECONDS, registry=r)
+                                          ["status_class"], buckets=_SECONDS, registry=r)
         self.stage_duration = Histogram("tsm_stage_duration_seconds", "Time per pipeline stage, seconds.",
                                         ["stage"], buckets=_SECONDS, registry=r)
         self.batch_size = Histogram("tsm_batch_size", "Clips per inference call.", buckets=_BATCH, registry=r)
@@ -66,6 +69,11 @@ class Metrics:
                                       registry=r)
         for stage in STAGES:  # export every stage from the start, so rate() works from the first scrape
             self.stage_duration.labels(stage)
+        for status_class in STATUS_CLASSES:
+            self.request_duration.labels(status_class)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        self.request_duration.labels(f"{status // 100}xx").observe(seconds)
 
     def watch_decode_pool(self, waiting: Callable[[], int], busy: Callable[[], int]) -> None:
         self.decode_waiting.set_function(waiting)

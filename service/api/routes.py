@@ -100,7 +100,7 @@ def _tracked(metrics: Metrics, path: str) -> Iterator[_Outcome]:
         elapsed = time.perf_counter() - start
         metrics.inflight.dec()
         metrics.requests.labels(outcome.model, outcome.version, str(outcome.status)).inc()
-        metrics.request_duration.observe(elapsed)
+        metrics.observe_request(outcome.status, elapsed)
         _log_answer(path, outcome, elapsed)
 
 

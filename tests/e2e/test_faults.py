@@ -216,6 +216,8 @@ def test_failed_inference_is_503_not_a_refusal(tiny_repo_template: Path, videos:
         metrics = http.get("/metrics").text
     assert metric(metrics, 'tsm_requests_total{model="tiny",status="503",version="1"}') == 1.0
     assert "inference-failed" not in metrics  # the request was admitted: not counted as refused
+    durations = [metric(metrics, f'tsm_request_duration_seconds_count{{status_class="{c}"}}') for c in ("2xx", "5xx")]
+    assert durations == [0, 1]  # its time is not mixed into the answered requests' latency
     # The server's fault is in its own log, with the cause, not only in the client's answer.
     failed = [r for r in caplog.records if r.name == "service.batcher"]
     assert [(r.levelname, r.getMessage()) for r in failed] == [("ERROR", "tiny version 1: inference failed for a "

@@ -61,7 +61,8 @@ def test_metrics_valid_and_moving(server: LiveServer, videos: dict[str, Path]) -
 
     # One request moves each of its series by exactly one (the server is shared: compare with before).
     assert delta("tsm_requests_total", model="tiny", version="1", status="200") == 1
-    assert delta("tsm_request_duration_seconds_count") == 1
+    assert delta("tsm_request_duration_seconds_count", status_class="2xx") == 1
+    assert delta("tsm_request_duration_seconds_count", status_class="5xx") == 0
     assert delta("tsm_upload_bytes_count") == 1 and delta("tsm_upload_bytes_sum") == len(video)
     assert delta("tsm_batch_size_count") == 1 and delta("tsm_batch_size_sum") == 1  # alone in its batch
     inflight_before, inflight_after = gauge(before, "tsm_inflight_requests"), gauge(after.text, "tsm_inflight_requests")
