@@ -98,6 +98,10 @@ def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = Fal
     """
     if params.is_dir():  # paddle.load's own error here is a C++ deserialisation failure
         raise ValueError(f"{params} is a folder: give a checkpoint file, e.g. {params / 'best.pdparams'}")
+    if backbone_only:
+        require_pretrained(params)
+    else:
+        require_checkpoint(params)
     state = paddle.load(str(params))
     if not isinstance(state, dict):
         raise ValueError(f"{params}: not a state dict (a .pdparams file of a TSM/ResNet network)")
@@ -107,6 +111,25 @@ def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = Fal
     _check_state_dict(model, params, state)
     model.set_state_dict(state)
     return len(state), []
+
+
+# Where the README says to download the shipped configs' pretrained weights.
+DOWNLOAD_SECTION = "README.md, Training, 'Kinetics-400 / UCF-101 with the seed's recipes'"
+
+
+def require_pretrained(params: Path) -> None:
+    """Paddle's own error for a missing file names neither the setting nor where the file comes from."""
+    if not params.exists():
+        raise FileNotFoundError(f"model.pretrained {params} does not exist: download it as {DOWNLOAD_SECTION} "
+                                "says, or train from scratch with -o model.pretrained=")
+
+
+def require_checkpoint(params: Path) -> None:
+    """One sentence for a missing checkpoint, whichever job reads it first (evaluate reads its sidecar,
+    export hashes it, before either loads the weights)."""
+    if not params.exists():
+        raise FileNotFoundError(f"checkpoint {params} does not exist: give the .pdparams file of a run (its "
+                                "train.output_dir holds best.pdparams and latest.pdparams)")
 
 
 def _load_backbone(model: paddle.nn.Layer, params: Path, state: dict[str, Any]) -> tuple[int, list[str]]:
@@ -150,7 +173,9 @@ PREPROCESSING_FIELDS = ("short_side", "crop_size", "mean", "std")
 
 def check_recorded_preprocessing(cfg: Config, params: Path) -> None:
     """Refuse to evaluate or export ``params`` with other test-time preprocessing than it was trained with
-    (its sidecar records the config): the manifest would tell the service to feed it inputs it never saw."""
+    (its sidecar records the config): the manifest would tell the service to feed it inputs it never saw.
+    Both jobs call this first, so a missing checkpoint is named here, the same way for both."""
+    require_checkpoint(params)
     recorded = read_meta(params).get("config", {}).get("data", {})
     for field in PREPROCESSING_FIELDS:
         ours, theirs = json.loads(json.dumps(getattr(cfg.data, field))), recorded.get(field)  # tuples as lists

@@ -11,11 +11,24 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.contract.manifest import Preprocessing, SamplingRule
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "configs"
+
+
+def shipped_path(path: str) -> str:
+    """``path`` as given where it exists (relative: to the working directory), else the file the package ships
+    under that name relative to the folder holding ``training/`` (``training/labels/kinetics400_label_list.txt``
+    from any working directory, as ``-c tsm_k400_frames`` finds its YAML in ``CONFIG_DIR``). Only files inside
+    the package count, so a user's own relative path never resolves into this checkout's ``runs/``; a path
+    found neither way is left as given, for its reader to name."""
+    if not path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    shipped = PACKAGE_DIR.parent / path
+    return str(shipped) if shipped.is_file() and PACKAGE_DIR in shipped.resolve().parents else path
 
 
 class _Strict(BaseModel):
@@ -25,7 +38,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     depth: Literal[18, 34, 50, 101, 152] = 50
     num_classes: int = Field(400, ge=1)
-    num_seg: int = Field(8, ge=1)
+    num_seg: int = Field(8, ge=1, le=64)  # Preprocessing's bounds: validation and export build one from it
     shift: bool = True
     data_format: Literal["NCHW", "NHWC"] = "NCHW"
     base_width: int = Field(64, ge=4)
@@ -45,8 +58,9 @@ class DataConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     test_batch_size: int = Field(8, ge=1)
     num_workers: int = Field(4, ge=0)
-    short_side: int = 256
-    crop_size: int = 224
+    # Preprocessing's bounds: a config outside them could train, but every validation clip and the export fail.
+    short_side: int = Field(256, ge=8, le=4096)
+    crop_size: int = Field(224, ge=8, le=4096)
     spatial_crops: Literal[1, 3] = 1
     """Test-time crops: 1, PaddleVideo's centre crop; 3, along the long side (``Preprocessing.spatial_crops``)."""
     sampling: SamplingRule = "paddlevideo_test"
@@ -60,6 +74,24 @@ class DataConfig(_Strict):
     reverse_labels: list[int] = Field(default_factory=list)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("labels")
+    @classmethod
+    def _shipped_labels(cls, labels: str) -> str:
+        return shipped_path(labels)
+
+    @model_validator(mode="after")
+    def _crops_fit(self) -> DataConfig:
+        """Refuse now what would otherwise fail on every clip, after a whole training epoch."""
+        if self.crop_size > self.short_side:
+            raise ValueError(f"data.crop_size {self.crop_size} is larger than data.short_side {self.short_side}: "
+                             "a crop must fit in the frame resized to its short side")
+        if not self.scales or not all(0 < s <= 1 for s in self.scales):
+            raise ValueError(f"data.scales {self.scales} must be one or more fractions in (0, 1]: each is the "
+                             "share of the short side a training crop takes, and a crop must fit in the frame")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"data.std {list(self.std)} must be positive: pixels are divided by it")
+        return self
 
 
 class OptimizerConfig(_Strict):

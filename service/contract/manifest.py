@@ -216,17 +216,22 @@ def scan_repository(root: Path) -> dict[str, list[int]]:
 def read_label_list(path: Path) -> list[str]:
     """Read a label list: PaddleVideo's ``<id> <name>`` lines or plain one-name-per-line.
 
-    Ids, when present, must run 0, 1, 2... in order; a wrong id names the line.
+    Ids, when present, must run 0, 1, 2... or, as in UCF-101's ``classInd.txt``, 1, 2, 3... in order (the
+    first id sets which): either way the first name is class 0. A wrong id names the line.
     """
     labels: list[str] = []
+    first_id = 0  # 1 once the first label's id is 1
     for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
         head, _, rest = line.partition(" ")
         if rest and head.isdigit():
-            if int(head) != len(labels):
-                raise ValueError(f"{path}:{lineno}: expected id {len(labels)}, got {head}")
+            if not labels and int(head) == 1:
+                first_id = 1
+            if int(head) != first_id + len(labels):
+                expected = "0 or 1" if not labels else str(first_id + len(labels))
+                raise ValueError(f"{path}:{lineno}: expected id {expected}, got {head}")
             line = rest.strip()
         labels.append(line)
     if not labels:

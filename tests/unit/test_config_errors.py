@@ -1,10 +1,11 @@
 """Config loading: how a config is found, how override text becomes a value, and the errors for wrong input."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-from training.config import CONFIG_DIR, _is_text, load_config
+from training.config import CONFIG_DIR, PACKAGE_DIR, _is_text, load_config
 
 
 def test_a_config_is_a_path_a_name_or_a_file_name_in_the_configs_folder(tmp_path: Path) -> None:
@@ -68,3 +69,65 @@ def test_the_cli_names_each_refused_field_with_its_value_in_one_line(caplog: pyt
         in caplog.text
     assert "data.bogus: Extra inputs are not permitted (got 1)" in caplog.text
     assert "pydantic.dev" not in caplog.text and "[type=" not in caplog.text
+
+
+@pytest.mark.parametrize(("overrides", "refusal"), [
+    (["data.crop_size=256", "data.short_side=224"],
+     r"data\.crop_size 256 is larger than data\.short_side 224: a crop must fit"),
+    (["data.scales=[1.0, 1.2]"], r"data\.scales \[1\.0, 1\.2\] must be one or more fractions in \(0, 1\]"),
+    (["data.scales=[0.0]"], r"data\.scales \[0\.0\] must be"),
+    (["data.scales=[]"], r"data\.scales \[\] must be"),
+    (["data.std=[0.2, 0.0, 0.2]"], r"data\.std \[0\.2, 0\.0, 0\.2\] must be positive"),
+])
+def test_impossible_crops_and_normalisation_are_refused_at_load(overrides: list[str], refusal: str) -> None:
+    with pytest.raises(ValueError, match=refusal):
+        load_config("tiny", overrides)
+
+
+@pytest.mark.parametrize("override", ["data.short_side=4", "data.crop_size=5000", "model.num_seg=65"])
+def test_sizes_the_manifest_refuses_are_refused_at_load(override: str) -> None:
+    with pytest.raises(ValueError, match=override.split("=")[0].split(".")[1]):
+        load_config("tiny", [override])
+
+
+def test_a_crop_as_large_as_the_short_side_is_accepted() -> None:
+    cfg = load_config("tiny", ["data.crop_size=40", "data.scales=[1.0]"])
+    assert cfg.preprocessing().crop_size == cfg.data.short_side == 40
+
+
+def test_a_shipped_label_list_is_found_from_any_working_directory(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.contract.manifest import read_label_list
+
+    monkeypatch.chdir(tmp_path)
+    labels = load_config("tsm_k400_frames").data.labels
+    assert Path(labels) == PACKAGE_DIR / "labels" / "kinetics400_label_list.txt"
+    assert len(read_label_list(Path(labels))) == 400
+
+
+def test_a_label_list_in_the_working_directory_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = tmp_path / "training" / "labels" / "kinetics400_label_list.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("a\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("tsm_k400_frames").data.labels == "training/labels/kinetics400_label_list.txt"
+
+
+@pytest.mark.parametrize("path", ["mine/labels.txt", "pyproject.toml", "training/../pyproject.toml"])
+def test_other_relative_label_paths_stay_as_given(path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only files the package ships are looked up beside it: not the checkout's other files."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config("tiny", [f"data.labels={path}"]).data.labels == path
+
+
+def test_the_cli_finds_the_shipped_label_list_from_another_directory(tmp_path: Path) -> None:
+    """The whole command, as a user runs it: the label list is read first, then the missing checkpoint named."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "training", "evaluate", "-c", "tsm_k400_frames", "--checkpoint",
+                           "nope.pdparams"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)})
+    assert done.returncode == 2
+    assert "kinetics400_label_list" not in done.stderr
+    assert "checkpoint nope.pdparams does not exist" in done.stderr

@@ -71,6 +71,28 @@ def test_label_list_wrong_id_names_the_line(tmp_path: Path) -> None:
         read_label_list(path)
 
 
+@pytest.mark.parametrize("first", [0, 1])
+def test_label_list_ids_may_start_at_0_or_1(tmp_path: Path, first: int) -> None:
+    """UCF-101's own classInd.txt counts from 1 (with Windows line ends); the first name is class 0 either way."""
+    path = tmp_path / "classInd.txt"
+    path.write_text("".join(f"{first + i} {name}\r\n" for i, name in enumerate(["ApplyEyeMakeup", "ApplyLipstick",
+                                                                                 "Archery"])))
+    assert read_label_list(path) == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+
+
+@pytest.mark.parametrize(("text", "refusal"), [
+    ("1 a\n2 b\n4 c\n", r"classInd.txt:3: expected id 3, got 4"),
+    ("1 a\n\n1 b\n", r"classInd.txt:3: expected id 2, got 1"),
+    ("0 a\n1 b\n3 c\n", r"classInd.txt:3: expected id 2, got 3"),
+    ("2 a\n3 b\n", r"classInd.txt:1: expected id 0 or 1, got 2"),
+])
+def test_a_gap_or_a_repeat_in_label_ids_names_the_line(tmp_path: Path, text: str, refusal: str) -> None:
+    path = tmp_path / "classInd.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=refusal):
+        read_label_list(path)
+
+
 def test_scan_repository_skips_hidden_invalid_and_non_version_folders(tmp_path: Path) -> None:
     from service.contract.manifest import list_versions, scan_repository
 

@@ -42,3 +42,34 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert command is not None
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command.group(1) in ci_lines
+
+
+def _section(title: str) -> str:
+    return README.split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
+def test_the_section_a_missing_pretrained_file_points_to_is_in_the_training_section() -> None:
+    from training.checkpoint import DOWNLOAD_SECTION
+
+    name = DOWNLOAD_SECTION.split(", ", 2)[2].strip("'")
+    training = _section("Training")
+    assert f"**{name}.**" in training and "ResNet50_pretrain.pdparams" in training
+
+
+def test_the_training_section_says_where_a_run_writes() -> None:
+    """A run writes train.output_dir: its default, and each shipped config's runs/<config file name>."""
+    from training.config import CONFIG_DIR, TrainConfig, load_config
+
+    training = " ".join(_section("Training").split())  # as read, whatever the line wrapping
+    assert "`runs/<name>/`" not in training
+    assert "A run writes into `train.output_dir`" in training
+    assert f"leaves it out writes `{TrainConfig().output_dir}/`" in training
+    for path in CONFIG_DIR.glob("*.yaml"):
+        assert load_config(path).train.output_dir == f"runs/{path.stem}", path.name
+
+
+def test_the_training_section_says_how_ucf101_models_get_their_class_names() -> None:
+    from training.config import CONFIG_DIR, load_config
+
+    assert all(not load_config(path).data.labels for path in CONFIG_DIR.glob("tsm_ucf101_*.yaml"))
+    assert "-o data.labels=<path to classInd.txt>" in _section("Training")

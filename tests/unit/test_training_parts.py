@@ -200,3 +200,40 @@ def test_the_best_checkpoint_is_the_higher_top1_then_the_lower_loss() -> None:
     assert improves_on({"val_top1": 0.9, "val_loss": 3.0}, {"val_top1": 0.9, "val_loss": None})  # null in JSON
     assert improves_on({"val_top1": 0.0, "val_loss": 9.0}, {})  # the first validated epoch
     assert not improves_on({"loss": 0.1}, {})  # no validation, no best checkpoint
+
+
+def test_a_missing_pretrained_file_names_the_setting_and_where_to_download_it(tmp_path: Path) -> None:
+    from training.checkpoint import load_weights
+
+    missing = tmp_path / "ResNet50_pretrain.pdparams"
+    with pytest.raises(FileNotFoundError) as refused:
+        load_weights(build_model(load_config("tiny")), missing, backbone_only=True)
+    assert str(refused.value) == (f"model.pretrained {missing} does not exist: download it as README.md, Training, "
+                                  "'Kinetics-400 / UCF-101 with the seed's recipes' says, or train from scratch "
+                                  "with -o model.pretrained=")
+
+
+def test_train_refuses_a_missing_pretrained_file_in_one_sentence(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from training.cli import main
+
+    code = main(["train", "-c", "tiny", "-o", f"model.pretrained={tmp_path / 'nope.pdparams'}",
+                 "-o", "data.train_list=unused.list", "-o", f"train.output_dir={tmp_path / 'run'}"])
+    assert code == 2
+    assert f"model.pretrained {tmp_path / 'nope.pdparams'} does not exist" in caplog.text
+    assert "to load model not exists" not in caplog.text
+
+
+@pytest.mark.parametrize("job", ["evaluate", "export", "load"])
+def test_evaluate_and_export_name_a_missing_checkpoint_alike(tmp_path: Path, job: str) -> None:
+    from training.checkpoint import load_weights
+    from training.workflows import evaluate_checkpoint, export_checkpoint
+
+    cfg, missing = load_config("tiny", ["data.valid_list=unused.list"]), tmp_path / "best.pdparams"
+    run = {"evaluate": lambda: evaluate_checkpoint(cfg, missing, out_dir=tmp_path),
+           "export": lambda: export_checkpoint(cfg, missing, tmp_path / "repo", with_onnx=False),
+           "load": lambda: load_weights(build_model(cfg), missing)}[job]
+    with pytest.raises(FileNotFoundError, match=rf"^checkpoint {missing} does not exist: give the \.pdparams file "
+                                                r"of a run \(its train\.output_dir holds best\.pdparams"):
+        run()
+    assert not (tmp_path / "repo").exists()
