@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +23,7 @@ from training.recipes import QUICK, RECIPES
 
 if TYPE_CHECKING:
     from training.config import Config
+    from training.loop import TrainingInterrupted
 
 REPO_HELP = "model repository (default: $TSM_MODEL_REPO, else model_repo)"
 
@@ -156,6 +162,64 @@ def _require_train_lists(cfg: Config, validate: bool) -> None:
             raise ValueError(f"{key} is not set in config {cfg.name!r}: give it with -o {key}=FILE")
 
 
+def _explicit_output_dir(overrides: list[str]) -> str | None:
+    """The last ``-o train.output_dir=...`` given, as load_config applies it (None: the config file's)."""
+    given = [raw for key, _, raw in (o.partition("=") for o in overrides) if key.strip() == "train.output_dir"]
+    return given[-1] if given else None
+
+
+def _check_resume_folder(resume: Path | None, overrides: list[str]) -> None:
+    """A resumed run continues in its checkpoint's folder (training.loop.train): an output folder asked for
+    explicitly that is another one would mix two runs there, or split one run over two folders."""
+    asked = _explicit_output_dir(overrides)
+    if resume is None or asked is None or Path(asked).resolve() == resume.parent.resolve():
+        return
+    raise ValueError(f"--resume {resume} continues the run in {resume.parent}, but -o train.output_dir={asked} "
+                     f"names another folder: drop that override to continue the run where it is")
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While training, SIGTERM raises ``Terminated`` (a KeyboardInterrupt), so ``timeout`` or ``docker stop`` end
+    the run as Ctrl+C does: one message naming the checkpoint to resume from. Set after Paddle is imported, as
+    Paddle installs its C++ handler at import (a silent exit 143); only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from training.loop import Terminated
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:  # Paddle's handler is invisible to Python (None) and cannot be put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _resume_command(argv: list[str], checkpoint: Path) -> str:
+    """The command line that was run, resuming from ``checkpoint`` (an earlier ``--resume`` replaced)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        skip = arg == "--resume"
+        if not skip:
+            kept.append(arg)
+    return shlex.join(["python", "-m", "training", *kept, "--resume", str(checkpoint)])
+
+
+def interrupted_message(stop: TrainingInterrupted, argv: list[str]) -> str:
+    """What an interrupted run says: the epoch it was in, the checkpoint it left and how to resume from it."""
+    if stop.saved is None:
+        return f"interrupted during epoch {stop.epoch}: no epoch had finished, so nothing was saved"
+    return (f"interrupted during epoch {stop.epoch}: the last saved checkpoint is {stop.saved} "
+            f"(epoch {stop.saved_epoch}); resume with:\n  {_resume_command(argv, stop.saved)}")
+
+
 def run(args: argparse.Namespace) -> int:
     # Imports are per command: `ensure-model` with a model present must not pay for Paddle.
     if args.command == "ensure-model":
@@ -194,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
         from training.loop import train
 
         _require_train_lists(cfg, args.validate)
-        result = train(cfg, validate=args.validate, resume=args.resume)
+        _check_resume_folder(args.resume, args.override)
+        with _sigterm_interrupts():
+            result = train(cfg, validate=args.validate, resume=args.resume)
         best = f"best {result.best_metrics} -> {result.best_checkpoint}; " if result.best_checkpoint else ""
         print(f"{best}latest -> {result.latest_checkpoint}")
         return 0
@@ -216,10 +282,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM while training: a message, not an 81-line traceback
+        return _interrupted(exc, argv)
     except yaml.YAMLError as exc:  # config.py parses text, so the file's name is not in the error
         logging.getLogger("training").error("invalid YAML in config %s or an -o override: %s",
                                             getattr(args, "config", "?"), exc)
@@ -230,6 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # the user's input is wrong: a message, not a traceback
         logging.getLogger("training").error("%s", exc)
         return 2
+
+
+def _interrupted(exc: KeyboardInterrupt, argv: list[str]) -> int:
+    """Say where an interrupted command stopped; the exit status a shell gives the signal (130, 143)."""
+    loop = sys.modules.get("training.loop")  # not imported by this command: not a training run's interrupt
+    if loop is not None and isinstance(exc, loop.TrainingInterrupted):
+        message = interrupted_message(exc, argv)
+    else:  # before or after the epochs, or another command
+        message = "interrupted"
+    logging.getLogger("training").error("%s", message)
+    return 128 + int(getattr(exc, "signum", signal.SIGINT))  # Terminated and TrainingInterrupted carry theirs
 
 
 def validation_message(exc: ValidationError) -> str:

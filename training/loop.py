@@ -6,6 +6,8 @@ import contextlib
 import json
 import logging
 import math
+import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,13 +110,62 @@ def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer
     if seen == 0:  # training on nothing would "succeed" with a NaN loss and random weights
         raise ValueError(f"epoch {epoch + 1}: no clip of {cfg.data.train_list} could be read ({skipped} skipped): "
                          f"{unread_list_hint(cfg)}")
-    return {"train_loss": float(np.mean(losses)), "train_top1": hits / seen}
+    return {"train_loss": float(np.mean(losses)), "train_top1": hits / seen, "train_skipped": skipped}
+
+
+def _total(count: int, distributed: bool) -> int:
+    """A count summed over the data-parallel ranks (each saw its own share of the clips); every rank calls it."""
+    if not distributed:
+        return count
+    total = paddle.to_tensor([count], dtype="int64")
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+class Terminated(KeyboardInterrupt):
+    """What a SIGTERM handler raises (the CLI installs one) so a terminated run ends as an interrupted one."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C or SIGTERM stopped a run: the epoch it was in and the checkpoint it can resume from.
+
+    A KeyboardInterrupt still, so callers that know nothing of it stop as they did."""
+
+    def __init__(self, epoch: int, saved: Path | None, saved_epoch: int, signum: int) -> None:
+        super().__init__(f"interrupted during epoch {epoch}")
+        self.epoch, self.saved, self.saved_epoch, self.signum = epoch, saved, saved_epoch, signum
+
+
+@dataclass
+class _Progress:
+    """The last checkpoint a run can resume from (None: none yet) and its epoch; rank 0 keeps it current."""
+
+    saved: Path | None
+    saved_epoch: int
+
+    def interrupted(self, exc: KeyboardInterrupt) -> TrainingInterrupted:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        return TrainingInterrupted(self.saved_epoch + 1, self.saved, self.saved_epoch, signum)
 
 
 def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> TrainResult:
     """Train ``cfg``; with ``validate`` keep the best checkpoint by validation top-1.
 
     Runs data-parallel when started by ``paddle.distributed.launch`` (world size > 1).
+
+    A resumed run continues in its checkpoint's folder (the run it belongs to), whatever
+    ``train.output_dir`` says (an INFO line says so when they differ): writing elsewhere mixed two runs'
+    logs and checkpoints. Resuming from an older ``epoch_N`` of a run that went further abandons the later
+    epochs: their checkpoints (``epoch_M``, ``latest`` and ``best`` from epochs after N) move, with the
+    run's whole log, into ``earlier_run.<n>/`` as a fresh run's predecessor does; the folder keeps epochs up to
+    N, the log trimmed to them, and the best checkpoint only if it is from one of them (else the resumed run's
+    first validated epoch becomes the best).
+
+    Ctrl+C or a :class:`Terminated` raises :class:`TrainingInterrupted` naming the last saved checkpoint.
     """
     # Optimizer state is keyed by generated names (``conv2d_0.w_0_velocity_0``): a fresh naming
     # scope per run makes a resumed run generate the names its checkpoint holds.
@@ -179,8 +230,52 @@ def _check_inputs(cfg: Config, validate: bool, resume: Path | None) -> None:
                          f"to train (raise it, e.g. -o train.epochs={done + 10})")
 
 
+def _in_run_folder(cfg: Config, resume: Path | None) -> Config:
+    """``cfg`` writing into the folder of the run it resumes (see :func:`train`); unchanged for a fresh run."""
+    if resume is None:
+        return cfg
+    folder = resume.parent
+    if Path(cfg.train.output_dir).resolve() != folder.resolve():
+        log.info("resuming the run in %s (the folder of %s), not train.output_dir %s", folder, resume.name,
+                 cfg.train.output_dir)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(folder)})})
+
+
+def _checkpoint_epochs(out: Path) -> dict[str, int]:
+    """The run's checkpoints in ``out`` by name stem (``latest``, ``best``, ``epoch_3``) and the epoch each holds."""
+    found = [p for pattern in ("latest.pdparams", "best.pdparams", "epoch_*.pdparams") for p in out.glob(pattern)]
+    return {p.stem: int(read_meta(p).get("epoch", 0)) for p in found if p.is_file()}
+
+
+def _set_aside_abandoned_epochs(out: Path, resumed_at: int) -> None:
+    """Resuming an older epoch: move the later epochs' checkpoints (and the whole log) into ``earlier_run.<n>``,
+    as a fresh run does with its predecessor, so no later epoch stays mixed in with the resumed run's."""
+    epochs = _checkpoint_epochs(out)
+    later = sorted(stem for stem, epoch in epochs.items() if epoch > resumed_at)
+    if not later:
+        return
+    log.warning("resuming at epoch %d abandons the later epochs of the run in %s: %s", resumed_at, out,
+                ", ".join(f"{stem}.pdparams (epoch {epochs[stem]})" for stem in later))
+    kept = set_aside_earlier_run(out)
+    assert kept is not None  # it held the later checkpoints
+    for stem in (stem for stem, epoch in epochs.items() if epoch <= resumed_at):  # the resumed run's own
+        for f in kept.glob(f"{stem}.*"):
+            f.rename(out / f.name)
+    if (kept / LOG_FILE).exists():  # the whole log stays with the abandoned run; trim_log cuts this copy
+        shutil.copy2(kept / LOG_FILE, out / LOG_FILE)
+
+
 def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     _check_inputs(cfg, validate, resume)
+    cfg = _in_run_folder(cfg, resume)
+    progress = _Progress(resume, int(read_meta(resume).get("epoch", 0)) if resume else 0)
+    try:
+        return _run(cfg, validate, resume, progress)
+    except KeyboardInterrupt as exc:
+        raise progress.interrupted(exc) from exc
+
+
+def _run(cfg: Config, validate: bool, resume: Path | None, progress: _Progress) -> TrainResult:
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     distributed = dist.get_world_size() > 1
@@ -195,6 +290,7 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
         if resume is None:
             set_aside_earlier_run(out)
         else:
+            _set_aside_abandoned_epochs(out, run.start_epoch)
             trim_log(log_file, run.start_epoch)
         if log_file.exists():
             plot_curves(log_file, out / "curves.png")  # the resumed history, until its next epoch is drawn
@@ -214,11 +310,13 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
         started = time.perf_counter()
         record: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.get_lr()}
         record |= _train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
+        record["train_skipped"] = _total(int(record["train_skipped"]), distributed)
         run.schedule.step()
         record["seconds"] = time.perf_counter() - started
         if val_loader is not None:
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= (merge_ranks(result) if distributed else result).as_dict()
+            record["val_skipped"] = _total(len(result.skipped), distributed)
             if record["val_count"] == 0:
                 raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {unread_list_hint(cfg)}")
         history.append(record)
@@ -228,6 +326,7 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
                 break
             continue
         latest = _end_epoch(out, run, cfg, epoch, record)
+        progress.saved, progress.saved_epoch = latest, epoch + 1
         if improves_on(record, best):
             best, best_path = record, save_checkpoint(out / "best", run.model, cfg, epoch + 1, record)
         plot_curves(log_file, out / "curves.png")

@@ -178,3 +178,17 @@ def test_out_of_range_arguments_are_refused_before_any_work(argv: list[str], cap
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "must be 1 or more" in err or "invalid choice: 'LOUD'" in err, err
+
+
+def test_resume_refuses_an_explicit_output_dir_of_another_run(tmp_path: Path, checkpoint: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A resumed run continues in its checkpoint's folder: -o train.output_dir naming another would mix runs."""
+    listed = tmp_path / "train.list"
+    listed.write_text("clip.mp4 0\n")
+    other = tmp_path / "other"
+    message = _error(caplog, ["train", "-c", "tiny", "-o", f"data.train_list={listed}", "-o",
+                              f"train.output_dir={other}", "--resume", str(checkpoint)])
+    assert message == (f"--resume {checkpoint} continues the run in {checkpoint.parent}, but -o "
+                       f"train.output_dir={other} names another folder: drop that override to continue the run "
+                       "where it is")
+    assert not other.exists()

@@ -454,3 +454,144 @@ def test_resuming_an_earlier_epoch_drops_the_later_records(tiny_set: Path, tmp_p
     assert [r["epoch"] for r in records if r["kind"] == "step"] == [1, 2]  # epoch 3's steps went with it
     assert plotted == [[1], [1, 2]]  # redrawn from the cleaned log at once, then after epoch 2
     assert not (tmp_path / "metrics.jsonl.1").exists()  # a resumed run continues its log
+
+
+def test_a_resumed_run_continues_in_its_checkpoints_folder(tiny_set: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Resumed with another train.output_dir (the config's default, or a run from elsewhere), a run wrote a
+    second folder holding only its resumed epochs, or merged into and trimmed another run's log."""
+    caplog.set_level("INFO", logger="training.loop")
+    short = ["train.max_steps_per_epoch=1"]
+    train(_cfg(tiny_set, tmp_path / "a", "train.epochs=1", *short), validate=False)
+    other = tmp_path / "b"
+    result = train(_cfg(tiny_set, other, "train.epochs=2", *short), validate=False,
+                   resume=tmp_path / "a" / "latest.pdparams")
+    assert not other.exists()
+    assert result.output_dir == tmp_path / "a" and result.latest_checkpoint == tmp_path / "a" / "latest.pdparams"
+    records = _records(tmp_path / "a" / "metrics.jsonl")
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["output_dir"] == str(tmp_path / "a")
+    assert f"resuming the run in {tmp_path / 'a'} (the folder of latest.pdparams), not train.output_dir {other}" \
+        in caplog.text
+
+
+def test_resuming_an_older_epoch_sets_the_later_epochs_and_their_best_aside(tiny_set: Path, tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Resumed from epoch_1 of a three-epoch run, epoch_3.pdparams and a best.pdparams of epoch 3 stayed beside
+    the resumed run's files, and that best kept beating the resumed epochs."""
+    import shutil
+
+    frozen = ["train.max_steps_per_epoch=1", "optimizer.values=[0.0, 0.0]"]  # every epoch validates the same
+    train(_cfg(tiny_set, tmp_path, "train.epochs=3", *frozen), validate=True)
+    for suffix in (".pdparams", ".json"):  # as if epoch 3 had validated best
+        shutil.copy(tmp_path / f"latest{suffix}", tmp_path / f"best{suffix}")
+    whole_log = (tmp_path / "metrics.jsonl").read_text()
+    result = train(_cfg(tiny_set, tmp_path, "train.epochs=2", *frozen), validate=True,
+                   resume=tmp_path / "epoch_1.pdparams")
+    assert "abandons the later epochs of the run in" in caplog.text
+    assert "best.pdparams (epoch 3), epoch_2.pdparams (epoch 2), epoch_3.pdparams (epoch 3), latest.pdparams " \
+           "(epoch 3)" in caplog.text
+    aside = tmp_path / "earlier_run.1"
+    assert (aside / "metrics.jsonl").read_text() == whole_log  # the abandoned run, whole
+    assert {json.loads((aside / f"{stem}.json").read_text())["epoch"] for stem in ("best", "latest", "epoch_3")} == {3}
+    assert not (aside / "epoch_1.pdparams").exists()  # the resumed run's own epoch stays in place
+    assert {p.name for p in tmp_path.glob("epoch_*.pdparams")} == {"epoch_1.pdparams", "epoch_2.pdparams"}
+    assert [json.loads((tmp_path / f"{stem}.json").read_text())["epoch"] for stem in ("latest", "best")] == [2, 2]
+    assert result.best_checkpoint == tmp_path / "best.pdparams"  # the resumed run's, not epoch 3's
+    assert [r["epoch"] for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"] == [1, 2]
+
+
+def test_the_epoch_record_counts_the_skipped_clips(tiny_set: Path, tmp_path: Path) -> None:
+    with_missing = tmp_path / "train.list"
+    with_missing.write_text((tiny_set / "train.list").read_text() + "not_there.mp4 0\n")
+    result = train(_cfg(tiny_set, tmp_path / "run", f"data.train_list={with_missing}"), validate=True)
+    epoch = next(r for r in _records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch")
+    assert (epoch["train_skipped"], epoch["val_skipped"]) == (1, 1)  # val.list lists not_there.mp4 too
+    assert result.history[0]["val_count"] == 6
+
+
+def _train_argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "-c", "tiny", *(a for key in _keys(root, out, *extra) for a in ("-o", key))]
+
+
+@pytest.mark.parametrize("stop_in", [1, 2])
+def test_an_interrupted_train_command_names_its_checkpoint_and_how_to_resume(
+        tiny_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        stop_in: int) -> None:
+    import training.loop
+    from training.cli import main
+
+    epochs: list[int] = []
+    real = training.loop._train_epoch
+
+    def stopping(*args: object) -> dict[str, float]:
+        epochs.append(1)
+        if len(epochs) == stop_in:
+            raise KeyboardInterrupt
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training.loop, "_train_epoch", stopping)
+    argv = _train_argv(tiny_set, tmp_path, "train.epochs=3", "train.max_steps_per_epoch=1")
+    assert main(argv) == 130
+    message = caplog.records[-1].getMessage()
+    if stop_in == 1:
+        assert message == "interrupted during epoch 1: no epoch had finished, so nothing was saved"
+        return
+    latest = tmp_path / "latest.pdparams"
+    assert message.startswith(f"interrupted during epoch 2: the last saved checkpoint is {latest} (epoch 1); "
+                              "resume with:\n  python -m training train -c tiny -o ")
+    assert message.endswith(f" --resume {latest}")
+    monkeypatch.setattr(training.loop, "_train_epoch", real)
+    import shlex
+
+    resume = shlex.split(message.split("python -m training ")[1])  # the command it gives, run
+    assert main(resume) == 0
+    assert json.loads((tmp_path / "latest.json").read_text())["epoch"] == 3
+
+
+def test_a_terminated_train_command_exits_143(tiny_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import training.loop
+    from training.cli import main
+
+    def terminated(*args: object) -> dict[str, float]:
+        raise training.loop.Terminated()
+
+    train(_cfg(tiny_set, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=1"), validate=False)
+    monkeypatch.setattr(training.loop, "_train_epoch", terminated)
+    argv = [*_train_argv(tiny_set, tmp_path, "train.epochs=2"), "--resume", str(tmp_path / "latest.pdparams")]
+    assert main(argv) == 143
+    assert caplog.records[-1].getMessage().startswith(
+        f"interrupted during epoch 2: the last saved checkpoint is {tmp_path / 'latest.pdparams'} (epoch 1)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
+def test_a_signalled_training_process_says_where_to_resume_without_a_traceback(
+        tiny_set: Path, tmp_path: Path, signum: int) -> None:
+    """Ctrl+C printed an 81-line KeyboardInterrupt traceback, SIGTERM (Paddle's handler) exited silently."""
+    import signal
+
+    cmd = [sys.executable, "-m", "training", *_train_argv(tiny_set, tmp_path, "train.epochs=100000",
+                                                          "train.max_steps_per_epoch=1")]
+    # SIGINT as a terminal sends it: a child started in the background would inherit it ignored
+    run = subprocess.Popen(cmd, cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "latest.json").exists():  # written last of a checkpoint (its epoch is logged first)
+            assert run.poll() is None and time.monotonic() < deadline, "no checkpoint saved"
+            time.sleep(0.1)
+        run.send_signal(signum)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err and "FatalError" not in err, err[-3000:]
+    latest = tmp_path / "latest.pdparams"
+    saved = json.loads((tmp_path / "latest.json").read_text())["epoch"]
+    assert f"interrupted during epoch {saved + 1}: the last saved checkpoint is {latest} (epoch {saved})" in err
+    assert f"--resume {latest}" in err
