@@ -19,11 +19,11 @@ import yaml
 from pydantic import ValidationError
 
 from service.contract.manifest import Preprocessing, read_label_list
+from training.interrupts import Terminated, TrainingInterrupted
 from training.recipes import QUICK, RECIPES
 
 if TYPE_CHECKING:
     from training.config import Config
-    from training.loop import TrainingInterrupted
 
 REPO_HELP = "model repository (default: $TSM_MODEL_REPO, else model_repo)"
 
@@ -186,8 +186,6 @@ def _sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    from training.loop import Terminated
-
     def interrupt(signum: int, frame: object) -> None:
         raise Terminated(signum)
 
@@ -303,11 +301,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(exc: KeyboardInterrupt, argv: list[str]) -> int:
     """Say where an interrupted command stopped; the exit status a shell gives the signal (130, 143)."""
-    loop = sys.modules.get("training.loop")  # not imported by this command: not a training run's interrupt
-    if loop is not None and isinstance(exc, loop.TrainingInterrupted):
-        message = interrupted_message(exc, argv)
-    else:  # before or after the epochs, or another command
-        message = "interrupted"
+    # Before or after the epochs, or another command: nothing to resume from.
+    message = interrupted_message(exc, argv) if isinstance(exc, TrainingInterrupted) else "interrupted"
     logging.getLogger("training").error("%s", message)
     return 128 + int(getattr(exc, "signum", signal.SIGINT))  # Terminated and TrainingInterrupted carry theirs
 

@@ -6,8 +6,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,17 @@ from training.checkpoint import build_model, load_weights, read_meta, save_check
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
 from training.evaluate import EvalResult, evaluate, merge_ranks
+from training.interrupts import Progress
 from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
 from training.plots import plot_curves
-from training.run_dir import LOG_FILE, RESULT_FILE, set_aside_earlier_run, trim_log
+from training.run_dir import (
+    LOG_FILE,
+    RESULT_FILE,
+    in_run_folder,
+    set_aside_abandoned_epochs,
+    set_aside_earlier_run,
+    trim_log,
+)
 from training.tsm.shift import ShiftImpl
 from training.workflows import labels_of
 
@@ -122,36 +128,6 @@ def _total(count: int, distributed: bool) -> int:
     return int(total.item())
 
 
-class Terminated(KeyboardInterrupt):
-    """What a SIGTERM handler raises (the CLI installs one) so a terminated run ends as an interrupted one."""
-
-    def __init__(self, signum: int = signal.SIGTERM) -> None:
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl+C or SIGTERM stopped a run: the epoch it was in and the checkpoint it can resume from.
-
-    A KeyboardInterrupt still, so callers that know nothing of it stop as they did."""
-
-    def __init__(self, epoch: int, saved: Path | None, saved_epoch: int, signum: int) -> None:
-        super().__init__(f"interrupted during epoch {epoch}")
-        self.epoch, self.saved, self.saved_epoch, self.signum = epoch, saved, saved_epoch, signum
-
-
-@dataclass
-class _Progress:
-    """The last checkpoint a run can resume from (None: none yet) and its epoch; rank 0 keeps it current."""
-
-    saved: Path | None
-    saved_epoch: int
-
-    def interrupted(self, exc: KeyboardInterrupt) -> TrainingInterrupted:
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        return TrainingInterrupted(self.saved_epoch + 1, self.saved, self.saved_epoch, signum)
-
-
 def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> TrainResult:
     """Train ``cfg``; with ``validate`` keep the best checkpoint by validation top-1.
 
@@ -230,52 +206,17 @@ def _check_inputs(cfg: Config, validate: bool, resume: Path | None) -> None:
                          f"to train (raise it, e.g. -o train.epochs={done + 10})")
 
 
-def _in_run_folder(cfg: Config, resume: Path | None) -> Config:
-    """``cfg`` writing into the folder of the run it resumes (see :func:`train`); unchanged for a fresh run."""
-    if resume is None:
-        return cfg
-    folder = resume.parent
-    if Path(cfg.train.output_dir).resolve() != folder.resolve():
-        log.info("resuming the run in %s (the folder of %s), not train.output_dir %s", folder, resume.name,
-                 cfg.train.output_dir)
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(folder)})})
-
-
-def _checkpoint_epochs(out: Path) -> dict[str, int]:
-    """The run's checkpoints in ``out`` by name stem (``latest``, ``best``, ``epoch_3``) and the epoch each holds."""
-    found = [p for pattern in ("latest.pdparams", "best.pdparams", "epoch_*.pdparams") for p in out.glob(pattern)]
-    return {p.stem: int(read_meta(p).get("epoch", 0)) for p in found if p.is_file()}
-
-
-def _set_aside_abandoned_epochs(out: Path, resumed_at: int) -> None:
-    """Resuming an older epoch: move the later epochs' checkpoints (and the whole log) into ``earlier_run.<n>``,
-    as a fresh run does with its predecessor, so no later epoch stays mixed in with the resumed run's."""
-    epochs = _checkpoint_epochs(out)
-    later = sorted(stem for stem, epoch in epochs.items() if epoch > resumed_at)
-    if not later:
-        return
-    log.warning("resuming at epoch %d abandons the later epochs of the run in %s: %s", resumed_at, out,
-                ", ".join(f"{stem}.pdparams (epoch {epochs[stem]})" for stem in later))
-    kept = set_aside_earlier_run(out)
-    assert kept is not None  # it held the later checkpoints
-    for stem in (stem for stem, epoch in epochs.items() if epoch <= resumed_at):  # the resumed run's own
-        for f in kept.glob(f"{stem}.*"):
-            f.rename(out / f.name)
-    if (kept / LOG_FILE).exists():  # the whole log stays with the abandoned run; trim_log cuts this copy
-        shutil.copy2(kept / LOG_FILE, out / LOG_FILE)
-
-
 def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
     _check_inputs(cfg, validate, resume)
-    cfg = _in_run_folder(cfg, resume)
-    progress = _Progress(resume, int(read_meta(resume).get("epoch", 0)) if resume else 0)
+    cfg = in_run_folder(cfg, resume)
+    progress = Progress(resume, int(read_meta(resume).get("epoch", 0)) if resume else 0)
     try:
         return _run(cfg, validate, resume, progress)
     except KeyboardInterrupt as exc:
         raise progress.interrupted(exc) from exc
 
 
-def _run(cfg: Config, validate: bool, resume: Path | None, progress: _Progress) -> TrainResult:
+def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -> TrainResult:
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     distributed = dist.get_world_size() > 1
@@ -290,7 +231,7 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: _Progress) 
         if resume is None:
             set_aside_earlier_run(out)
         else:
-            _set_aside_abandoned_epochs(out, run.start_epoch)
+            set_aside_abandoned_epochs(out, run.start_epoch)
             trim_log(log_file, run.start_epoch)
         if log_file.exists():
             plot_curves(log_file, out / "curves.png")  # the resumed history, until its next epoch is drawn

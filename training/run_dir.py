@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from training.checkpoint import write_atomically
+from training.checkpoint import read_meta, write_atomically
+
+if TYPE_CHECKING:
+    from training.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +67,39 @@ def _epoch_of(line: str) -> float:
     except json.JSONDecodeError:
         return float("inf")
     return float(record.get("epoch", 0)) if isinstance(record, dict) else float("inf")
+
+
+def in_run_folder(cfg: Config, resume: Path | None) -> Config:
+    """``cfg`` writing into the folder of the run it resumes (see ``training.loop.train``); unchanged for a fresh
+    run."""
+    if resume is None:
+        return cfg
+    folder = resume.parent
+    if Path(cfg.train.output_dir).resolve() != folder.resolve():
+        log.info("resuming the run in %s (the folder of %s), not train.output_dir %s", folder, resume.name,
+                 cfg.train.output_dir)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(folder)})})
+
+
+def _checkpoint_epochs(out: Path) -> dict[str, int]:
+    """The run's checkpoints in ``out`` by name stem (``latest``, ``best``, ``epoch_3``) and the epoch each holds."""
+    found = [p for pattern in ("latest.pdparams", "best.pdparams", "epoch_*.pdparams") for p in out.glob(pattern)]
+    return {p.stem: int(read_meta(p).get("epoch", 0)) for p in found if p.is_file()}
+
+
+def set_aside_abandoned_epochs(out: Path, resumed_at: int) -> None:
+    """Resuming an older epoch: move the later epochs' checkpoints (and the whole log) into ``earlier_run.<n>``,
+    as a fresh run does with its predecessor, so no later epoch stays mixed in with the resumed run's."""
+    epochs = _checkpoint_epochs(out)
+    later = sorted(stem for stem, epoch in epochs.items() if epoch > resumed_at)
+    if not later:
+        return
+    log.warning("resuming at epoch %d abandons the later epochs of the run in %s: %s", resumed_at, out,
+                ", ".join(f"{stem}.pdparams (epoch {epochs[stem]})" for stem in later))
+    kept = set_aside_earlier_run(out)
+    assert kept is not None  # it held the later checkpoints
+    for stem in (stem for stem, epoch in epochs.items() if epoch <= resumed_at):  # the resumed run's own
+        for f in kept.glob(f"{stem}.*"):
+            f.rename(out / f.name)
+    if (kept / LOG_FILE).exists():  # the whole log stays with the abandoned run; trim_log cuts this copy
+        shutil.copy2(kept / LOG_FILE, out / LOG_FILE)

@@ -460,7 +460,7 @@ def test_a_resumed_run_continues_in_its_checkpoints_folder(tiny_set: Path, tmp_p
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """Resumed with another train.output_dir (the config's default, or a run from elsewhere), a run wrote a
     second folder holding only its resumed epochs, or merged into and trimmed another run's log."""
-    caplog.set_level("INFO", logger="training.loop")
+    caplog.set_level("INFO", logger="training.run_dir")
     short = ["train.max_steps_per_epoch=1"]
     train(_cfg(tiny_set, tmp_path / "a", "train.epochs=1", *short), validate=False)
     other = tmp_path / "b"
@@ -553,9 +553,10 @@ def test_a_terminated_train_command_exits_143(tiny_set: Path, tmp_path: Path, mo
                                               caplog: pytest.LogCaptureFixture) -> None:
     import training.loop
     from training.cli import main
+    from training.interrupts import Terminated
 
     def terminated(*args: object) -> dict[str, float]:
-        raise training.loop.Terminated()
+        raise Terminated()
 
     train(_cfg(tiny_set, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=1"), validate=False)
     monkeypatch.setattr(training.loop, "_train_epoch", terminated)

@@ -1,0 +1,37 @@
+"""A training run stopped by Ctrl+C or SIGTERM: what it says, and the checkpoint it can resume from."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Terminated(KeyboardInterrupt):
+    """What a SIGTERM handler raises (the CLI installs one) so a terminated run ends as an interrupted one."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C or SIGTERM stopped a run: the epoch it was in and the checkpoint it can resume from.
+
+    A KeyboardInterrupt still, so callers that know nothing of it stop as they did."""
+
+    def __init__(self, epoch: int, saved: Path | None, saved_epoch: int, signum: int) -> None:
+        super().__init__(f"interrupted during epoch {epoch}")
+        self.epoch, self.saved, self.saved_epoch, self.signum = epoch, saved, saved_epoch, signum
+
+
+@dataclass
+class Progress:
+    """The last checkpoint a run can resume from (None: none yet) and its epoch; rank 0 keeps it current."""
+
+    saved: Path | None
+    saved_epoch: int
+
+    def interrupted(self, exc: KeyboardInterrupt) -> TrainingInterrupted:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        return TrainingInterrupted(self.saved_epoch + 1, self.saved, self.saved_epoch, signum)
