@@ -12,6 +12,7 @@ from typing import Any
 
 import paddle
 
+from service.contract.manifest import read_label_list
 from training.config import Config
 from training.tsm import Recognizer2D, build_tsm
 from training.tsm.shift import ShiftImpl
@@ -27,6 +28,17 @@ def build_model(cfg: Config, shift_impl: ShiftImpl = "slice") -> Recognizer2D:
                      shift_impl=shift_impl)
 
 
+def labels_of(cfg: Config) -> list[str]:
+    """Class names from ``data.labels``, or ``class_<i>`` when the config names no file."""
+    if cfg.data.labels:
+        labels = read_label_list(Path(cfg.data.labels))
+        if len(labels) != cfg.model.num_classes:
+            raise ValueError(f"{cfg.data.labels} has {len(labels)} labels, model.num_classes is "
+                             f"{cfg.model.num_classes}")
+        return labels
+    return [f"class_{i}" for i in range(cfg.model.num_classes)]
+
+
 def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: int,
                     metrics: dict[str, float], optimizer: paddle.optimizer.Optimizer | None = None) -> Path:
     """Write ``<prefix>.pdparams`` (+ ``.pdopt``) and ``<prefix>.json``; returns the params path.
@@ -39,7 +51,9 @@ def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: in
     prefix.parent.mkdir(parents=True, exist_ok=True)
     layer = model._layers if isinstance(model, paddle.DataParallel) else model
     params = Path(str(prefix) + ".pdparams")
-    meta = {"epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json")}
+    # The class names too: an export or evaluation with another label list of the same length would misname
+    # every class, and the config records only the list's path.
+    meta = {"epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json"), "labels": labels_of(cfg)}
     writes: list[tuple[Path, Callable[[Path], object]]] = [
         (params, lambda tmp: paddle.save(layer.state_dict(), str(tmp)))]
     if optimizer is not None:
@@ -184,6 +198,20 @@ def check_recorded_preprocessing(cfg: Config, params: Path) -> None:
                              f"data.{field}={ours}: use the config it was trained with (its "
                              f"{params.with_suffix('.json').name} records it) or "
                              f"-o 'data.{field}={json.dumps(theirs)}'")
+
+
+def check_recorded_labels(cfg: Config, params: Path) -> None:
+    """Refuse to evaluate or export ``params`` under other class names than it was trained with (checkpoints
+    from before the sidecar recorded them are not checked)."""
+    recorded, ours = read_meta(params).get("labels"), labels_of(cfg)
+    if recorded is None or recorded == ours or len(recorded) != len(ours):  # a class count: the network's check
+        return
+    i = next(i for i, (a, b) in enumerate(zip(recorded, ours, strict=True)) if a != b)
+    given = cfg.data.labels or "no data.labels (class_<i>)"
+    trained = read_meta(params).get("config", {}).get("data", {}).get("labels") or "'' (it had none)"
+    raise ValueError(f"{params} was trained with other class names than {given} gives (class {i}: "
+                     f"{recorded[i]!r} against {ours[i]!r}): use the label list it was trained with, "
+                     f"-o data.labels={trained}")
 
 
 def check_finite_weights(model: paddle.nn.Layer, params: Path) -> None:

@@ -15,7 +15,7 @@ import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
 
-from training.checkpoint import build_model, load_weights, read_meta, save_checkpoint, to_json
+from training.checkpoint import build_model, labels_of, load_weights, read_meta, save_checkpoint, to_json
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
 from training.evaluate import EvalResult, evaluate, merge_ranks
@@ -31,7 +31,6 @@ from training.run_dir import (
     trim_log,
 )
 from training.tsm.shift import ShiftImpl
-from training.workflows import labels_of
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,13 @@ import logging
 import math
 from pathlib import Path
 
-from service.contract.manifest import Manifest, ModelIO, read_label_list
+from service.contract.manifest import Manifest, ModelIO
 from training.checkpoint import (
     build_model,
     check_finite_weights,
+    check_recorded_labels,
     check_recorded_preprocessing,
+    labels_of,
     load_weights,
     read_meta,
     to_json,
@@ -25,17 +27,6 @@ log = logging.getLogger(__name__)
 EVALUATION_FILE = "evaluation.json"
 
 
-def labels_of(cfg: Config) -> list[str]:
-    """Class names from ``data.labels``, or ``class_<i>`` when the config names no file."""
-    if cfg.data.labels:
-        labels = read_label_list(Path(cfg.data.labels))
-        if len(labels) != cfg.model.num_classes:
-            raise ValueError(f"{cfg.data.labels} has {len(labels)} labels, model.num_classes is "
-                             f"{cfg.model.num_classes}")
-        return labels
-    return [f"class_{i}" for i in range(cfg.model.num_classes)]
-
-
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = None,
                         out_dir: Path | None = None) -> EvalResult:
     """Evaluate with the shared test pipeline; writes ``confusion_matrix.png`` and ``evaluation.json`` (the
@@ -46,6 +37,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
         raise ValueError("no list file to evaluate on: data.valid_list is empty (set it with "
                          "-o data.valid_list=FILE, or give --list FILE)")
     check_recorded_preprocessing(cfg, checkpoint)
+    check_recorded_labels(cfg, checkpoint)
     model = build_model(cfg)
     load_weights(model, checkpoint)
     dataset = ClipDataset(cfg, list_file, train=False)
@@ -96,6 +88,7 @@ def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | Non
     """
     check_name(name or cfg.name)  # before anything is built or written (model_copy does not validate)
     check_recorded_preprocessing(cfg, checkpoint)
+    check_recorded_labels(cfg, checkpoint)
     found = metrics if metrics is not None else read_meta(checkpoint).get("metrics", {})
     manifest = manifest_for(cfg, checkpoint, _finite_metrics(found))
     if name:

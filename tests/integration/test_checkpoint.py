@@ -1,6 +1,7 @@
 """Checkpoint files: a full load refuses another network, a pretrained init stays lenient, writes are atomic."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,23 @@ def test_export_and_evaluate_refuse_other_preprocessing_than_trained_with(tmp_pa
     with pytest.raises(ValueError, match=shown):
         evaluate_checkpoint(_tiny("data.valid_list=unused.list"), params)
     assert export_checkpoint(_tiny(override), params, tmp_path / "repo", with_onnx=False).is_dir()
+
+
+def test_export_and_evaluate_refuse_other_class_names_than_trained_with(tmp_path: Path) -> None:
+    """Two lists of the same length: without the names in the sidecar every class would publish misnamed."""
+    trained, other = tmp_path / "trained.txt", tmp_path / "other.txt"
+    classes = [f"action_{i}" for i in range(_tiny().model.num_classes)]
+    trained.write_text("\n".join(classes) + "\n")
+    other.write_text("\n".join([classes[0], "surprise", *classes[2:]]) + "\n")
+    params = _saved(tmp_path, f"data.labels={trained}")
+    shown = (f"was trained with other class names than {other} gives (class 1: 'action_1' against 'surprise'): "
+             f"use the label list it was trained with, -o data.labels={trained}")
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        export_checkpoint(_tiny(f"data.labels={other}"), params, tmp_path / "repo", with_onnx=False)
+    with pytest.raises(ValueError, match=re.escape("than no data.labels (class_<i>) gives (class 0: 'action_0'")):
+        evaluate_checkpoint(_tiny("data.valid_list=unused.list"), params)
+    published = export_checkpoint(_tiny(f"data.labels={trained}"), params, tmp_path / "repo", with_onnx=False)
+    assert (published / "labels.txt").read_text().splitlines() == classes
 
 
 def test_a_folder_given_as_a_checkpoint_names_the_file_to_give(tmp_path: Path) -> None:
