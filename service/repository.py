@@ -24,6 +24,7 @@ from service.contract.manifest import Manifest, repository_problem, scan_reposit
 from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, ServiceError, VersionNotFoundError
 from service.metrics import Metrics
 from service.model_version import ModelVersion, PredictorFactory, PredictorLike, State, folder_files
+from service.repository_notices import RepositoryNotices
 
 __all__ = ["ModelRepository", "ModelVersion", "PredictorFactory", "State"]
 
@@ -52,12 +53,7 @@ class ModelRepository:
         self._scan_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._after_load = after_load
-        # The models the repository holds (as of the last scan that found any): without a default model, unnamed
-        # requests go to the only one. Decided by the repository alone, so every replica answers alike.
-        self._names: set[str] = set()
-        self._gone: set[tuple[str, int]] = set()  # serving versions whose folder is removed, already warned about
-        self._missing_pins: set[str] = set()  # pinned models whose pinned version the repository lacks
-        self.root_problem: str | None = None  # why the root holds no models ("... does not exist"), while it lasts
+        self.notices = RepositoryNotices(root, poll_interval_s, self.pins, default_model)
 
     async def start(self) -> None:
         await self.poll_once()
@@ -89,36 +85,14 @@ class ModelRepository:
         serving version's folder is removed, and stop serving a model whose folder is removed."""
         async with self._scan_lock:
             problem, found, changed = await asyncio.to_thread(self._scan)
-            self._note_root(problem)
+            self.notices.root_scanned(problem)
             self._forget_failed(found)
             for name, versions in found.items():
                 for version in self._candidates(name, versions, changed):
                     if await self._load_and_swap(name, version):
                         break
             self._retire_removed(found)
-            self._check_pins(found)
-            self._note_names(found)
-
-    def _note_names(self, found: dict[str, list[int]]) -> None:
-        """Keep the repository's model names, and warn when unnamed requests stop having a model to go to."""
-        if not found:  # as _retire_removed: an unmounted repository changes nothing
-            return
-        names = set(found)
-        if self.default_model is None and len(names) > 1 and len(self._names) <= 1:
-            log.warning("the repository now holds several models (%s) and TSM_DEFAULT_MODEL is not set: requests "
-                        "that name no model get 400 until it is set or one model is left", ", ".join(sorted(names)))
-        self._names = names
-
-    def _note_root(self, problem: str | None) -> None:
-        """Warn when the root goes wrong, once: start-up stays permissive (a volume may be filled later), so
-        without this a mistyped TSM_MODEL_REPO would look like an empty repository."""
-        if problem is not None and problem != self.root_problem:
-            again = f"; it is scanned again every {self.poll_interval_s:g} s" if self.poll_interval_s > 0 else ""
-            log.warning("the model repository %s %s (TSM_MODEL_REPO): no model can load from it%s", self.root,
-                        problem, again)
-        elif problem is None and self.root_problem is not None:
-            log.info("the model repository %s is usable now", self.root)
-        self.root_problem = problem
+            self.notices.models_scanned(found)
 
     def _retire_removed(self, found: dict[str, list[int]]) -> None:
         """Drain and unload models whose folder is gone. A scan that finds no model at all (an unmounted or
@@ -130,24 +104,6 @@ class ModelRepository:
             log.warning("%s was removed from the repository: no longer serving it (version %d drains)",
                         name, mv.version)
             self._drain(mv)
-
-    def _check_pins(self, found: dict[str, list[int]]) -> None:
-        """Say once (until it appears) that a pinned version is missing: otherwise nothing would tell why the model
-        never serves."""
-        for name, pinned in self.pins.items():
-            if pinned in found.get(name, []):
-                self._missing_pins.discard(name)
-            elif name not in self._missing_pins:
-                self._missing_pins.add(name)
-                log.warning("%s", self._pin_problem(name))
-
-    def missing_pin(self, name: str) -> str | None:
-        """Why a pinned model has nothing to serve (its pinned version is absent), or None."""
-        return self._pin_problem(name) if name in self._missing_pins else None
-
-    def _pin_problem(self, name: str) -> str:
-        return (f"{name} is pinned to version {self.pins[name]} (TSM_MODEL_VERSIONS), which the repository does "
-                "not hold")
 
     def _drain(self, mv: ModelVersion) -> None:
         mv.state = State.DRAINING
@@ -177,7 +133,7 @@ class ModelRepository:
         if removed:
             current = None
         elif current is not None:
-            self._gone.discard((name, current.version))  # its folder is back
+            self.notices.folder_present(name, current.version)
         if name in self.pins:
             pinned = self.pins[name]
             wanted = [pinned] if pinned in versions else []
@@ -187,21 +143,8 @@ class ModelRepository:
                   if (current is None or v > current.version or (name in self.pins and v != current.version))
                   and ((name, v) not in self.others or self._retry_due(self.others[(name, v)], changed))]
         if removed:
-            self._note_gone(self.serving[name], fallback=bool(chosen))
+            self.notices.folder_gone(name, self.serving[name].version, fallback=bool(chosen))
         return chosen
-
-    def _note_gone(self, mv: ModelVersion, fallback: bool) -> None:
-        """Say once that the serving version's folder is gone, and what happens now."""
-        if (mv.name, mv.version) in self._gone:
-            return
-        self._gone.add((mv.name, mv.version))
-        if fallback:
-            then = "trying its other versions, highest first"
-        elif mv.name in self.pins:
-            then = "it is pinned (TSM_MODEL_VERSIONS), so it keeps serving from memory until its folder is back"
-        else:
-            then = "no other valid version, so it keeps serving from memory until one is published"
-        log.warning("%s version %d was removed from the repository: %s", mv.name, mv.version, then)
 
     @staticmethod
     def _retry_due(mv: ModelVersion, changed: set[tuple[str, int]]) -> bool:
@@ -296,8 +239,7 @@ class ModelRepository:
             pending = [o for (n, _), o in self.others.items() if n == model]
             if pending or model in (self.default_model, *self.pins):  # expected to serve, just not yet: retry later
                 why = "; ".join(_state_of(o) for o in pending)
-                why = why or (self._pin_problem(model) if model in self._missing_pins else "not found in the "
-                              "repository yet")
+                why = why or self.notices.missing_pin(model) or "not found in the repository yet"
                 raise NotReadyError(f"model {model!r} is not ready: {why}", retry_after_s=5)
             raise ModelNotFoundError(f"no model named {model!r} is served")
         if version is not None and version != mv.version:
@@ -310,7 +252,7 @@ class ModelRepository:
             return self.default_model
         if not self.serving:
             raise NotReadyError(f"no model is loaded yet: {self.nothing_served()}", retry_after_s=5)
-        names = self._names | set(self.serving)
+        names = self.notices.names | set(self.serving)
         if len(names) == 1:
             return next(iter(names))
         raise BadParameterError(f"the repository holds several models ({', '.join(sorted(names))}); choose one with "
@@ -328,9 +270,10 @@ class ModelRepository:
     def nothing_served(self) -> str:
         """Why no model serves, as far as known: the root's problem, the versions that are loading or failed (with
         their error), the pins the repository lacks."""
-        why = [f"the model repository {self.root_problem}"] if self.root_problem else []
+        problem = self.notices.root_problem
+        why = [f"the model repository {problem}"] if problem else []
         why += [f"{o.name} {_state_of(o)}" for _, o in sorted(self.others.items())]
-        why += [self._pin_problem(n) for n in sorted(self._missing_pins)]
+        why += [self.notices.pin_problem(n) for n in sorted(self.notices.missing_pins)]
         return "; ".join(why) or "the model repository holds no <name>/<version>/ folder"  # the path stays in the log
 
     @asynccontextmanager

@@ -67,6 +67,6 @@ async def list_models(res: ResourcesDep) -> ModelsResponse:
 async def get_model(name: str, res: ResourcesDep) -> ModelsResponse:
     versions = res.repository.describe(name)
     if not versions:
-        why = res.repository.missing_pin(name)
+        why = res.repository.notices.missing_pin(name)
         raise ModelNotFoundError(f"no model named {name!r} is known" + (f" ({why})" if why else ""))
     return ModelsResponse(models=versions)
