@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--list", help="list file (default: data.valid_list)")
+    p.add_argument("--out", type=Path, help="folder for confusion_matrix.png and evaluation.json (default: the "
+                                            "checkpoint's folder)")
 
     p = sub.add_parser("export", help="publish a checkpoint as an inference model into model_repo")
     _config_args(p)
@@ -265,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from training.workflows import evaluate_checkpoint
 
-        result = evaluate_checkpoint(cfg, args.checkpoint, args.list)
+        result = evaluate_checkpoint(cfg, args.checkpoint, args.list, args.out)
         print(f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  ({result.count} clips, "
               f"{len(result.skipped)} skipped); confusion matrix: {result.confusion_png}, figures: "
               f"{result.confusion_png.with_name('evaluation.json')}")

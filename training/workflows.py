@@ -30,7 +30,8 @@ EVALUATION_FILE = "evaluation.json"
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = None,
                         out_dir: Path | None = None) -> EvalResult:
     """Evaluate with the shared test pipeline; writes ``confusion_matrix.png`` and ``evaluation.json`` (the
-    figures, for scripts that gate on them) into ``out_dir``."""
+    figures, for scripts that gate on them) into ``out_dir``, by default the checkpoint's own run folder (the
+    config's ``train.output_dir`` may be another run's)."""
     labels = labels_of(cfg)  # a wrong label list must fail now, not after the whole evaluation
     list_file = list_file or cfg.data.valid_list
     if not list_file:
@@ -46,7 +47,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
     if result.count == 0:
         raise ValueError(f"no clip of {list_file} could be read ({len(result.skipped)} skipped): "
                          f"{unread_list_hint(cfg)}")
-    out = out_dir or Path(cfg.train.output_dir)
+    out = out_dir or checkpoint.parent
     out.mkdir(parents=True, exist_ok=True)
     result.confusion_png = out / "confusion_matrix.png"
     plot_confusion(result.confusion, labels, result.confusion_png,

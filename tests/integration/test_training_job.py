@@ -214,10 +214,9 @@ def test_evaluate_command_says_where_its_confusion_matrix_went(tiny_set: Path, t
     from training.cli import main
 
     train(_cfg(tiny_set, tmp_path / "run", "train.epochs=1"), validate=False)
-    overrides = [f"data.valid_list={tiny_set / 'val.list'}", f"data.data_prefix={tiny_set}",
-                 f"train.output_dir={tmp_path / 'eval'}"]
+    overrides = [f"data.valid_list={tiny_set / 'val.list'}", f"data.data_prefix={tiny_set}"]
     assert main(["evaluate", "-c", "tiny", *(a for o in overrides for a in ("-o", o)),
-                 "--checkpoint", str(tmp_path / "run" / "latest.pdparams")]) == 0
+                 "--checkpoint", str(tmp_path / "run" / "latest.pdparams"), "--out", str(tmp_path / "eval")]) == 0
     png = tmp_path / "eval" / "confusion_matrix.png"
     out = capsys.readouterr().out
     assert f"confusion matrix: {png}" in out and png.read_bytes()[:8] == PNG_MAGIC
@@ -596,3 +595,19 @@ def test_a_signalled_training_process_says_where_to_resume_without_a_traceback(
     saved = json.loads((tmp_path / "latest.json").read_text())["epoch"]
     assert f"interrupted during epoch {saved + 1}: the last saved checkpoint is {latest} (epoch {saved})" in err
     assert f"--resume {latest}" in err
+
+
+def test_evaluate_writes_beside_the_checkpoint_it_evaluates_or_into_out(tiny_set: Path, tmp_path: Path) -> None:
+    """The config's train.output_dir may be another run's: its evaluation.json must not be overwritten."""
+    from training.cli import main
+
+    train(_cfg(tiny_set, tmp_path / "a", "train.epochs=1", "train.max_steps_per_epoch=1"), validate=False)
+    other = tmp_path / "other"
+    argv = ["evaluate", "-c", "tiny", *(a for key in _keys(tiny_set, other) for a in ("-o", key)),
+            "--checkpoint", str(tmp_path / "a" / "latest.pdparams")]
+    assert main(argv) == 0
+    figures = json.loads((tmp_path / "a" / "evaluation.json").read_text())
+    assert figures["checkpoint"] == str(tmp_path / "a" / "latest.pdparams") and not other.exists()
+    assert (tmp_path / "a" / "confusion_matrix.png").is_file()
+    assert main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"evaluation.json", "confusion_matrix.png"}
