@@ -6,7 +6,7 @@ import logging
 import math
 from pathlib import Path
 
-from service.contract.manifest import Manifest, ModelIO
+from service.contract.manifest import Manifest, ModelIO, list_versions
 from training.checkpoint import (
     build_model,
     check_finite_weights,
@@ -97,4 +97,19 @@ def export_checkpoint(cfg: Config, checkpoint: Path, repo: Path, name: str | Non
     model = build_model(cfg)
     load_weights(model, checkpoint)
     check_finite_weights(model, checkpoint)
+    if same := _published_as(repo / manifest.name, manifest.source_sha256):
+        log.warning("%s is already published as %s version %s: this adds another version of the same weights",
+                    checkpoint, manifest.name, ", ".join(map(str, same)))
     return export_to_repo(model, repo, manifest, onnx_available() if with_onnx is None else with_onnx)
+
+
+def _published_as(model_dir: Path, sha256: str) -> list[int]:
+    """The versions in ``model_dir`` exported from the checkpoint file with this digest."""
+    same = []
+    for version in list_versions(model_dir) if model_dir.is_dir() else []:
+        try:
+            if Manifest.read(model_dir / str(version)).source_sha256 == sha256:
+                same.append(version)
+        except (OSError, ValueError):  # a broken version is the service's to report
+            continue
+    return same

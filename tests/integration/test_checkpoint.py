@@ -215,3 +215,14 @@ def test_export_and_evaluate_refuse_other_class_names_than_trained_with(tmp_path
 def test_a_folder_given_as_a_checkpoint_names_the_file_to_give(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"is a folder: give a checkpoint file, e\.g\. .*best\.pdparams"):
         load_weights(build_model(_tiny()), tmp_path)
+
+
+def test_exporting_the_same_checkpoint_again_is_warned_about(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    params = _saved(tmp_path)
+    export_checkpoint(_tiny(), params, tmp_path / "repo", with_onnx=False)
+    assert "already published" not in caplog.text
+    second = export_checkpoint(_tiny(), params, tmp_path / "repo", with_onnx=False)
+    assert second.name == "2"
+    assert f"{params} is already published as tiny version 1: this adds another version of the same weights" \
+        in caplog.text
