@@ -19,6 +19,7 @@ from pathlib import Path
 import paddle
 
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
+from training.checkpoint import read_meta
 from training.export import check_name, export_to_repo, onnx_available, probe_inference_model, publish, sha256_file
 from training.tsm import build_tsm
 
@@ -91,6 +92,10 @@ def import_checkpoint(params: Path, labels: list[str], repo: Path, name: str, sp
     """Load a PaddleVideo TSM ``.pdparams`` (TSN with ``shift=False``) into our network, every key matching,
     and export it."""
     check_name(name)
+    if read_meta(params).get("config"):  # its preprocessing and class names would give way to the options'
+        raise ValueError(f"{params} is a checkpoint of this project's training ({params.with_suffix('.json').name} "
+                         f"records its config): publish it with python -m training export -c <its config> "
+                         f"--checkpoint {params}, which keeps its preprocessing and class names")
     state = paddle.load(str(params))
     depth, num_classes, base_width = infer_architecture(state)
     if num_classes != len(labels):

@@ -100,6 +100,18 @@ def test_import_checkpoint_round_trip(tmp_path: Path) -> None:
         import_checkpoint(params, ["a", "b"], tmp_path / "repo", "imported", SPEC)
 
 
+def test_import_of_one_of_our_checkpoints_points_to_export(tmp_path: Path) -> None:
+    from training.checkpoint import build_model, save_checkpoint
+    from training.config import load_config
+
+    cfg = load_config("tiny")
+    params = save_checkpoint(tmp_path / "best", build_model(cfg), cfg, 1, {})
+    with pytest.raises(ValueError, match=r"is a checkpoint of this project's training \(best\.json records its "
+                                         r"config\): publish it with python -m training export"):
+        import_checkpoint(params, [f"c{i}" for i in range(cfg.model.num_classes)], tmp_path / "repo", "x", SPEC)
+    assert not (tmp_path / "repo").exists()
+
+
 def test_import_inference_export(tmp_path: Path) -> None:
     model = build_tsm(18, num_classes=5, num_seg=4, base_width=8)
     exported = export_to_repo(model, tmp_path / "first", _manifest())
