@@ -17,6 +17,7 @@ from service.contract.manifest import Preprocessing, SamplingRule
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "configs"
+DEFAULT_FRAME_PATTERN = "img_{:05}.jpg"  # PaddleVideo's frame files: img_00001.jpg, ...
 
 
 def shipped_path(path: str) -> str:
@@ -53,6 +54,8 @@ class DataConfig(_Strict):
     valid_list: str = ""
     data_prefix: str = ""
     suffix: str = ""
+    """As PaddleVideo: videos, appended to each list path (UCF-101's ``.avi``); frames, the frame files' name,
+    formatted with the 1-based frame number (empty: PaddleVideo's ``img_{:05}.jpg``)."""
     labels: str = ""
     """Label list file (``<id> <name>`` or one name per line); empty: class_<i>."""
     batch_size: int = Field(16, ge=1)
@@ -79,6 +82,23 @@ class DataConfig(_Strict):
     @classmethod
     def _shipped_labels(cls, labels: str) -> str:
         return shipped_path(labels)
+
+    @property
+    def frame_pattern(self) -> str:
+        return self.suffix or DEFAULT_FRAME_PATTERN
+
+    @model_validator(mode="after")
+    def _frame_pattern_formats(self) -> DataConfig:
+        if self.format == "frames":
+            try:
+                named = self.frame_pattern.format(1)
+            except (IndexError, KeyError, ValueError) as exc:
+                raise ValueError(f"data.suffix {self.suffix!r} is, for frame folders, the frame files' name with "
+                                 f"{{}} for the 1-based frame number, e.g. {DEFAULT_FRAME_PATTERN!r} ({exc})") from exc
+            if named == self.frame_pattern:
+                raise ValueError(f"data.suffix {self.suffix!r} has no {{}} for the frame number: for frame folders "
+                                 f"it is the frame files' name, e.g. {DEFAULT_FRAME_PATTERN!r}")
+        return self
 
     @model_validator(mode="after")
     def _crops_fit(self) -> DataConfig:

@@ -16,18 +16,18 @@ from PIL import Image
 from service.contract.preprocess import normalize, preprocess_clip
 from service.contract.sampling import test_indices, train_indices
 from service.decoding import DecodeError, read_frames, reason_only
-from training.config import Config
+from training.config import DEFAULT_FRAME_PATTERN, Config
 from training.listfile import Sample, parse_list
 from training.transforms import flip_with_label, multi_scale_crop, reverse_with_label
 
 Item = tuple[np.ndarray | None, int, str, str]  # (clip float32 [T,3,H,W] or None, label, path, error)
 
 
-def read_frame_dir(sample: Sample, indices: list[int]) -> np.ndarray:
-    """uint8 [T, H, W, 3] RGB from ``<dir>/img_{idx+1:05d}.jpg`` (1-based file numbers)."""
+def read_frame_dir(sample: Sample, indices: list[int], pattern: str = DEFAULT_FRAME_PATTERN) -> np.ndarray:
+    """uint8 [T, H, W, 3] RGB from ``<dir>/<pattern formatted with idx + 1>`` (1-based file numbers)."""
     frames = []
     for idx in indices:
-        file = sample.path / f"img_{idx + 1:05d}.jpg"
+        file = sample.path / pattern.format(idx + 1)
         try:
             with Image.open(file) as img:
                 frames.append(np.asarray(img.convert("RGB")))
@@ -43,7 +43,8 @@ class ClipDataset(paddle.io.Dataset):
         super().__init__()
         self.cfg, self.train = cfg, train
         d = cfg.data
-        self.samples = parse_list(Path(list_file), d.format, d.data_prefix, d.suffix, cfg.model.num_classes)
+        suffix = d.suffix if d.format == "videos" else ""  # for frames it names the files in each folder
+        self.samples = parse_list(Path(list_file), d.format, d.data_prefix, suffix, cfg.model.num_classes)
         self.epoch = 0  # set by the loop each epoch; workers are re-created per epoch and see it
 
     def __len__(self) -> int:
@@ -59,7 +60,7 @@ class ClipDataset(paddle.io.Dataset):
         if self.cfg.data.format == "frames":
             if sample.num_frames < 1:
                 raise DecodeError("the list says it has no frames", "no_frames")
-            return read_frame_dir(sample, list(pick(sample.num_frames)))
+            return read_frame_dir(sample, list(pick(sample.num_frames)), self.cfg.data.frame_pattern)
         return read_frames(sample.path, pick)[0]
 
     def _train_transform(self, frames: np.ndarray, label: int, index: int) -> tuple[np.ndarray, int]:

@@ -3,7 +3,9 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from training.config import CONFIG_DIR, PACKAGE_DIR, _is_text, load_config
 
@@ -131,3 +133,21 @@ def test_the_cli_finds_the_shipped_label_list_from_another_directory(tmp_path: P
     assert done.returncode == 2
     assert "kinetics400_label_list" not in done.stderr
     assert "checkpoint nope.pdparams does not exist" in done.stderr
+
+
+def test_for_frame_folders_suffix_is_the_frame_file_pattern_as_in_paddlevideo(tmp_path: Path) -> None:
+    from training.data import read_frame_dir
+    from training.listfile import Sample
+
+    cfg = load_config("tiny", ["data.format=frames", "data.suffix=frame_{:04}.png"])
+    assert load_config("tiny", ["data.format=frames"]).data.frame_pattern == "img_{:05}.jpg"
+    assert load_config("tsm_k400_frames", []).data.frame_pattern == "img_{:05}.jpg"
+    folder = tmp_path / "clip.mp4"  # PaddleVideo's frame folders keep the video's name
+    folder.mkdir()
+    for i in (1, 2):
+        Image.fromarray(np.full((4, 6, 3), 40 * i, np.uint8)).save(folder / f"frame_{i:04}.png")
+    frames = read_frame_dir(Sample(folder, 0, 2), [0, 1], cfg.data.frame_pattern)
+    assert frames.shape == (2, 4, 6, 3) and frames[1].mean() == 80
+    with pytest.raises(ValueError, match=r"data\.suffix '\.jpg' has no \{\} for the frame number"):
+        load_config("tiny", ["data.format=frames", "data.suffix=.jpg"])
+    assert load_config("tiny", ["data.suffix=.avi"]).data.suffix == ".avi"  # videos: appended, as before
