@@ -81,6 +81,7 @@ def _autocast(plan: AmpPlan) -> contextlib.AbstractContextManager[object]:
 def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
                  plan: AmpPlan, scaler: paddle.amp.GradScaler | None, cfg: Config, epoch: int,
                  log_file: Path) -> dict[str, float]:
+    """One epoch on this rank's share; returns its sums (loss over steps, hits, clips seen, clips skipped)."""
     model.train()
     losses: list[float] = []
     hits = seen = skipped = 0
@@ -115,16 +116,24 @@ def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer
     if seen == 0:  # training on nothing would "succeed" with a NaN loss and random weights
         raise ValueError(f"epoch {epoch + 1}: no clip of {cfg.data.train_list} could be read ({skipped} skipped): "
                          f"{unread_list_hint(cfg)}")
-    return {"train_loss": float(np.mean(losses)), "train_top1": hits / seen, "train_skipped": skipped}
+    return {"loss_sum": float(np.sum(losses)), "steps": len(losses), "hits": hits, "seen": seen,
+            "skipped": skipped}
 
 
-def _total(count: int, distributed: bool) -> int:
-    """A count summed over the data-parallel ranks (each saw its own share of the clips); every rank calls it."""
+def _train_figures(sums: dict[str, float], distributed: bool) -> dict[str, float]:
+    """The epoch's training figures over every rank's share (rank 0's alone showed half of a two-process run)."""
+    loss_sum, steps, hits, seen, skipped = _summed(
+        [sums["loss_sum"], sums["steps"], sums["hits"], sums["seen"], sums["skipped"]], distributed)
+    return {"train_loss": loss_sum / steps, "train_top1": hits / seen, "train_skipped": int(skipped)}
+
+
+def _summed(values: list[float], distributed: bool) -> list[float]:
+    """``values`` summed over the data-parallel ranks (each saw its own share of the clips); every rank calls it."""
     if not distributed:
-        return count
-    total = paddle.to_tensor([count], dtype="int64")
+        return values
+    total = paddle.to_tensor(values, dtype="float64")
     dist.all_reduce(total)
-    return int(total.item())
+    return [float(v) for v in total.numpy()]
 
 
 def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> TrainResult:
@@ -249,14 +258,14 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
             train_loader.batch_sampler.set_epoch(epoch)  # its own shuffle: a resumed run continues the sequence
         started = time.perf_counter()
         record: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.get_lr()}
-        record |= _train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
-        record["train_skipped"] = _total(int(record["train_skipped"]), distributed)
+        sums = _train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
+        record |= _train_figures(sums, distributed)
         run.schedule.step()
         record["seconds"] = time.perf_counter() - started
         if val_loader is not None:
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= (merge_ranks(result) if distributed else result).as_dict()
-            record["val_skipped"] = _total(len(result.skipped), distributed)
+            record["val_skipped"] = int(_summed([len(result.skipped)], distributed)[0])
             if record["val_count"] == 0:
                 raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {unread_list_hint(cfg)}")
         history.append(record)

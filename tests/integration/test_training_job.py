@@ -290,6 +290,10 @@ def test_spawned_data_parallel_run_returns_what_rank_0_trained(tiny_set: Path, t
     assert result.best_metrics["val_top1"] == max(r["val_top1"] for r in result.history)
     assert result.history[0]["val_count"] == 6  # both ranks' shards of the 6 decodable validation clips
     assert len(_step_losses(tmp_path)) == 2 * (12 // (4 * 2))  # rank 0 took half of each epoch's batches
+    # The epoch's training figures are both ranks' (one batch of 4 each), not rank 0's step alone.
+    first = result.history[0]
+    assert first["train_loss"] != pytest.approx(_step_losses(tmp_path)[0], abs=1e-6)
+    assert first["train_top1"] * 8 == pytest.approx(round(first["train_top1"] * 8))
     assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 2
     assert not list(tmp_path.glob("earlier_run.*"))  # a fresh folder: nothing of this run set aside as earlier
 
