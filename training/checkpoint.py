@@ -203,12 +203,13 @@ def check_recorded_preprocessing(cfg: Config, params: Path) -> None:
 def check_recorded_labels(cfg: Config, params: Path) -> None:
     """Refuse to evaluate or export ``params`` under other class names than it was trained with (checkpoints
     from before the sidecar recorded them are not checked)."""
-    recorded, ours = read_meta(params).get("labels"), labels_of(cfg)
+    meta = read_meta(params)
+    recorded, ours = meta.get("labels"), labels_of(cfg)
     if recorded is None or recorded == ours or len(recorded) != len(ours):  # a class count: the network's check
         return
     i = next(i for i, (a, b) in enumerate(zip(recorded, ours, strict=True)) if a != b)
     given = cfg.data.labels or "no data.labels (class_<i>)"
-    trained = read_meta(params).get("config", {}).get("data", {}).get("labels") or "'' (it had none)"
+    trained = meta.get("config", {}).get("data", {}).get("labels") or "'' (it had none)"
     raise ValueError(f"{params} was trained with other class names than {given} gives (class {i}: "
                      f"{recorded[i]!r} against {ours[i]!r}): use the label list it was trained with, "
                      f"-o data.labels={trained}")

@@ -9,9 +9,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from service.contract.manifest import Preprocessing, read_label_list
-from training.interrupts import Terminated, TrainingInterrupted
+from training.interrupts import Terminated, TrainingInterrupted, on_sigterm
 from training.recipes import QUICK, RECIPES
 
 if TYPE_CHECKING:
@@ -180,22 +177,8 @@ def _check_resume_folder(resume: Path | None, overrides: list[str]) -> None:
                      f"names another folder: drop that override to continue the run where it is")
 
 
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While training, SIGTERM raises ``Terminated`` (a KeyboardInterrupt), so ``timeout`` or ``docker stop`` end
-    the run as Ctrl+C does: one message naming the checkpoint to resume from. Set after Paddle is imported, as
-    Paddle installs its C++ handler at import (a silent exit 143); only the main thread can set handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def interrupt(signum: int, frame: object) -> None:
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:  # Paddle's handler is invisible to Python (None) and cannot be put back
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+def _terminated(signum: int) -> None:
+    raise Terminated(signum)  # a KeyboardInterrupt: train() names the checkpoint to resume from
 
 
 def _resume_command(argv: list[str], checkpoint: Path) -> str:
@@ -259,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
 
         _require_train_lists(cfg, args.validate)
         _check_resume_folder(args.resume, args.override)
-        with _sigterm_interrupts():
+        with on_sigterm(_terminated):  # timeout or docker stop end the run as Ctrl+C does: one message
             result = train(cfg, validate=args.validate, resume=args.resume)
         best = f"best {result.best_metrics} -> {result.best_checkpoint}; " if result.best_checkpoint else ""
         print(f"{best}latest -> {result.latest_checkpoint}")

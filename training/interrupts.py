@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,3 +38,19 @@ class Progress:
     def interrupted(self, exc: KeyboardInterrupt) -> TrainingInterrupted:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         return TrainingInterrupted(self.saved_epoch + 1, self.saved, self.saved_epoch, signum)
+
+
+@contextmanager
+def on_sigterm(handler: Callable[[int], None]) -> Iterator[None]:
+    """While inside, SIGTERM calls ``handler(signum)``, which raises to end the work in hand. Set after Paddle is
+    imported: Paddle installs a C++ handler at import, which prints a "FatalError" traceback (or exits 143
+    silently). That handler is invisible to Python (reported as None) and cannot be put back, so the default
+    follows. Only the main thread can set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: handler(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

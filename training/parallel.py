@@ -13,14 +13,13 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from training.config import Config
+from training.interrupts import on_sigterm
 from training.loop import TrainResult, train
 from training.run_dir import RESULT_FILE
 
@@ -65,12 +64,12 @@ def spawn_and_wait(func: Callable[..., None], args: tuple[Any, ...], nprocs: int
     spawn's wrapper queues the result only after ``func`` returns.
 
     Nor do the ranks outlive the caller: they die with its process (:func:`_die_with_parent`), and a SIGTERM
-    while they run ends them and exits with status 143 (:func:`_sigterm_exits`).
+    while they run ends them and exits with status 143 (:func:`_exit_on_sigterm`).
     """
     import paddle.distributed as dist
 
     context = dist.spawn(_rank_start, args=(os.getpid(), func, *args), nprocs=nprocs, join=False)
-    with _sigterm_exits():
+    with on_sigterm(_exit_on_sigterm):
         try:
             _wait(context, exit_grace_s)
         finally:  # an exception or SIGTERM here: no rank outlives the wait
@@ -131,26 +130,12 @@ def _kill_all(processes: list[Any]) -> None:
         process.join()
 
 
-@contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """While the ranks run, SIGTERM (``timeout``, ``docker stop``) raises SystemExit(143) here: the ``finally``
-    above ends the ranks and the program exits quietly. Paddle's own handler printed a C++ "FatalError"
-    traceback and died at once, leaving the ranks training. Signal handlers can only be set in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def exit_on_sigterm(signum: int, frame: object) -> None:
-        log.warning("SIGTERM: stopping the data-parallel training")
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
-    try:
-        yield
-    finally:
-        # Paddle's C++ handler is invisible to Python (reported as SIG_DFL, or None) and cannot be put back:
-        # after the wait a SIGTERM ends the process at once, without its traceback
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+def _exit_on_sigterm(signum: int) -> None:
+    """While the ranks run, SIGTERM (``timeout``, ``docker stop``) exits here with 143: the ``finally`` in
+    :func:`spawn_and_wait` ends the ranks and the program exits quietly, where Paddle's handler died at once
+    and left the ranks training."""
+    log.warning("SIGTERM: stopping the data-parallel training")
+    raise SystemExit(128 + signum)
 
 
 def _rank_start(parent_pid: int, func: Callable[..., None], *args: Any) -> None:
