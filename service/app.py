@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,13 +18,12 @@ from service import decode_worker
 from service.api import health, routes
 from service.api.deps import Resources
 from service.api.errors import install_error_handlers, problem_json_in_openapi
+from service.backends import default_factory
 from service.batcher import BatchPolicy
-from service.contract.manifest import ONNX_FILE, Manifest
 from service.decode_pool import DecodePool
 from service.decode_worker import DecodeLimits
 from service.logs import configure_logging, new_request_id, request_id_var
 from service.metrics import Metrics
-from service.predictor import Predictor, PredictorOptions, gpu_available
 from service.repository import ModelRepository, PredictorFactory
 from service.settings import ServiceSettings
 
@@ -78,38 +75,6 @@ class SignalGuard:
         for sig, handler in self.handlers.items():
             if handler is not None:
                 signal.signal(sig, handler)
-
-
-def races_onnx(backend: str, paddle_device: str, has_onnx: bool) -> bool:
-    """Whether a version's Paddle predictor is timed against ONNX Runtime (the faster one serves): with
-    ``backend=auto`` on the CPU only (the GPU path is Paddle Inference, with TensorRT when enabled), when the
-    version has an ONNX file and onnxruntime is installed. ``paddle_device`` is ``cpu`` or ``gpu:N``."""
-    return backend == "auto" and paddle_device == "cpu" and has_onnx \
-        and importlib.util.find_spec("onnxruntime") is not None
-
-
-def default_factory(settings: ServiceSettings) -> PredictorFactory:
-    """Paddle Inference predictors built with the settings' device options (GPU looked up once)."""
-    options = PredictorOptions.from_settings(settings)
-    has_gpu = gpu_available() if settings.device != "cpu" else False
-
-    def onnx(version_dir: Path, manifest: Manifest) -> Any:
-        from service.onnx_backend import OnnxPredictor
-
-        return OnnxPredictor(version_dir, manifest, settings.cpu_threads, manifest.onnx_file or ONNX_FILE)
-
-    def build(version_dir: Path, manifest: Manifest) -> Predictor:
-        if settings.backend == "onnxruntime":
-            return onnx(version_dir, manifest)  # raises (and the version is refused) without model.onnx
-        paddle = Predictor(version_dir, manifest, options, has_gpu=has_gpu)
-        has_onnx = bool(manifest.onnx_file) and (version_dir / str(manifest.onnx_file)).is_file()
-        if not races_onnx(settings.backend, paddle.choice.device, has_onnx):
-            return paddle
-        from service.onnx_backend import pick_faster
-
-        return pick_faster([paddle, onnx(version_dir, manifest)], (1, *manifest.io.input_shape[1:]))
-
-    return build
 
 
 def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None = None,

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from service.backends import check_listed_files, check_outputs
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.contract.manifest import Manifest, repository_problem, scan_repository
 from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, ServiceError, VersionNotFoundError
@@ -199,15 +200,11 @@ class ModelRepository:
         if manifest.version != mv.version:  # a copied folder: the folder's number is what serves, and says so
             log.warning("%s version %d: its manifest says version %d (a copied folder?); it serves as version %d",
                         mv.name, mv.version, manifest.version, mv.version)
-        for file in (manifest.model_file, manifest.params_file, manifest.onnx_file):
-            if file is not None and not (mv.path / file).is_file():  # a copy not finished yet
-                raise FileNotFoundError(f"{file} is missing from {mv.path}")
+        check_listed_files(mv.path, manifest)
         mv.manifest = manifest
         predictor = self.factory(mv.path, manifest)
         mv.choice = predictor.choice
-        outputs = predictor.warm_up(self.warmup_runs, self.policy.max_batch_size)
-        if outputs != manifest.num_classes:
-            raise ValueError(f"the model has {outputs} outputs but the manifest lists {manifest.num_classes} labels")
+        check_outputs(predictor.warm_up(self.warmup_runs, self.policy.max_batch_size), manifest)
         return predictor
 
     async def _unload(self, mv: ModelVersion) -> None:

@@ -1,11 +1,10 @@
-"""``python -m training <command>``: dataset | extract-frames | train | evaluate | export | import-paddlevideo |
-demo | ensure-model."""
+"""``python -m training <command>``: dataset | extract-frames | train | evaluate | evaluate-model | export |
+import-paddlevideo | demo | ensure-model."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -16,109 +15,12 @@ import yaml
 from pydantic import ValidationError
 
 from service.contract.manifest import Preprocessing, read_label_list
+from training.cli_args import build_parser
 from training.interrupts import Terminated, TrainingInterrupted, on_sigterm
-from training.recipes import QUICK, RECIPES
+from training.recipes import RECIPES
 
 if TYPE_CHECKING:
     from training.config import Config
-
-REPO_HELP = "model repository (default: $TSM_MODEL_REPO, else model_repo)"
-
-
-def _default_repo() -> Path:
-    """The service's model repository setting when set (the images set it to /models), else ./model_repo."""
-    return Path(os.environ.get("TSM_MODEL_REPO") or "model_repo")
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", required=True, help="YAML file or a name in training/configs/")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. -o train.epochs=5 -o model.data_format=NHWC; values are "
-                   "YAML, except that text keys take the text as given (-o model.pretrained= means none)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: %(default)s")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("dataset", help="generate the synthetic motion dataset (real H.264 MP4s + list files)")
-    p.add_argument("--out", default="runs/demo/data")
-    p.add_argument("--train", type=_positive, default=640, help="training clips (default: %(default)s)")
-    p.add_argument("--val", type=_positive, default=160, help="validation clips (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-
-    p = sub.add_parser("extract-frames", help="decode a video list into PaddleVideo frame folders + a frames list")
-    p.add_argument("list", type=Path, help="a video list file (<path> <label> per line)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the frame folders and the frames list")
-    p.add_argument("--prefix", default="", help="joined in front of each video path (data.data_prefix)")
-    p.add_argument("--short-side", type=_positive, help="scale every frame to this short side (default: keep the "
-                   "size)")
-    p.add_argument("--workers", type=_positive, default=2, help="decoding processes (default: %(default)s)")
-
-    p = sub.add_parser("train", help="train a config (data-parallel under paddle.distributed.launch)")
-    _config_args(p)
-    p.add_argument("--validate", action="store_true", help="evaluate each epoch and keep the best checkpoint")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--resume", type=Path, help="a latest.pdparams to continue from")
-
-    p = sub.add_parser("evaluate", help="top-1/top-5 and a confusion-matrix PNG on a list file")
-    _config_args(p)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--list", help="list file (default: data.valid_list)")
-    p.add_argument("--out", type=Path, help="folder for confusion_matrix.png and evaluation.json (default: the "
-                                            "checkpoint's folder)")
-
-    p = sub.add_parser("export", help="publish a checkpoint as an inference model into model_repo")
-    _config_args(p)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
-    p.add_argument("--name", help="model name (default: the config's name)")
-
-    p = sub.add_parser("import-paddlevideo", help="publish a PaddleVideo checkpoint or export into model_repo")
-    p.add_argument("source", type=Path, help="TSM_k400.pdparams (a checkpoint), or TSM.json / TSM.pdmodel of an "
-                   "export (its .pdiparams must lie beside it)")
-    p.add_argument("--tsn", action="store_true", help="the network is a TSN (no temporal shift). A TSN checkpoint "
-                   "has exactly TSM's weights, so they cannot tell TSN from TSM: without --tsn it is served as TSM")
-    p.add_argument("--labels", type=Path, default=Path(__file__).parent / "labels" / "kinetics400_label_list.txt",
-                   help="label list, one class a line in the model's order (default: the Kinetics-400 list)")
-    p.add_argument("--name", default="tsm-k400", help="model name in the repository (default: %(default)s)")
-    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
-    p.add_argument("--dataset", default="Kinetics-400", help="recorded in the manifest (default: %(default)s)")
-    p.add_argument("--num-seg", type=_positive, default=8, help="segments the model was trained with "
-                   "(PaddleVideo's TSM configs: 8)")
-    p.add_argument("--short-side", type=_positive, default=256, help="test-time resize of the short side "
-                   "(default: %(default)s, PaddleVideo's)")
-    p.add_argument("--crop-size", type=_positive, default=224, help="test-time centre crop (default: %(default)s)")
-    p.add_argument("--sampling", choices=["paddlevideo_test", "paddlevideo_predict"], default="paddlevideo_test")
-    p.add_argument("--fixed-ratio", action="store_true", help="predict.py's resize to 256x341")
-
-    p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> export (about 10 min on 2 cores)")
-    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
-    p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
-                   help="where the generated sets, extracted frames, runs and log go (default runs/demo; a set "
-                        "already made there is reused)")
-    p.add_argument("--tsn", action="store_true", help="train the same network without the shift (baseline)")
-    p.add_argument("--procs", type=_positive, help="data-parallel training processes (default: a CPU core each, "
-                   "at most 2; 1 on a GPU); the global batch stays 16")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default=QUICK.name,
-                   help="quick: 8-9 min on 2 cores, 68-77%% top-1 on the test clips; long: a rotation stage, 4x "
-                   "the clips, 8x the steps, then 8 segments at 96 px: 64-74 min on 2 cores, 95-97%% "
-                   "(training/REPORT.md)")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
-
-    p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")
-    p.add_argument("--repo", type=Path, default=_default_repo(), help=REPO_HELP)
-    return parser
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
 
 def _labels_for(cfg_labels: str, num_classes: int) -> list[str]:
     return read_label_list(Path(cfg_labels)) if cfg_labels else [f"class_{i}" for i in range(num_classes)]
@@ -148,6 +50,17 @@ def _import(args: argparse.Namespace) -> Path:
                          short_side=args.short_side, crop_size=args.crop_size)
     importer = import_checkpoint if kind == "checkpoint" else import_inference_model
     return importer(args.source, labels, args.repo, args.name, spec, args.dataset, shift=not args.tsn)
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
+    from training.published import ListSource, evaluate_published
+
+    source = ListSource(args.list, args.prefix, args.format, args.suffix)
+    result = evaluate_published(args.model, source, args.out, max(args.workers, 0))
+    print(f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  ({result.count} clips, {len(result.skipped)} "
+          f"skipped); confusion matrix: {result.confusion_png}, figures: "
+          f"{result.confusion_png.with_name('evaluation.json')}")
+    return 0
 
 
 def _require_train_lists(cfg: Config, validate: bool) -> None:
@@ -229,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         run_demo(args.repo, args.workdir, shift=not args.tsn, overrides=args.override, procs=args.procs,
                  recipe=RECIPES[args.recipe])
         return 0
+    if args.command == "evaluate-model":
+        return _evaluate_model(args)
     if args.command == "import-paddlevideo":
         print(f"published {_import(args)}")
         return 0
@@ -266,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)

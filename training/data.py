@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 from PIL import Image
 
+from service.contract.manifest import Preprocessing
 from service.contract.preprocess import normalize, preprocess_clip
 from service.contract.sampling import test_indices, train_indices
 from service.decoding import DecodeError, read_frames, reason_only
@@ -39,9 +40,12 @@ def read_frame_dir(sample: Sample, indices: list[int], pattern: str = DEFAULT_FR
 class ClipDataset(paddle.io.Dataset):
     """Samples of one list file, as training clips (random) or test clips (deterministic)."""
 
-    def __init__(self, cfg: Config, list_file: str, train: bool) -> None:
+    def __init__(self, cfg: Config, list_file: str, train: bool, spec: Preprocessing | None = None) -> None:
+        """``spec``: the test clips' sampling and preprocessing, by default the config's (a published model's
+        manifest gives its own, ``fixed_ratio`` included)."""
         super().__init__()
         self.cfg, self.train = cfg, train
+        self.spec = spec or cfg.preprocessing()
         d = cfg.data
         suffix = d.suffix if d.format == "videos" else ""  # for frames it names the files in each folder
         self.samples = parse_list(Path(list_file), d.format, d.data_prefix, suffix, cfg.model.num_classes)
@@ -56,7 +60,7 @@ class ClipDataset(paddle.io.Dataset):
             rng = np.random.default_rng([self.cfg.train.seed, self.epoch, index, 0])
             pick = lambda count: train_indices(count, num_seg, rng)  # noqa: E731
         else:
-            pick = lambda count: test_indices(count, num_seg, self.cfg.data.sampling)  # noqa: E731
+            pick = lambda count: test_indices(count, self.spec.num_seg, self.spec.sampling)  # noqa: E731
         if self.cfg.data.format == "frames":
             if sample.num_frames < 1:
                 raise DecodeError("the list says it has no frames", "no_frames")
@@ -82,7 +86,7 @@ class ClipDataset(paddle.io.Dataset):
             if self.train:
                 clip, label = self._train_transform(frames, label, index)
             else:
-                clip = preprocess_clip(frames, self.cfg.preprocessing())
+                clip = preprocess_clip(frames, self.spec)
         except (DecodeError, OSError, ValueError) as exc:
             return None, label, str(sample.path), reason_only(exc, sample.path)  # the report names the path
         return clip, label, str(sample.path), ""

@@ -31,7 +31,10 @@ def plot_curves(metrics_log: Path, out: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
+        else:  # every value diverged (NaN) or none was logged: say so instead of an empty frame
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -19,12 +19,11 @@ from training.checkpoint import (
 )
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
-from training.evaluate import EvalResult, evaluate
+from training.evaluate import EVALUATION_FILE, EvalResult, evaluate
 from training.export import check_name, export_to_repo, onnx_available, sha256_file
 from training.plots import plot_confusion
 
 log = logging.getLogger(__name__)
-EVALUATION_FILE = "evaluation.json"
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = None,

@@ -185,7 +185,7 @@ class BrokenInference:
     """The real predictor for loading and warm-up; every inference call after that fails."""
 
     def __init__(self, settings: Any) -> None:
-        from service.app import default_factory
+        from service.backends import default_factory
 
         self.inner = default_factory(settings)
 
@@ -233,7 +233,7 @@ class FailingWarmup:
     """Wraps the real predictor factory; versions in ``fail`` raise during warm-up."""
 
     def __init__(self, settings: Any, fail: set[int]) -> None:
-        from service.app import default_factory
+        from service.backends import default_factory
 
         self.inner, self.fail = default_factory(settings), fail
 

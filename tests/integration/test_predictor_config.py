@@ -14,7 +14,7 @@ import paddle
 import pytest
 from paddle.inference import PrecisionType
 
-from service.app import races_onnx
+from service.backends import races_onnx
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
 from service.predictor import (
     BackendChoice,

@@ -142,12 +142,12 @@ def test_import_tsn_from_the_command_line(tmp_path: Path) -> None:
 def test_repo_defaults_to_the_services_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                command: list[str]) -> None:
     """In the images TSM_MODEL_REPO=/models: an export without --repo lands where the API reads, not in /app."""
-    from training.cli import _parser
+    from training.cli_args import build_parser
 
     monkeypatch.setenv("TSM_MODEL_REPO", str(tmp_path / "models"))
-    assert _parser().parse_args(command).repo == tmp_path / "models"
+    assert build_parser().parse_args(command).repo == tmp_path / "models"
     monkeypatch.delenv("TSM_MODEL_REPO")
-    assert _parser().parse_args(command).repo == Path("model_repo")
+    assert build_parser().parse_args(command).repo == Path("model_repo")
 
 
 def test_ensure_model_names_the_repository_it_was_given(model_repo: Path, tmp_path: Path,

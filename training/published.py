@@ -1,0 +1,91 @@
+"""A published model version scored on a labelled list, as the service serves it.
+
+The manifest's sampling and preprocessing, the service's decoders, and the predictor that the service's settings
+(``TSM_DEVICE``, ``TSM_BACKEND``, ...) choose for it: so an imported PaddleVideo model, or a version about to be
+rolled out, is checked by the code that will answer for it, not by a training-side copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.backends import check_listed_files, check_outputs, default_factory
+from service.contract.manifest import MANIFEST_FILE, Manifest, list_versions
+from service.model_version import PredictorFactory
+from service.settings import ServiceSettings
+from training.checkpoint import to_json
+from training.config import Config, DataConfig, ModelConfig
+from training.data import ClipDataset, make_loader, unread_list_hint
+from training.evaluate import EVALUATION_FILE, EvalResult, score_loader
+from training.plots import plot_confusion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """Where the clips are: a PaddleVideo list file, read as ``data.format``/``data_prefix``/``suffix`` say."""
+
+    list_file: Path
+    data_prefix: str = ""
+    format: str = "videos"
+    suffix: str = ""
+
+
+def version_folder(path: Path) -> Path:
+    """``path`` itself when it holds a manifest; a model's folder (``model_repo/<name>``) means its highest
+    version."""
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    versions = list_versions(path)
+    if not versions:
+        raise FileNotFoundError(f"{path} is neither a published version (no {MANIFEST_FILE}) nor a model folder "
+                                "with numbered versions: give model_repo/<name>/<version> or model_repo/<name>")
+    return path / str(versions[-1])
+
+
+def evaluate_published(path: Path, source: ListSource, out_dir: Path | None = None, num_workers: int = 2,
+                       settings: ServiceSettings | None = None,
+                       factory: PredictorFactory | None = None) -> EvalResult:
+    """Top-1/top-5 of the version at ``path`` on ``source``; writes ``evaluation.json`` and the confusion matrix
+    into ``out_dir`` (default ``runs/evaluate/<name>/<version>``: never into the repository, which servers
+    watch). ``factory`` is a seam for tests; by default the service's, from ``settings``."""
+    settings = settings or ServiceSettings()
+    folder = version_folder(path)
+    manifest = Manifest.read(folder)
+    check_listed_files(folder, manifest)
+    predictor = (factory or default_factory(settings))(folder, manifest)
+    check_outputs(predictor.warm_up(2, settings.max_batch_size), manifest)
+    cfg = Config(name=manifest.name, model=ModelConfig(num_classes=manifest.num_classes,
+                                                       num_seg=manifest.preprocessing.num_seg),
+                 data=DataConfig(format=source.format, data_prefix=source.data_prefix, suffix=source.suffix,
+                                 num_workers=num_workers))
+    dataset = ClipDataset(cfg, str(source.list_file), train=False, spec=manifest.preprocessing)
+    loader = make_loader(dataset, settings.max_batch_size, num_workers, shuffle=False)
+    version = int(folder.name) if folder.name.isdigit() else manifest.version  # a version serves as its folder
+    result = score_loader(predictor.run, loader, manifest.num_classes, desc=f"{manifest.name} v{version}")
+    if result.count == 0:
+        raise ValueError(f"no clip of {source.list_file} could be read ({len(result.skipped)} skipped): "
+                         f"{unread_list_hint(cfg)}")
+    out = out_dir or Path("runs") / "evaluate" / manifest.name / str(version)
+    choice = predictor.choice
+    _write_figures(result, out, manifest, {
+        "model": str(folder), "name": manifest.name, "version": version, "list": str(source.list_file),
+        "backend": choice.backend, "device": choice.device, "precision": choice.precision})
+    log.info("evaluated %s (%s on %s): top-1 %.4f, top-5 %.4f on %d clips", folder, choice.backend, choice.device,
+             result.top1, result.top5, result.count)
+    return result
+
+
+def _write_figures(result: EvalResult, out: Path, manifest: Manifest, what: dict[str, object]) -> None:
+    """``confusion_matrix.png`` and ``evaluation.json`` (``what`` ran, the figures, and those recorded at export)."""
+    out.mkdir(parents=True, exist_ok=True)
+    result.confusion_png = out / "confusion_matrix.png"
+    plot_confusion(result.confusion, manifest.labels, result.confusion_png,
+                   title=f"{what['name']} v{what['version']}: top-1 {result.top1:.3f} on {result.count} clips")
+    figures = {**what, **result.as_dict(prefix=""), "count": result.count, "skipped": result.skipped,
+               "published_metrics": manifest.metrics, "labels": manifest.labels,
+               "confusion": result.confusion.tolist()}
+    (out / EVALUATION_FILE).write_text(to_json(figures, indent=1) + "\n")
