@@ -168,6 +168,10 @@ def test_gpu_dockerfile_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from_env({k: v for k, v in env.items() if k.startswith("TSM_")}, monkeypatch)
     assert (settings.device, settings.precision, settings.tensorrt) == ("gpu", "fp16", True)
     assert str(settings.model_repo) == "/models" and settings.host == "0.0.0.0"
+    runs = " ".join(a for i, a in steps if i == "RUN")
+    assert "-c /tmp/build/constraints.txt -r /tmp/build/requirements.txt" in runs, "the tested versions, as the CPU image"
+    copied = " ".join(a for i, a in steps if i == "COPY")
+    assert "constraints.txt" in copied
 
 
 def dockerignore_excludes(rel: str, patterns: list[str]) -> bool:
