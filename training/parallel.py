@@ -21,7 +21,7 @@ from typing import Any
 from training.config import Config
 from training.interrupts import on_sigterm
 from training.loop import TrainResult, train
-from training.run_dir import RESULT_FILE
+from training.run_dir import RESULT_FILE, in_run_folder
 
 log = logging.getLogger(__name__)
 EXIT_GRACE_S = 60.0  # a rank that has returned its result gets this long to exit before it is ended
@@ -47,6 +47,7 @@ def train_data_parallel(cfg: Config, nprocs: int, validate: bool = True, resume:
     """Train ``cfg`` on ``nprocs`` processes (in this one if ``nprocs`` <= 1); ``data.batch_size`` is per process."""
     if nprocs <= 1:
         return train(cfg, validate=validate, resume=resume)
+    cfg = in_run_folder(cfg, resume)  # where rank 0 writes the result: a resumed run's own folder
     result_file = Path(cfg.train.output_dir) / RESULT_FILE
     result_file.unlink(missing_ok=True)  # never report an earlier run's result for this one
     spawn_and_wait(_rank_main, (cfg, validate, resume), nprocs)

@@ -296,6 +296,12 @@ def test_spawned_data_parallel_run_returns_what_rank_0_trained(tiny_set: Path, t
     assert first["train_top1"] * 8 == pytest.approx(round(first["train_top1"] * 8))
     assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 2
     assert not list(tmp_path.glob("earlier_run.*"))  # a fresh folder: nothing of this run set aside as earlier
+    # Resumed with the config naming another folder: the ranks continue in the checkpoint's, and so does the result.
+    elsewhere = tmp_path / "elsewhere"
+    again = train_data_parallel(_cfg(tiny_set, elsewhere, "train.epochs=3"), nprocs=2,
+                                resume=tmp_path / "latest.pdparams")
+    assert [r["epoch"] for r in again.history] == [3] and again.latest_checkpoint == tmp_path / "latest.pdparams"
+    assert not elsewhere.exists()
 
 
 # A demo's data-parallel stage in a process of its own; `-c`: spawn's ranks have no main file to import again
