@@ -84,6 +84,21 @@ def _cross_entropy_sum(logits: np.ndarray, truth: np.ndarray) -> float:
     return float(-log_probs[np.arange(len(truth)), truth].sum())
 
 
+def write_evaluation(result: EvalResult, out: Path, labels: list[str], title: str, what: dict[str, object]) -> None:
+    """``confusion_matrix.png`` (titled ``title``) and ``evaluation.json`` into ``out``: ``what`` was evaluated, the
+    figures (for scripts that gate on them), the labels and the confusion matrix; sets ``result.confusion_png``."""
+    from training.checkpoint import to_json
+    from training.plots import plot_confusion
+
+    out.mkdir(parents=True, exist_ok=True)
+    result.confusion_png = out / "confusion_matrix.png"
+    plot_confusion(result.confusion, labels, result.confusion_png,
+                   title=f"{title}: top-1 {result.top1:.3f} on {result.count} clips")
+    figures = {**what, **result.as_dict(prefix=""), "count": result.count, "skipped": result.skipped,
+               "labels": labels, "confusion": result.confusion.tolist()}
+    (out / EVALUATION_FILE).write_text(to_json(figures, indent=1) + "\n")
+
+
 def merge_ranks(result: EvalResult) -> EvalResult:
     """Every data-parallel rank evaluated its own shard: the sum over all of them, on every rank."""
     import paddle.distributed as dist

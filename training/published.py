@@ -15,11 +15,9 @@ from service.backends import check_listed_files, check_outputs, default_factory
 from service.contract.manifest import MANIFEST_FILE, Manifest, list_versions
 from service.model_version import PredictorFactory
 from service.settings import ServiceSettings
-from training.checkpoint import to_json
 from training.config import Config, DataConfig, ModelConfig
-from training.data import ClipDataset, make_loader, unread_list_hint
-from training.evaluate import EVALUATION_FILE, EvalResult, score_loader
-from training.plots import plot_confusion
+from training.data import ClipDataset, make_loader
+from training.evaluate import EvalResult, score_loader, write_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +66,15 @@ def evaluate_published(path: Path, source: ListSource, out_dir: Path | None = No
     result = score_loader(predictor.run, loader, manifest.num_classes, desc=f"{manifest.name} v{version}")
     if result.count == 0:
         raise ValueError(f"no clip of {source.list_file} could be read ({len(result.skipped)} skipped): "
-                         f"{unread_list_hint(cfg)}")
+                         f"check --prefix ({source.data_prefix or 'empty'}) and --format ({source.format}: 'videos' "
+                         "lists 'path label', 'frames' lists 'folder num_frames label')")
     out = out_dir or Path("runs") / "evaluate" / manifest.name / str(version)
     choice = predictor.choice
-    _write_figures(result, out, manifest, {
+    write_evaluation(result, out, manifest.labels, f"{manifest.name} v{version}", {
         "model": str(folder), "name": manifest.name, "version": version, "list": str(source.list_file),
-        "backend": choice.backend, "device": choice.device, "precision": choice.precision})
+        "backend": choice.backend, "device": choice.device, "precision": choice.precision,
+        "published_metrics": manifest.metrics})
     log.info("evaluated %s (%s on %s): top-1 %.4f, top-5 %.4f on %d clips", folder, choice.backend, choice.device,
              result.top1, result.top5, result.count)
     return result
 
-
-def _write_figures(result: EvalResult, out: Path, manifest: Manifest, what: dict[str, object]) -> None:
-    """``confusion_matrix.png`` and ``evaluation.json`` (``what`` ran, the figures, and those recorded at export)."""
-    out.mkdir(parents=True, exist_ok=True)
-    result.confusion_png = out / "confusion_matrix.png"
-    plot_confusion(result.confusion, manifest.labels, result.confusion_png,
-                   title=f"{what['name']} v{what['version']}: top-1 {result.top1:.3f} on {result.count} clips")
-    figures = {**what, **result.as_dict(prefix=""), "count": result.count, "skipped": result.skipped,
-               "published_metrics": manifest.metrics, "labels": manifest.labels,
-               "confusion": result.confusion.tolist()}
-    (out / EVALUATION_FILE).write_text(to_json(figures, indent=1) + "\n")

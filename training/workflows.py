@@ -15,13 +15,11 @@ from training.checkpoint import (
     labels_of,
     load_weights,
     read_meta,
-    to_json,
 )
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
-from training.evaluate import EVALUATION_FILE, EvalResult, evaluate
+from training.evaluate import EvalResult, evaluate, write_evaluation
 from training.export import check_name, export_to_repo, onnx_available, sha256_file
-from training.plots import plot_confusion
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +44,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, list_file: str | None = N
     if result.count == 0:
         raise ValueError(f"no clip of {list_file} could be read ({len(result.skipped)} skipped): "
                          f"{unread_list_hint(cfg)}")
-    out = out_dir or checkpoint.parent
-    out.mkdir(parents=True, exist_ok=True)
-    result.confusion_png = out / "confusion_matrix.png"
-    plot_confusion(result.confusion, labels, result.confusion_png,
-                   title=f"{cfg.name}: top-1 {result.top1:.3f} on {result.count} clips")
-    figures = {"checkpoint": str(checkpoint), "list": str(list_file), **result.as_dict(prefix=""),
-               "count": result.count, "skipped": result.skipped, "labels": labels,
-               "confusion": result.confusion.tolist()}
-    (out / EVALUATION_FILE).write_text(to_json(figures, indent=1) + "\n")
+    write_evaluation(result, out_dir or checkpoint.parent, labels, cfg.name,
+                     {"checkpoint": str(checkpoint), "list": str(list_file)})
     log.info("evaluated %s: top-1 %.4f, top-5 %.4f on %d clips", checkpoint, result.top1, result.top5, result.count)
     return result
 

@@ -112,6 +112,9 @@ def test_refusals_are_one_sentence(published: dict[str, object], tmp_path: Path,
     caplog.clear()
     assert main(["evaluate-model", str(version), "--list", str(wrong), "--workers", "0"]) == 2
     assert "wrong.list:2: label 5 is outside 0..2" in caplog.text
+    caplog.clear()
+    assert main(["evaluate-model", str(version), "--list", str(published["list"]), "--workers", "0"]) == 2
+    assert "no clip of" in caplog.text and "check --prefix (empty)" in caplog.text  # its paths are relative
 
 
 def test_the_manifests_preprocessing_is_used(videos: dict[str, Path], tmp_path: Path) -> None:

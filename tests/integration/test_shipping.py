@@ -169,7 +169,7 @@ def test_gpu_dockerfile_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.device, settings.precision, settings.tensorrt) == ("gpu", "fp16", True)
     assert str(settings.model_repo) == "/models" and settings.host == "0.0.0.0"
     runs = " ".join(a for i, a in steps if i == "RUN")
-    assert "-c /tmp/build/constraints.txt -r /tmp/build/requirements.txt" in runs, "the tested versions, as the CPU image"
+    assert "-c /tmp/build/constraints.txt -r /tmp/build/requirements.txt" in runs, "the tested versions, as on CPU"
     copied = " ".join(a for i, a in steps if i == "COPY")
     assert "constraints.txt" in copied
 
