@@ -109,6 +109,13 @@ class DecoderUnavailableError(ServiceError):
     refusal = True  # turned away before any decoding or inference
 
 
+class UploadStorageFullError(ServiceError):
+    """503: the upload folder (``TSM_UPLOAD_DIR``) ran out of space or quota while the body was stored."""
+
+    status, type, title = 503, "upload-storage-full", "No room to store the upload"
+    refusal = True  # turned away before any decoding or inference
+
+
 class NotReadyError(ServiceError):
     status, type, title = 503, "not-ready", "No model is ready to serve"
     refusal = True

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import tempfile
 import time
@@ -26,14 +28,18 @@ from service.errors import (
     BadParameterError,
     ClientClosedError,
     UnsupportedMediaTypeError,
+    UploadStorageFullError,
     UploadTimeoutError,
     UploadTooLargeError,
 )
 from service.settings import ServiceSettings
 
+log = logging.getLogger(__name__)
+
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 32
 MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers on top of the files themselves
+STORAGE_RETRY_AFTER_S = 5  # a full upload folder frees up as the requests in flight finish and remove their files
 
 
 @dataclass
@@ -67,7 +73,8 @@ def _new_file(folder: Path | None, filename: str | None, content_type: str | Non
 
 async def receive_upload(request: Request, settings: ServiceSettings, file_fields: tuple[str, ...],
                          max_files: int, timeout_s: float | None = None) -> Upload:
-    """Receive the body within ``timeout_s``; raises 400/408/413/415/499 errors, removing partial files first."""
+    """Receive the body within ``timeout_s``; raises 400/408/413/415/499 errors, and 503 when the upload folder is
+    full, removing partial files first."""
     start = time.perf_counter()
     upload = Upload()
     timeout_s = settings.upload_timeout_s if timeout_s is None else min(timeout_s, settings.upload_timeout_s)
@@ -77,6 +84,14 @@ async def receive_upload(request: Request, settings: ServiceSettings, file_field
         upload.cleanup()
         raise UploadTimeoutError(
             f"the upload did not arrive within {timeout_s:.1f} s; send it faster or make it smaller") from exc
+    except OSError as exc:
+        upload.cleanup()
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # The server's disk, not the client's request: say so, log it for the operator, and let the client retry.
+        log.error("no space left for uploads in %s (%s): refusing uploads until there is", _folder(settings), exc)
+        raise UploadStorageFullError("the server has no room to store the upload right now (its upload folder "
+                                     "is full); retry later", retry_after_s=STORAGE_RETRY_AFTER_S) from exc
     except ClientDisconnect as exc:
         upload.cleanup()
         # A gone client did nothing wrong with its parameters: count it as cancelled (499), like one that
@@ -87,6 +102,10 @@ async def receive_upload(request: Request, settings: ServiceSettings, file_field
         raise
     upload.seconds = time.perf_counter() - start
     return upload
+
+
+def _folder(settings: ServiceSettings) -> str:
+    return str(settings.upload_dir or tempfile.gettempdir())
 
 
 async def _receive_body(request: Request, settings: ServiceSettings, upload: Upload, file_fields: tuple[str, ...],

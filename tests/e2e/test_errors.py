@@ -189,3 +189,34 @@ def test_hung_decoder_times_out_422(tiny_repo_template: Path, videos: dict[str, 
         assert_problem(r, 422, "decode-timeout")
         assert live.resources.pool.replaced == 1
         assert 'tsm_decode_failures_total{reason="timeout"} 1.0' in http.get("/metrics").text
+
+
+def test_a_full_upload_folder_503_and_nothing_left(strict_server: LiveServer, videos: dict[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Every upload file written to /dev/full, whose writes fail with the kernel's ENOSPC as a full disk's do."""
+    import service.upload
+    from tests.conftest import leftover_uploads
+
+    real_new_file = service.upload._new_file
+
+    def on_a_full_disk(*args: object) -> tuple[object, object]:
+        item, fh = real_new_file(*args)  # type: ignore[arg-type]
+        fh.close()  # the file exists, as a partial upload's would; its bytes go nowhere
+        return item, open("/dev/full", "wb")  # closed by the upload code
+
+    data = videos["c"].read_bytes()
+    assert len(data) * 2 < strict_server.settings.max_upload_bytes
+    monkeypatch.setattr(service.upload, "_new_file", on_a_full_disk)
+    with strict_server.client() as http:
+        for response in (http.post("/classify", content=data, headers={"content-type": "video/mp4"}),
+                         http.post("/classify", files={"file": ("a.mp4", data, "video/mp4")}),
+                         http.post("/classify/batch", files=[("files", ("a.mp4", data, "video/mp4"))] * 2)):
+            body = assert_problem(response, 503, "upload-storage-full")
+            assert "no room to store the upload" in body["detail"] and response.headers["retry-after"] == "5"
+        assert leftover_uploads(strict_server) == []
+        assert "no space left for uploads in" in caplog.text  # the operator hears of it, not only the client
+        monkeypatch.undo()
+        assert http.post("/classify", content=data, headers={"content-type": "video/mp4"}).status_code == 200
+        metrics = http.get("/metrics").text
+    assert 'tsm_rejected_requests_total{reason="upload-storage-full"} 3.0' in metrics
