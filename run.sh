@@ -12,6 +12,7 @@ probe=$(mktemp -d); python3 -m venv "$probe" >/dev/null 2>&1 || missing+=(python
 if [ "${1:-}" = test ]; then
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)  # runs the compose proxy's config
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
