@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class BackendChoice:
     device: str
     precision: Precision
     warnings: tuple[str, ...] = field(default=())
+    hardware: str = ""
+    """On a GPU, what a TensorRT engine is only valid for (:func:`gpu_signature`); empty on the CPU."""
 
 
 def gpu_available() -> bool:
@@ -64,6 +66,18 @@ def gpu_available() -> bool:
         return bool(paddle.device.is_compiled_with_cuda()) and paddle.device.cuda.device_count() > 0
     except Exception:  # a CUDA build on a machine without a driver raises here
         return False
+
+
+def gpu_signature(gpu_id: int) -> str:
+    """``sm<major><minor>-trt<version>``: a serialised TensorRT engine loads only on the GPU architecture and
+    TensorRT runtime that built it, so a shared cache holds one folder per pair (a mixed GPU pool, an image
+    upgrade) instead of handing one node's engines to another."""
+    import paddle
+    from paddle import inference
+
+    major, minor = paddle.device.cuda.get_device_capability(gpu_id)
+    trt = ".".join(str(v) for v in inference.get_trt_runtime_version())
+    return f"sm{major}{minor}-trt{trt}"
 
 
 def choose_backend(options: PredictorOptions, has_gpu: bool) -> BackendChoice:
@@ -83,8 +97,8 @@ def choose_backend(options: PredictorOptions, has_gpu: bool) -> BackendChoice:
 
 
 def trt_cache_dir(version_dir: Path, options: PredictorOptions, choice: BackendChoice) -> Path:
-    """Engine cache beside the version: ``<name>/.cache/<version>/trt-<precision>-b<N>-<device>`` (with
-    ``trt_cache_dir``: ``<trt_cache_dir>/<name>/<version>/...``).
+    """Engine cache beside the version: ``<name>/.cache/<version>/trt-<precision>-b<N>-<device>[-<hardware>]``
+    (with ``trt_cache_dir``: ``<trt_cache_dir>/<name>/<version>/...``).
 
     Hidden (the repository scan skips dot folders) and keyed by everything that changes the
     engine, so a restart with the same settings loads the engines instead of rebuilding them.
@@ -92,7 +106,7 @@ def trt_cache_dir(version_dir: Path, options: PredictorOptions, choice: BackendC
     # A shared root (TSM_TRT_CACHE_DIR) holds every model: it needs the model's name, the default one is inside it.
     root = options.trt_cache_dir / version_dir.parent.name if options.trt_cache_dir else version_dir.parent / ".cache"
     tag = f"trt-{choice.precision}-b{options.max_batch_size}-{choice.device.replace(':', '')}"
-    return root / version_dir.name / tag
+    return root / version_dir.name / (f"{tag}-{choice.hardware}" if choice.hardware else tag)
 
 
 def build_config(version_dir: Path, manifest: Manifest, options: PredictorOptions, choice: BackendChoice,
@@ -199,6 +213,8 @@ class Predictor:
 
         self.manifest = manifest
         self.choice = choose_backend(options, gpu_available() if has_gpu is None else has_gpu)
+        if self.choice.device != "cpu":
+            self.choice = replace(self.choice, hardware=gpu_signature(options.gpu_id))
         config = build_config(version_dir, manifest, options, self.choice)
         self._predictor = inference.create_predictor(config)
         self._input = self._predictor.get_input_handle(manifest.io.input_name)

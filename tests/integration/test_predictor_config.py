@@ -284,3 +284,26 @@ def test_a_shared_tensorrt_cache_root_keeps_each_model_apart(tmp_path: Path) -> 
     assert a != b and a == tmp_path / "cache" / "a" / "1" / "trt-fp32-b8-gpu0"
     default = trt_cache_dir(tmp_path / "repo" / "a" / "1", PredictorOptions(device="gpu", tensorrt=True), choice)
     assert default == tmp_path / "repo" / "a" / ".cache" / "1" / "trt-fp32-b8-gpu0"
+
+
+def test_tensorrt_engines_are_cached_per_gpu_architecture_and_tensorrt_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared cache (the model repository's volume) seen by an A100 and an H100 node, or by an image with a newer
+    TensorRT, must not hand one's serialised engines to the other: they load only where they were built."""
+    import dataclasses
+
+    import paddle
+    from paddle import inference
+
+    from service.predictor import gpu_signature, trt_cache_dir
+
+    monkeypatch.setattr(paddle.device.cuda, "get_device_capability", lambda gpu_id: {0: (9, 0), 1: (8, 0)}[gpu_id])
+    monkeypatch.setattr(inference, "get_trt_runtime_version", lambda: (10, 5, 0))
+    assert (gpu_signature(0), gpu_signature(1)) == ("sm90-trt10.5.0", "sm80-trt10.5.0")
+    options = PredictorOptions(device="gpu", tensorrt=True, precision="fp16", max_batch_size=16)
+    choice = choose_backend(options, has_gpu=True)
+    version = tmp_path / "repo" / "m" / "3"
+    h100, a100 = (trt_cache_dir(version, options, dataclasses.replace(choice, hardware=gpu_signature(i)))
+                  for i in (0, 1))
+    assert h100 == tmp_path / "repo" / "m" / ".cache" / "3" / "trt-fp16-b16-gpu0-sm90-trt10.5.0"
+    assert a100.name == "trt-fp16-b16-gpu0-sm80-trt10.5.0" and a100.parent == h100.parent
