@@ -138,9 +138,9 @@ def test_prometheus_scrapes_the_service(prometheus: httpx.Client, server: LiveSe
         return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
 
     rules = wait_for(rules_evaluated, "the alert rules to be evaluated", deadline)
-    assert {r["name"] for r in rules} == {"TsmReplicaDown", "TsmNoModelLoaded", "TsmHighErrorRate",
+    assert {r["name"] for r in rules} == {"TsmReplicaDown", "TsmNoReplicaUp", "TsmNoModelLoaded", "TsmHighErrorRate",
                                           "TsmHighLatencyP99", "TsmQueueBacklog", "TsmDecodeBacklog"}
     assert all(r["health"] == "ok" for r in rules), rules
     # the live replica is up and serves a model: neither paging alert is even pending
     firing = {a["labels"]["alertname"] for a in prometheus.get("/api/v1/alerts").json()["data"]["alerts"]}
-    assert not firing & {"TsmReplicaDown", "TsmNoModelLoaded"}, firing
+    assert not firing & {"TsmReplicaDown", "TsmNoReplicaUp", "TsmNoModelLoaded"}, firing

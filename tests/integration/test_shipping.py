@@ -26,6 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import ServiceSettings
+from service.upload import multipart_limit
 from tests.conftest import LiveServer
 from training.recipes import RECIPES
 
@@ -308,8 +309,12 @@ def test_compose_services_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu_settings = settings_from_env(gpu["environment"], monkeypatch)
     assert (gpu_settings.device, gpu_settings.precision, gpu_settings.tensorrt) == ("gpu", "fp16", True)
     grace = getattr(ServiceSettings(), "shutdown_grace_s", 0.0)
-    assert int(api["stop_grace_period"].rstrip("s")) > grace, "SIGKILL before in-flight requests finish"
+    for svc in (api, gpu):
+        assert int(svc["stop_grace_period"].rstrip("s")) > grace, "SIGKILL before in-flight requests finish"
     prom, grafana = services["prometheus"], services["grafana"]
+    for svc in (prom, grafana):  # no authentication in front of them: loopback unless asked otherwise
+        assert all(p.startswith("${TSM_MONITORING_BIND:-127.0.0.1}:") for p in svc["ports"]), svc["ports"]
+    assert not any("enable-lifecycle" in c for c in prom["command"]), "an open /-/quit"
     assert "./docker/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
     assert "./docker/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in prom["volumes"]
     assert "./docker/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
@@ -336,8 +341,8 @@ def nginx_size(value: str) -> int:
 def test_nginx_proxy_fits_the_service() -> None:
     text = re.sub(r"#.*", "", (DOCKER / "nginx" / "nginx.conf").read_text())
     defaults = ServiceSettings()
-    assert nginx_size(nginx_directive(text, "client_max_body_size")) >= (
-        defaults.max_upload_bytes * defaults.max_batch_files), "a full /classify/batch must get through"
+    assert nginx_size(nginx_directive(text, "client_max_body_size")) >= multipart_limit(
+        defaults.max_upload_bytes, defaults.max_batch_files), "the largest body the service takes must get through"
     for timeout in ("proxy_read_timeout", "proxy_send_timeout"):
         assert int(nginx_directive(text, timeout).rstrip("s")) > defaults.request_deadline_ms / 1000
     assert nginx_directive(text, "resolver").startswith("127.0.0.11 "), "Docker's DNS, re-resolved"
@@ -353,7 +358,7 @@ def test_nginx_proxy_fits_the_service() -> None:
 def test_prometheus_config_passes_promtool() -> None:
     done = run([tool("promtool"), "check", "config", str(DOCKER / "prometheus" / "prometheus.yml")])
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 rules found" in done.stdout + done.stderr  # rule_files resolved and the rules parsed
+    assert "7 rules found" in done.stdout + done.stderr  # rule_files resolved and the rules parsed
     job = next(j for j in yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
                if j["job_name"] == "tsm-api")
     assert job["metrics_path"] == "/metrics"
@@ -367,20 +372,26 @@ tests:
   - interval: 1m
     input_series:
       - series: 'up{{job="tsm-api", instance="10.0.0.1:8000"}}'
-        values: '0x5'
+        values: '0x12'
       - series: 'up{{job="tsm-api", instance="10.0.0.2:8000"}}'
-        values: '1x5'
+        values: '1x12'
       - series: 'up{{job="tsm-api", instance="10.0.0.3:8000"}}'
-        values: '1x5'
+        values: '1x12'
       - series: 'tsm_model_info{{job="tsm-api", instance="10.0.0.3:8000", model="m", version="1",
           backend="paddle", device="cpu", precision="fp32"}}'
-        values: '1x5'
+        values: '1x12'
     alert_rule_test:
-      - eval_time: 3m
+      - eval_time: 5m
+        alertname: TsmReplicaDown
+        exp_alerts: []
+      - eval_time: 11m
         alertname: TsmReplicaDown
         exp_alerts:
-          - exp_labels: {{severity: page, job: tsm-api, instance: "10.0.0.1:8000"}}
-            exp_annotations: {{summary: "TSM replica 10.0.0.1:8000 is not answering /metrics"}}
+          - exp_labels: {{severity: ticket, job: tsm-api, instance: "10.0.0.1:8000"}}
+            exp_annotations: {{summary: "TSM replica 10.0.0.1:8000 has not answered /metrics for 10 minutes"}}
+      - eval_time: 11m
+        alertname: TsmNoReplicaUp
+        exp_alerts: []
       - eval_time: 3m
         alertname: TsmNoModelLoaded
         exp_alerts: []
@@ -390,11 +401,32 @@ tests:
           - exp_labels: {{severity: page, job: tsm-api, instance: "10.0.0.2:8000"}}
             exp_annotations:
               summary: "Replica 10.0.0.2:8000 serves no model version (its /readyz answers 503)"
+  - interval: 1m
+    input_series:  # every replica down
+      - series: 'up{{job="tsm-api", instance="10.0.0.1:8000"}}'
+        values: '0x6'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: TsmNoReplicaUp
+        exp_alerts:
+          - exp_labels: {{severity: page}}
+            exp_annotations: {{summary: "No TSM API replica answers /metrics: the service is down"}}
+  - interval: 1m
+    input_series:  # no replica at all: compose's DNS lists none, so no `up` series exists
+      - series: 'up{{job="prometheus", instance="localhost:9090"}}'
+        values: '1x6'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: TsmNoReplicaUp
+        exp_alerts:
+          - exp_labels: {{severity: page, job: tsm-api}}
+            exp_annotations: {{summary: "No TSM API replica answers /metrics: the service is down"}}
 """
 
 
 def test_alert_rules_fire_as_intended(tmp_path: Path) -> None:
-    """promtool's rule unit tests: a down replica and a replica without a model page; a serving one doesn't."""
+    """promtool's rule unit tests: a replica down for 10 minutes is a ticket, none up (or none at all) pages, a
+    replica without a model pages; a serving one raises nothing."""
     tests = tmp_path / "alerts_test.yml"
     tests.write_text(ALERT_TESTS.format(rules=json.dumps(str(DOCKER / "prometheus" / "alerts.yml"))))
     done = run([tool("promtool"), "test", "rules", str(tests)])
@@ -450,12 +482,16 @@ def test_grafana_provisioning_is_consistent() -> None:
 # ------------------------------------------------------------------------------------------------ Kubernetes
 
 
+CRD_MANIFESTS = ("servicemonitor.yaml", "prometheusrule.yaml")  # the Prometheus Operator's: no schema offline
+SERVER_RESERVE_MIB = 2560  # the server with two versions loaded (a hot reload), R50 at batch 1: benchmarks/memory
+
+
 def k8s_validate(files: list[Path]) -> subprocess.CompletedProcess[str]:
     return run([tool("kubernetes-validate"), "--kubernetes-version", K8S_VERSION, "--strict", *map(str, files)])
 
 
 def test_k8s_manifests_validate_offline() -> None:
-    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "servicemonitor.yaml")
+    files = sorted(p for p in K8S.glob("*.yaml") if p.name not in CRD_MANIFESTS)
     done = k8s_validate(files)
     assert done.returncode == 0, done.stdout + done.stderr
     passed = re.findall(r"passed for resource (\S+) against", done.stdout + done.stderr)
@@ -508,9 +544,18 @@ def test_k8s_manifests_fit_together(monkeypatch: pytest.MonkeyPatch) -> None:
         assert settings.host == "0.0.0.0" and settings.poll_interval_s > 0
         if gpus:
             assert (settings.device, settings.precision, settings.tensorrt) == ("gpu", "fp16", True)
+        # A runaway video must hit its decoder's cap before the pod's limit, or the OOM kill takes the server.
+        shm = nginx_size(volumes[mounts["/dev/shm"]]["emptyDir"]["sizeLimit"].replace("Mi", "m").replace("Gi", "g"))
+        budget = settings.decode_workers * settings.decode_memory_mb + SERVER_RESERVE_MIB + shm // 2**20
+        limit = nginx_size(container["resources"]["limits"]["memory"].replace("Gi", "g")) // 2**20
+        assert budget <= limit, f"{name}: decoders' caps + server + shm = {budget} MiB over the {limit} MiB limit"
+    assert "replicas" not in m[("Deployment", "tsm-api")]["spec"], "the HPA owns the CPU replica count"
     assert m[("PersistentVolumeClaim", "tsm-model-repo")]["spec"]["accessModes"] == ["ReadWriteMany"]
     target = m[("HorizontalPodAutoscaler", "tsm-api")]["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "tsm-api")
+    rule = m[("PrometheusRule", "tsm-api")]
+    assert rule["spec"]["groups"] == yaml.safe_load((DOCKER / "prometheus" / "alerts.yml").read_text())["groups"], \
+        "the cluster's alert rules are the compose stack's"
     monitor = m[("ServiceMonitor", "tsm-api")]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -531,3 +576,10 @@ def test_k8s_training_job() -> None:
     assert (ROOT / "training" / "configs" / "tsm_k400_frames.yaml").exists()
     assert container["workingDir"] == "/app" and container["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert "set -e" in script or "-euo" in container["command"], "export must not run after a failed training"
+    # PaddleVideo's learning rates are for 8 GPUs x 16 clips: scaled linearly to this Job's GPUs.
+    gpus = len(words[launch + 1].removeprefix("--gpus=").split(","))
+    paddlevideo = yaml.safe_load((ROOT / "training" / "configs" / "tsm_k400_frames.yaml").read_text())
+    values = re.search(r"'optimizer\.values=(\[[^\]]*\])'", script)
+    assert values, "the Job must set the learning rates for its GPU count"
+    assert yaml.safe_load(values.group(1)) == pytest.approx([v * gpus / 8 for v in paddlevideo["optimizer"]["values"]])
+    assert '--resume /runs/tsm_k400_frames/latest.pdparams' in script, "a retried pod resumes"
