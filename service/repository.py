@@ -73,6 +73,14 @@ class ModelRepository:
     def ready(self) -> bool:
         return any(mv.state is State.READY for mv in self.serving.values())
 
+    def default_unready(self) -> str | None:
+        """Why requests that name no model cannot be answered although TSM_DEFAULT_MODEL is set, or None."""
+        if self.default_model is None or self.default_model in self.serving:
+            return None
+        if self.notices.default_missing:
+            return self.notices.default_problem()
+        return f"TSM_DEFAULT_MODEL {self.default_model!r} is not loaded yet"
+
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval_s)
@@ -236,7 +244,9 @@ class ModelRepository:
             pending = [o for (n, _), o in self.others.items() if n == model]
             if pending or model in (self.default_model, *self.pins):  # expected to serve, just not yet: retry later
                 why = "; ".join(_state_of(o) for o in pending)
-                why = why or self.notices.missing_pin(model) or "not found in the repository yet"
+                why = why or self.notices.missing_pin(model) or (
+                    self.notices.default_problem() if model == self.default_model and self.notices.default_missing
+                    else "not found in the repository yet")
                 raise NotReadyError(f"model {model!r} is not ready: {why}", retry_after_s=5)
             raise ModelNotFoundError(f"no model named {model!r} is served")
         if version is not None and version != mv.version:

@@ -23,6 +23,7 @@ class RepositoryNotices:
         # requests go to the only one. Decided by the repository alone, so every replica answers alike.
         self.names: set[str] = set()
         self.missing_pins: set[str] = set()  # pinned models whose pinned version the repository lacks
+        self.default_missing = False  # TSM_DEFAULT_MODEL names a model the (non-empty) repository does not hold
         self._gone: set[tuple[str, int]] = set()  # serving versions whose folder is removed, already warned about
 
     def root_scanned(self, problem: str | None) -> None:
@@ -45,10 +46,21 @@ class RepositoryNotices:
         if not found:  # an unmounted repository looks emptied: it changes nothing
             return
         names = set(found)
+        missing = self.default_model is not None and self.default_model not in names
+        if missing and (not self.default_missing or names != self.names):
+            log.warning("%s: requests that name no model get 503, and /readyz answers 503, until it is published",
+                        self.default_problem(names))
+        self.default_missing = missing
         if self.default_model is None and len(names) > 1 and len(self.names) <= 1:
             log.warning("the repository now holds several models (%s) and TSM_DEFAULT_MODEL is not set: requests "
                         "that name no model get 400 until it is set or one model is left", ", ".join(sorted(names)))
         self.names = names
+
+    def default_problem(self, names: set[str] | None = None) -> str:
+        """TSM_DEFAULT_MODEL names a model the repository does not hold (a typo, or not published yet)."""
+        held = ", ".join(sorted(self.names if names is None else names)) or "none"
+        return (f"TSM_DEFAULT_MODEL is {self.default_model!r}, which the repository does not hold (it holds: "
+                f"{held})")
 
     def missing_pin(self, name: str) -> str | None:
         """Why a pinned model has nothing to serve (its pinned version is absent), or None."""

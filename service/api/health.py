@@ -32,7 +32,8 @@ async def readyz_head(res: ResourcesDep) -> Response:
 
 
 @router.get("/readyz", response_model=Health, tags=["operations"], dependencies=[OperationsAuthorized],
-            responses={503: {"model": Health, "description": "No model loaded and warmed up yet, or no decoder "
+            responses={503: {"model": Health, "description": "No model loaded and warmed up yet (or not "
+                                                            "TSM_DEFAULT_MODEL's, when it is set), or no decoder "
                                                             "process running (the system refused to start one)"},
                        **problem_responses(401)},
             summary="At least one model version is loaded and warmed up and a decoder process runs")
@@ -40,8 +41,10 @@ async def readyz(res: ResourcesDep) -> JSONResponse:
     models = sum(1 for mv in res.repository.serving.values() if mv.state.value == "ready")
     # Without a decoder every /classify would answer 503: take the replica out of rotation until one starts.
     decoders = res.pool.usable()
-    ready = models > 0 and decoders > 0
+    default = res.repository.default_unready() if models else None  # unnamed requests would all get 503
+    ready = models > 0 and decoders > 0 and default is None
     why = ([] if models else [f"no model is loaded yet: {res.repository.nothing_served()}"]) + \
+        ([default] if default else []) + \
         ([] if decoders else ["no decoder process could be started (the system refused a new process)"])
     body = Health(status="ready" if ready else "not-ready", models_ready=models, decoders_ready=decoders,
                   detail="; ".join(why) or None).model_dump(exclude_none=True)

@@ -293,6 +293,27 @@ def test_a_default_model_keeps_unnamed_requests_when_another_is_published(model_
         assert _classify(http, videos["a"]).json()["model"] == "other"
 
 
+def test_a_mistyped_default_model_is_not_ready_and_says_which_models_there_are(
+        model_repo: Path, videos: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """TSM_DEFAULT_MODEL=tnyi beside a repository holding tiny: ready it is not (every unnamed request would get
+    503), and the operator and the client learn why; once a model of that name is published it serves."""
+    problem = "TSM_DEFAULT_MODEL is 'tnyi', which the repository does not hold (it holds: tiny)"
+    staged = model_repo.parent / "staged"  # exported before the server starts (Paddle first in its thread)
+    export_tiny(staged, name="tnyi")
+    with LiveServer({"model_repo": model_repo, "poll_interval_s": 0.1, "decode_workers": 1,
+                     "default_model": "tnyi"}) as live, live.client() as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and problem in ready.json()["detail"]
+        r = _classify(http, videos["a"])
+        assert r.status_code == 503 and r.json()["type"] == "not-ready" and problem in r.json()["detail"]
+        assert _classify(http, videos["a"], model=TINY_NAME).status_code == 200  # named requests are served
+        time.sleep(0.5)  # five scans
+        assert caplog.text.count(f"{problem}: requests that name no model get 503") == 1, caplog.text[-2000:]
+        (staged / "tnyi").rename(model_repo / "tnyi")  # published at once, as an export's rename is
+        wait_for(lambda: http.get("/readyz").status_code == 200)
+        assert _classify(http, videos["a"]).json()["model"] == "tnyi"
+
+
 def test_the_serving_version_removed_with_nothing_to_fall_back_to_keeps_serving_and_says_so_once(
         model_repo: Path, videos: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     broken = model_repo / TINY_NAME / "2"
