@@ -139,7 +139,7 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def settings_error(exc: ValidationError, given: Collection[str] = ()) -> str:
+def settings_error(exc: ValidationError, given: Collection[str] = (), program: str = "tsm-serve") -> str:
     """One line a refused setting, named as its environment variable (and its flag when ``given`` on the command
     line), without the value given (it may be the API key). A check across settings names each setting its message
     mentions."""
@@ -157,15 +157,15 @@ def settings_error(exc: ValidationError, given: Collection[str] = ()) -> str:
                                if (m := re.search(rf"\b{f}\b", e["msg"])))
             names = ", ".join(label(f) for _, f in mentioned) or "settings"
         lines.append(f"{names}: {e['msg']}")
-    return "tsm-serve: refused settings:\n  " + "\n  ".join(lines)
+    return f"{program}: refused settings:\n  " + "\n  ".join(lines)
 
 
-def unreadable_setting(exc: SettingsError) -> str:
+def unreadable_setting(exc: SettingsError, program: str = "tsm-serve") -> str:
     """The variable whose value could not be parsed, and why, without the value."""
     field = re.search(r'field "(\w+)"', str(exc))
     name = f"TSM_{field.group(1).upper()}" if field else "a TSM_ variable"
     why = f" ({exc.__cause__})" if exc.__cause__ else ""
-    return f"tsm-serve: refused settings:\n  {name}: not valid JSON{why}"
+    return f"{program}: refused settings:\n  {name}: not valid JSON{why}"
 
 
 if __name__ == "__main__":

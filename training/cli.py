@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -20,6 +21,7 @@ from training.interrupts import Terminated, TrainingInterrupted, on_sigterm
 from training.recipes import RECIPES
 
 if TYPE_CHECKING:
+    from service.settings import ServiceSettings
     from training.config import Config
 
 def _labels_for(cfg_labels: str, num_classes: int) -> list[str]:
@@ -56,11 +58,29 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     from training.published import ListSource, evaluate_published
 
     source = ListSource(args.list, args.prefix, args.format, args.suffix)
-    result = evaluate_published(args.model, source, args.out, max(args.workers, 0))
+    result = evaluate_published(args.model, source, args.out, max(args.workers, 0), _service_settings())
     print(f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  ({result.count} clips, {len(result.skipped)} "
           f"skipped); confusion matrix: {result.confusion_png}, figures: "
           f"{result.confusion_png.with_name('evaluation.json')}")
     return 0
+
+
+def _service_settings() -> ServiceSettings:
+    """The service's settings from the environment, refused and warned about as ``tsm-serve`` does (a misspelt
+    ``TSM_`` variable would silently score with its default)."""
+    from pydantic_settings import SettingsError
+
+    from service.cli import settings_error, unreadable_setting
+    from service.settings import ServiceSettings, unknown_variables
+
+    for warning in unknown_variables(os.environ):
+        logging.getLogger("training").warning("%s", warning)
+    try:
+        return ServiceSettings()
+    except ValidationError as exc:
+        raise ValueError(settings_error(exc, program="evaluate-model")) from None
+    except SettingsError as exc:
+        raise ValueError(unreadable_setting(exc, program="evaluate-model")) from None
 
 
 def _require_train_lists(cfg: Config, validate: bool) -> None:

@@ -72,9 +72,9 @@ def test_a_published_version_scores_as_its_checkpoint(published: dict[str, objec
     assert (tmp_path / "served" / "confusion_matrix.png").stat().st_size > 0
 
 
-def test_the_command_takes_a_models_highest_version_and_writes_outside_the_repository(
+def test_the_command_takes_the_version_the_service_would_serve_and_writes_outside_the_repository(
         published: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     import shutil
 
     version: Path = published["version"]  # type: ignore[assignment]
@@ -82,15 +82,26 @@ def test_the_command_takes_a_models_highest_version_and_writes_outside_the_repos
     shutil.copytree(version.parent.parent, repo)
     model_dir = repo / version.parent.name
     shutil.copytree(model_dir / version.name, model_dir / "7")  # a later version, same network
+    shutil.copytree(model_dir / version.name, model_dir / "9")  # the highest, but refused: no parameters
+    (model_dir / "9" / "model.pdiparams").unlink()
     before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
     monkeypatch.chdir(tmp_path)
-    code = main(["evaluate-model", str(model_dir), "--list", str(published["list"]), "--prefix",
-                 str(published["prefix"]), "--workers", "0"])
-    assert code == 0
+    argv = ["evaluate-model", str(model_dir), "--list", str(published["list"]), "--prefix", str(published["prefix"]),
+            "--workers", "0"]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
     assert "top-1 0.5000" in capsys.readouterr().out
+    assert f"{model_dir / '9'} cannot serve: model.pdiparams is missing" in caplog.text
+    assert "the service would serve version 7 instead" in caplog.text
     figures = json.loads((tmp_path / "runs" / "evaluate" / "scored" / "7" / "evaluation.json").read_text())
     assert figures["version"] == 7 and figures["count"] == 4
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before  # nothing written there
+    monkeypatch.setenv("TSM_MODEL_VERSIONS", f'{{"scored": {version.name}}}')  # a pin, as the service honours it
+    assert main(argv) == 0
+    assert (tmp_path / "runs" / "evaluate" / "scored" / version.name / "evaluation.json").is_file()
+    monkeypatch.setenv("TSM_MODEL_VERSIONS", '{"scored": 8}')
+    caplog.clear()
+    assert main(argv) == 2 and "scored is pinned to version 8 (TSM_MODEL_VERSIONS)" in caplog.text
 
 
 def test_refusals_are_one_sentence(published: dict[str, object], tmp_path: Path,
@@ -127,3 +138,17 @@ def test_the_manifests_preprocessing_is_used(videos: dict[str, Path], tmp_path: 
     assert clip is not None and kept is not None
     np.testing.assert_array_equal(clip, preprocess_clip(read_clip(videos["b"], fixed)[0], fixed))
     assert np.abs(clip - kept).max() > 0.1  # 176x144 scaled to 128x170 is not 156x128
+
+
+def test_the_services_settings_are_refused_and_warned_about_as_tsm_serve_does(
+        published: dict[str, object], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["evaluate-model", str(published["version"]), "--list", str(published["list"]), "--prefix",
+            str(published["prefix"]), "--workers", "0", "--out", str(published["version"].parent.parent.parent / "x")]
+    monkeypatch.setenv("TSM_BACKEND", "foo")
+    assert main(argv) == 2
+    assert "evaluate-model: refused settings:\n  TSM_BACKEND: Input should be" in caplog.text
+    monkeypatch.delenv("TSM_BACKEND")
+    monkeypatch.setenv("TSM_MAX_BACH_SIZE", "4")  # misspelt: it would score with the default batch size
+    caplog.clear()
+    assert main(argv) == 0
+    assert "TSM_MAX_BACH_SIZE is not a setting (did you mean TSM_MAX_BATCH_SIZE?); it is ignored" in caplog.text
