@@ -1,7 +1,7 @@
 """Paddle Inference predictor for one model version: CPU (oneDNN), GPU (CUDA) or GPU + TensorRT.
 
 :func:`choose_backend` turns settings plus "is there a GPU" into a :class:`BackendChoice`
-(falling back to the CPU with a warning); :func:`build_config` makes the exact
+(``auto`` falls back to the CPU with a warning, ``gpu`` refuses); :func:`build_config` makes the exact
 ``paddle.inference.Config`` calls for that choice. Both are pure enough to test without a
 GPU: the config class is injectable, so tests record its calls.
 """
@@ -80,14 +80,24 @@ def gpu_signature(gpu_id: int) -> str:
     return f"sm{major}{minor}-trt{trt}"
 
 
+class NoGpuError(RuntimeError):
+    """``TSM_DEVICE=gpu`` where no GPU is usable: the version is refused (a GPU node serving at CPU speed while
+    its health checks pass would hide the fault); ``auto`` falls back to the CPU instead."""
+
+
 def choose_backend(options: PredictorOptions, has_gpu: bool) -> BackendChoice:
-    """Settings + hardware -> the backend to build; without a GPU, the CPU in fp32 with a warning."""
+    """Settings + hardware -> the backend to build; ``auto`` without a GPU: the CPU in fp32 with a warning;
+    ``gpu`` without one: :class:`NoGpuError`."""
+    if options.device == "gpu" and not has_gpu:
+        raise NoGpuError("TSM_DEVICE=gpu, but no GPU is usable here (a CPU-only paddlepaddle, no NVIDIA driver, or "
+                         "no device visible to the container: NVIDIA_VISIBLE_DEVICES, the device plugin); set "
+                         "TSM_DEVICE=auto to serve on the CPU instead")
     wants_gpu = options.device == "gpu" or (options.device == "auto" and has_gpu)
     if wants_gpu and has_gpu:
         backend = "tensorrt" if options.tensorrt else "paddle"
         return BackendChoice(backend, f"gpu:{options.gpu_id}", options.precision)
     warnings: list[str] = []
-    if options.device == "gpu" or options.tensorrt:
+    if options.tensorrt:
         warnings.append("no usable GPU found: falling back to the CPU (TensorRT off)")
     if options.precision != "fp32":
         warnings.append(f"precision {options.precision} needs a GPU: running fp32 on the CPU")

@@ -76,7 +76,8 @@ class ServiceSettings(BaseSettings):
     backend: Literal["auto", "paddle", "onnxruntime"] = Field(
         "auto", description="auto: Paddle Inference on the GPU (TensorRT if enabled); on the CPU the faster of "
         "Paddle+oneDNN and ONNX Runtime, timed at load. paddle / onnxruntime force one.")
-    device: Device = Field("auto", description="auto (GPU when present, else CPU), cpu or gpu.")
+    device: Device = Field("auto", description="auto (GPU when present, else CPU), cpu or gpu (a version fails to "
+                           "load where no GPU is usable).")
     precision: Precision = Field("fp32", description="fp32, fp16 (GPU) or int8 (TensorRT with a quantised model).")
     tensorrt: bool = Field(False, description="Use TensorRT subgraphs on the GPU (engines cached beside the version).")
     gpu_id: int = Field(0, ge=0, description="CUDA device index.")

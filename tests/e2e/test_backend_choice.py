@@ -41,3 +41,14 @@ def test_onnxruntime_backend_refuses_a_version_without_onnx(tiny_repo_template: 
         assert client.get("/readyz").status_code == 503
         models = client.get("/models").json()
         assert "model.onnx" in str(models)
+
+
+def test_a_gpu_asked_for_on_a_machine_without_one_is_not_ready_and_says_why(tiny_repo_template: Path) -> None:
+    """TSM_DEVICE=gpu (the GPU image's) where no GPU is usable: the version fails, so the replica is not ready
+    and its readiness says why, instead of serving at CPU speed behind passing health checks."""
+    settings = {"model_repo": tiny_repo_template, "poll_interval_s": 0, "decode_workers": 1, "device": "gpu"}
+    with LiveServer(settings) as live, live.client() as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "tiny version 1 failed (NoGpuError: TSM_DEVICE=gpu, but no GPU is usable here" in ready.json()["detail"]
+        assert client.get("/models").json()["models"][0]["state"] == "failed"

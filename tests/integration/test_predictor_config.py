@@ -247,13 +247,20 @@ def test_tensorrt_int8(tmp_path: Path) -> None:
     assert trt[2]["precision_mode"] == PrecisionType.Int8 and trt[2]["use_calib_mode"] is False
 
 
-@pytest.mark.parametrize("device", ["gpu", "auto"])
-def test_no_gpu_falls_back_to_cpu_with_warning(tmp_path: Path, device: str) -> None:
-    calls, choice = build(tmp_path, PredictorOptions(device=device, precision="fp16", tensorrt=True), has_gpu=False)
+def test_auto_without_a_gpu_falls_back_to_cpu_with_warning(tmp_path: Path) -> None:
+    calls, choice = build(tmp_path, PredictorOptions(device="auto", precision="fp16", tensorrt=True), has_gpu=False)
     assert choice.device == "cpu" and choice.precision == "fp32" and choice.backend == "paddle"
     assert any("falling back to the CPU" in w for w in choice.warnings)
     assert calls[1][0] == "disable_gpu"
     assert not [c for c in calls if c[0] in ("enable_use_gpu", "enable_tensorrt_engine")]
+
+
+def test_gpu_asked_for_without_one_is_refused_not_served_on_the_cpu() -> None:
+    """The GPU image sets TSM_DEVICE=gpu: on a node whose GPU is missing it must not pass its health checks."""
+    from service.predictor import NoGpuError
+
+    with pytest.raises(NoGpuError, match=r"TSM_DEVICE=gpu, but no GPU is usable here .* set TSM_DEVICE=auto"):
+        choose_backend(PredictorOptions(device="gpu", precision="fp16", tensorrt=True), has_gpu=False)
 
 
 def test_real_cpu_predictor(tiny_repo_template: Path) -> None:
