@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -101,12 +102,27 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _base_url(text: str) -> str:
+    """``--url``: the service's base URL with its scheme (the client adds ``/classify``): the usual slips, a bare
+    ``host:port`` and the endpoint's own URL, get a sentence at once instead of a 404 or a protocol error."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL: give the service's base URL, "
+                                         f"e.g. http://{text if '//' not in text else '127.0.0.1:8000'}")
+    if parts.path.rstrip("/").endswith(("/classify", "/classify/batch")):
+        base = text[: text.rstrip("/").rfind("/classify")]
+        raise argparse.ArgumentTypeError(f"{text!r} is an endpoint: give the service's base URL ({base}); the client "
+                                         "adds /classify")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tsm-classify", description="Classify videos with a TSM service, one request a video.",
         epilog="Exit status: 0 when every video was classified, 1 when any was not, 2 for wrong arguments.")
     parser.add_argument("videos", nargs="+", type=Path, help="video files to classify")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the service's base URL (default {DEFAULT_URL})")
+    parser.add_argument("--url", type=_base_url, default=DEFAULT_URL,
+                        help=f"the service's base URL, no /classify (default {DEFAULT_URL})")
     parser.add_argument("--top-k", type=_positive(int),
                         help="classes to show (default: the server's, 5 or the label count)")
     parser.add_argument("--model", help="model name (default: the server's only or default model)")

@@ -212,7 +212,7 @@ class ServiceSettings(BaseSettings):
 
 # The project's TSM_ variables that are not the server's (compose's and the benchmarks'): a shell that sets them
 # for those tools may start tsm-serve too, and they are no typo.
-OTHER_TOOLS_VARIABLES = frozenset({"TSM_HTTP_PORT", "TSM_DEMO_RECIPE", "TSM_BENCH_CACHE"})
+OTHER_TOOLS_VARIABLES = frozenset({"TSM_HTTP_PORT", "TSM_DEMO_RECIPE", "TSM_BENCH_CACHE", "TSM_MONITORING_BIND"})
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

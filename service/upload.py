@@ -123,8 +123,16 @@ async def _receive_body(request: Request, settings: ServiceSettings, upload: Upl
         await _receive_raw(request, settings, upload, content_type)
     else:
         raise UnsupportedMediaTypeError(
-            f"content type {content_type or '(none)'!r} is not a video; send the video as the body with a "
-            "video/* or application/octet-stream type, or as the multipart field 'file'")
+            f"content type {content_type or '(none)'!r} {_refused_because(content_type, settings)}; send the video "
+            f"as the body with a type this server accepts ({', '.join(settings.allowed_content_types)}), or as the "
+            "multipart field 'file'")
+
+
+def _refused_because(content_type: str | None, settings: ServiceSettings) -> str:
+    """'is not a video', or, for a video type the server's list leaves out, that it is not among those accepted."""
+    if (content_type or "").lower().startswith("video/"):
+        return "is not among the types this server accepts (TSM_ALLOWED_CONTENT_TYPES)"
+    return "is not a video"
 
 
 async def _receive_raw(request: Request, settings: ServiceSettings, upload: Upload, content_type: str) -> None:
@@ -195,7 +203,9 @@ class _PartSink:
             return
         content_type = self.headers.get("content-type", "application/octet-stream")
         if not self.settings.content_type_allowed(content_type):
-            raise UnsupportedMediaTypeError(f"part {self.name!r} has content type {content_type!r}, not a video")
+            why = _refused_because(content_type, self.settings)
+            raise UnsupportedMediaTypeError(f"part {self.name!r} has content type {content_type!r}, which {why} "
+                                            f"(accepted: {', '.join(self.settings.allowed_content_types)})")
         if len(self.upload.files) >= self.max_files:
             raise BadParameterError("one file per request; send several to /classify/batch" if self.max_files == 1
                                     else f"at most {self.max_files} files per request")

@@ -32,10 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("dataset", help="generate the synthetic motion dataset (real H.264 MP4s + list files)")
-    p.add_argument("--out", default="runs/demo/data")
-    p.add_argument("--train", type=positive, default=640, help="training clips (default: %(default)s)")
+    p.add_argument("--out", default="runs/demo/data", help="folder for the videos and list files (default: "
+                   "%(default)s)")
+    p.add_argument("--train", type=count, default=640, help="training clips (default: %(default)s; 0 for a test "
+                   "set of --val clips)")
     p.add_argument("--val", type=positive, default=160, help="validation clips (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the clips' seed (default: %(default)s): a clip is the same "
+                   "for the same seed, split and index, so a held-out test set needs another seed (the demo's "
+                   "is 100)")
 
     p = sub.add_parser("extract-frames", help="decode a video list into PaddleVideo frame folders + a frames list")
     p.add_argument("list", type=Path, help="a video list file (<path> <label> per line)")
@@ -113,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensure-model", help="run the demo only if model_repo holds no model")
     p.add_argument("--repo", type=Path, default=default_repo(), help=REPO_HELP)
     return parser
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def positive(text: str) -> int:

@@ -220,3 +220,19 @@ def test_a_full_upload_folder_503_and_nothing_left(strict_server: LiveServer, vi
         assert http.post("/classify", content=data, headers={"content-type": "video/mp4"}).status_code == 200
         metrics = http.get("/metrics").text
     assert 'tsm_rejected_requests_total{reason="upload-storage-full"} 3.0' in metrics
+
+
+def test_a_video_type_the_server_does_not_accept_is_not_called_not_a_video(tiny_repo_template: Path,
+                                                                          videos: dict[str, Path]) -> None:
+    data = videos["a"].read_bytes()
+    overrides = {"model_repo": tiny_repo_template, "decode_workers": 1,
+                 "allowed_content_types": ["video/mp4", "application/octet-stream"]}
+    with LiveServer(overrides) as live, live.client() as http:
+        for response in (http.post("/classify", content=data, headers={"content-type": "video/webm"}),
+                         http.post("/classify", files={"file": ("a.webm", data, "video/webm")})):
+            detail = assert_problem(response, 415, "unsupported-media-type")["detail"]
+            assert "'video/webm'" in detail and "not among the types this server accepts" in detail
+            assert "video/mp4, application/octet-stream" in detail and "not a video" not in detail
+        text = assert_problem(http.post("/classify", content=data, headers={"content-type": "text/plain"}), 415,
+                              "unsupported-media-type")["detail"]
+        assert "'text/plain' is not a video" in text

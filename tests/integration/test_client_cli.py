@@ -93,6 +93,16 @@ def test_a_wrong_url_or_option_is_one_line_and_exit_2(videos: dict[str, Path],
         with pytest.raises(SystemExit) as usage:
             main([str(videos["a"]), *option])
         assert usage.value.code == 2 and "must be above 0" in capsys.readouterr().err
+    # The usual slips with --url: no scheme (httpx: "unsupported protocol 'localhost://'"), the endpoint's URL
+    # (a 404 "Not Found" from the server): each is named, with the URL to give instead.
+    for url, says in (("localhost:18301", "is not an http:// or https:// URL: give the service's base URL, e.g. "
+                                          "http://localhost:18301"),
+                      ("http://localhost:18301/classify", "is an endpoint: give the service's base URL "
+                                                          "(http://localhost:18301); the client adds /classify"),
+                      ("http://h:1/classify/batch/", "base URL (http://h:1)")):
+        with pytest.raises(SystemExit) as usage:
+            main([str(videos["a"]), "--url", url])
+        assert usage.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_the_timeout_option_bounds_a_silent_server(other_server: str, videos: dict[str, Path],

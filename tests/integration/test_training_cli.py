@@ -168,7 +168,8 @@ def test_ensure_model_names_the_repository_it_was_given(model_repo: Path, tmp_pa
 
 
 @pytest.mark.parametrize("argv", [["demo", "--procs", "0"], ["demo", "--procs", "-1"],
-                                  ["dataset", "--train", "0"], ["extract-frames", "a.list", "--out", "x",
+                                  ["dataset", "--val", "0"], ["dataset", "--train", "-1"],
+                                  ["extract-frames", "a.list", "--out", "x",
                                                                 "--short-side", "0"],
                                   ["--log-level", "loud", "ensure-model"]])
 def test_out_of_range_arguments_are_refused_before_any_work(argv: list[str], capsys: pytest.CaptureFixture[str]
@@ -177,7 +178,7 @@ def test_out_of_range_arguments_are_refused_before_any_work(argv: list[str], cap
         main(argv)
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "must be 1 or more" in err or "invalid choice: 'LOUD'" in err, err
+    assert "must be 1 or more" in err or "must be 0 or more" in err or "invalid choice: 'LOUD'" in err, err
 
 
 def test_resume_refuses_an_explicit_output_dir_of_another_run(tmp_path: Path, checkpoint: Path,
