@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import uuid
+import warnings
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
@@ -64,6 +65,13 @@ def configure_logging(level: str, fmt: str) -> None:
     # the one-record-a-line format; routed through the "py.warnings" logger it is a WARNING record like any other.
     # Lines that Paddle's C++ code prints to stdout are made records by stdout_into_log (tsm-serve calls it).
     logging.captureWarnings(True)
+    ignore_paddle_build_warnings()
+
+
+def ignore_paddle_build_warnings() -> None:
+    """Paddle warns at import that ccache (a C++ compiler cache for building custom operators) is missing: nothing
+    here compiles operators, so on every start it was a WARNING about nothing."""
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
 
 def stdout_into_log(logger_name: str = "paddle") -> None:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from service.contract.manifest import Preprocessing, read_label_list
+from service.logs import ignore_paddle_build_warnings
 from training.cli_args import build_parser
 from training.interrupts import Terminated, TrainingInterrupted, on_sigterm
 from training.recipes import RECIPES
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ignore_paddle_build_warnings()
     try:
         return run(args)
     except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM while training: a message, not an 81-line traceback

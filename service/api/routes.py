@@ -37,6 +37,8 @@ _BATCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "top_k": {"type": "integer", "minimum": 1}, "model": {"type": "string"}, "version": {"type": "integer"}}}},
+    "video/*": {"schema": {"type": "string", "format": "binary"}},  # one video as the body, as /classify takes it
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "description": text} for code, text in {

@@ -30,3 +30,13 @@ def test_what_the_process_and_its_children_print_becomes_json_records() -> None:
     printed = [(r["logger"], r["level"], r["message"]) for r in records if r["logger"] == "paddle"]
     assert printed == [("paddle", "INFO", "from native code"), ("paddle", "INFO", "from a child process")]
     assert records[-1]["message"] == "done"
+
+
+def test_paddles_ccache_warning_is_not_logged_but_other_warnings_are() -> None:
+    script = ("import warnings\nfrom service.logs import configure_logging\nconfigure_logging('INFO', 'json')\n"
+              "import paddle\nwarnings.warn('a real warning')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=True)
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert not [r for r in records if "ccache" in r["message"]]  # Paddle warns of it at every import
+    assert any("a real warning" in r["message"] and r["level"] == "WARNING" for r in records)
