@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -119,12 +118,13 @@ def test_a_misspelt_variable_is_warned_about_with_the_closest_setting(misconfigu
     assert "TSM_MAX_BATCHSIZE is not a setting (did you mean TSM_MAX_BATCH_SIZE?); it is ignored" in warnings
 
 
-def test_python_warnings_are_json_records_like_the_rest(misconfigured: tuple[Serve, str, Path]) -> None:
-    if shutil.which("ccache") is not None:
-        pytest.skip("Paddle's import warns (a Python UserWarning) only where there is no ccache")
+def test_paddles_import_warning_is_left_out_and_every_line_is_a_json_record(
+        misconfigured: tuple[Serve, str, Path]) -> None:
+    """Paddle warns at import that ccache is missing (a Python UserWarning): noise on every start, filtered. That
+    other warnings still become records is tests/unit/test_logs.py's."""
     server, _, _ = misconfigured
     records = [json.loads(line) for line in server.lines]  # every line a JSON object: no bare warning text
-    assert any(r["logger"] == "py.warnings" and "UserWarning: No ccache found" in r["message"] for r in records)
+    assert records and not [r for r in records if "ccache" in r["message"]]
 
 
 def test_with_a_model_served_every_line_of_the_log_is_a_json_record(tiny_repo_template: Path,
