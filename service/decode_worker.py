@@ -19,7 +19,7 @@ import numpy as np
 
 from service.contract.manifest import Preprocessing
 from service.contract.preprocess import preprocess_clip
-from service.decoding import DecodeError, LimitExceeded, VideoInfo, probe_video, read_clip
+from service.decoding import DecodeError, LimitExceeded, VideoInfo, measured_duration_s, probe_video, read_clip
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,12 @@ def decode_task(path: str, spec: Preprocessing, limits: DecodeLimits) -> Decoded
     """The whole numeric path up to the network: ``read_clip`` then ``preprocess_clip``."""
     video = Path(path)
     probe = probe_video(video)
-    if probe.duration_s > limits.max_duration_s:
+    duration = measured_duration_s(video)
+    if duration is None:  # no timestamps to go by: the header's word
+        duration = probe.duration_s
+    if duration > limits.max_duration_s:
         raise LimitExceeded(
-            f"the video lasts {probe.duration_s:.1f} s, over the limit of {limits.max_duration_s:g} s", "too_long")
+            f"the video lasts {duration:.1f} s, over the limit of {limits.max_duration_s:g} s", "too_long")
     if probe.width * probe.height > limits.max_pixels:
         raise LimitExceeded(
             f"frames of {probe.width}x{probe.height} exceed the limit of {limits.max_pixels} pixels", "too_large")

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
@@ -67,6 +68,16 @@ def require_file(path: Path) -> None:
         raise DecodeError(f"{path.name}: {what}", "not_found")
 
 
+def rate_of(pts: Sequence[int], time_base: Fraction | None, nominal: float) -> float:
+    """Frames per second over the shown frames' timestamps ``pts`` (any order): a variable-rate stream, or a
+    Matroska/WebM file whose nominal rate is its 1 ms timebase (what browsers' MediaRecorder writes), gets its real
+    average; ``nominal`` (the stream's declared rate) where the timestamps can't tell (one frame, no timebase)."""
+    if len(pts) < 2 or not time_base:
+        return nominal
+    span = (max(pts) - min(pts)) * time_base
+    return float((len(pts) - 1) / span) if span > 0 else nominal
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the decoder found: frame count, rate (frames/s), size in pixels, duration (s)."""
@@ -87,8 +98,10 @@ class VideoInfo:
 IndexRule = Callable[[int], Sequence[int]]
 
 
-def read_frames_decord(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoInfo, list[int]]:
-    """Decode the frames ``pick(num_frames)`` with decord -> uint8 [T, H, W, 3] RGB."""
+def read_frames_decord(path: Path, pick: IndexRule, *,
+                       max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """Decode the frames ``pick(num_frames)`` with decord -> uint8 [T, H, W, 3] RGB; frames over ``max_pixels``
+    (a stream that grows past its small header) are refused as PyAV's are."""
     import decord
 
     try:
@@ -103,6 +116,7 @@ def read_frames_decord(path: Path, pick: IndexRule) -> tuple[np.ndarray, VideoIn
         raise
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError variants
         raise DecodeError(f"{path.name}: decord could not decode the video ({why(exc, path)})") from exc
+    check_frame_size(path, int(frames.shape[2]), int(frames.shape[1]), None, max_pixels)
     info = VideoInfo(count, fps, int(frames.shape[2]), int(frames.shape[1]), "decord")
     return frames, info, indices
 
@@ -146,8 +160,11 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
             if not container.streams.video:
                 raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
             stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            count = sum(1 for _ in frames_of(container))
+            shown = [frame.pts for frame in frames_of(container)]
+            count = len(shown)
+            known = [p for p in shown if p is not None]
+            rate = rate_of(known if len(known) == count else [], stream.time_base,
+                           float(stream.average_rate or stream.guessed_rate or 0.0))
         if count < 1:
             raise DecodeError(f"{path.name}: the video stream has no frames", "no_frames")
         indices = [int(i) for i in pick(count)]
@@ -165,7 +182,7 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
     except Exception as exc:
         raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
     frames = np.stack([kept[i] for i in indices])
-    info = VideoInfo(count, float(rate or 0.0), int(frames.shape[2]), int(frames.shape[1]), "pyav")
+    info = VideoInfo(count, rate, int(frames.shape[2]), int(frames.shape[1]), "pyav")
     return frames, info, indices
 
 
@@ -212,6 +229,25 @@ def probe_video(path: Path) -> VideoProbe:
     return VideoProbe(int(width), int(height), duration, rotation)
 
 
+def measured_duration_s(path: Path) -> float | None:
+    """The video stream's duration from its packets' timestamps (read, not decoded), or None where they give none.
+
+    A container's header can say anything (a 0.8 s file whose header declares 10 hours, a long one that declares a
+    second): the limits go by what the stream holds."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None and not p.is_discard]
+            if not pts or not stream.time_base:
+                return None
+            rate = rate_of(pts, stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0))
+    except Exception:  # unreadable here: the decoders say why
+        return None
+    return len(pts) / rate if rate > 0 else None
+
+
 def quarter_turns(degrees: float | int | None) -> int:
     """Counter-clockwise display rotation in degrees -> quarter turns 0..3 (nearest)."""
     return round((degrees or 0) / 90) % 4
@@ -227,15 +263,18 @@ def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 def read_frames(path: Path, pick: IndexRule, *,
                 max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
-    """Sparse PyAV decoding for 8-bit 4:2:0 streams, else decord, then full PyAV; :class:`DecodeError` if none can.
+    """Sparse PyAV decoding (MP4/MOV and Matroska/WebM, the common codecs), else decord, then full PyAV;
+    :class:`DecodeError` if none can.
 
-    Streams whose timestamps or keyframes sparse decoding can't trust (trims, cuts) go to a full PyAV decode first:
-    decord's seeking returns the wrong frames of those.
+    Streams whose timestamps or keyframes can't be trusted (trims, cuts, open GOPs, and every stream of a container
+    without per-frame timestamps: MPEG-TS/PS, AVI, ASF, FLV) go to a full PyAV decode first: decord's seeking
+    returns the wrong frames of those, with a plausible answer.
 
-    All three give the same pixels for the streams they share (tested against each other). Frames come out
+    All three give the same pixels for 8-bit 4:2:0 streams (tested against each other); for 10-bit or 4:4:4
+    decord's older FFmpeg converts to RGB slightly differently, and such streams take the PyAV paths. Frames come out
     upright: the container's display rotation is applied (``info.rotation``), and ``info.width``/``info.height``
-    are the displayed size. ``max_pixels`` bounds every frame PyAV decodes (decord fails on a size change, then
-    PyAV checks each frame).
+    are the displayed size. ``max_pixels`` bounds every frame decoded (by PyAV as it decodes, by decord on what it
+    returns).
     """
     from service.sparse_decode import SparseUnsupported, read_frames_sparse  # it builds on this module's types
 
@@ -257,10 +296,12 @@ def read_frames(path: Path, pick: IndexRule, *,
 def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,
                       pyav_first: bool = False) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """decord, then PyAV decoding every frame if decord fails (PyAV first for streams decord numbers wrongly)."""
-    readers = [read_frames_decord, partial(read_frames_pyav, max_pixels=max_pixels)]
+    readers = [partial(read_frames_decord, max_pixels=max_pixels), partial(read_frames_pyav, max_pixels=max_pixels)]
     first, second = readers[::-1] if pyav_first else readers
     try:
         return first(path, pick)
+    except LimitExceeded:  # the file is over a limit, whichever decoder reads it
+        raise
     except DecodeError as error:
         try:
             return second(path, pick)

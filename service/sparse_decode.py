@@ -7,9 +7,10 @@ lies between them. On a 10 s 720p H.264 clip this decodes about half the frames 
 
 Frames are numbered in presentation order from the container's packet index, as decord numbers them, and matched by
 timestamp. That needs timestamps a container stores per frame and keyframes that are clean restart points, so only
-8-bit 4:2:0 video from the codecs and containers below takes this path (for those the RGB pixels equal decord's
-exactly, tested); anything else, and any restart that doesn't land on the keyframe it asked for, raises
-:class:`SparseUnsupported` so the caller decodes the whole stream instead. Frames that are never decoded are never
+video from the codecs and containers below takes this path (for 8-bit 4:2:0 the RGB pixels equal decord's exactly,
+tested; 10-bit and 4:4:4 are PyAV's own conversion, which decord's older FFmpeg does slightly differently); anything
+else, and any restart that doesn't land on the keyframe it asked for, raises :class:`SparseUnsupported` so the caller
+decodes the whole stream instead. Frames that are never decoded are never
 checked: a stream whose frame size changes only inside a skipped stretch is accepted, and those frames never reach
 memory.
 """
@@ -23,14 +24,16 @@ from pathlib import Path
 import av
 import numpy as np
 
-from service.decoding import DecodeError, IndexRule, VideoInfo, check_frame_size, quarter_turns, why
+from service.decoding import DecodeError, IndexRule, VideoInfo, check_frame_size, quarter_turns, rate_of, why
 
-# Pixel formats whose RGB conversion is tested to equal decord's (FFmpeg 4 inside decord, PyAV's own FFmpeg here).
-SPARSE_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
 # Containers that store a timestamp per frame and seek by index (AVI's timestamps are decode order, MPEG-PS/TS
-# timestamps move after a seek), and codecs whose decoders honour skip_frame and restart cleanly at keyframes.
+# timestamps move after a seek: decord's seeking numbers their frames wrongly too, so they are decoded in full), and
+# codecs whose decoders honour skip_frame and restart cleanly at keyframes (each restart is checked all the same).
 SPARSE_CONTAINERS = ("mp4", "matroska")
-SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video"})
+SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mpeg2video"})  # libdav1d: AV1
+# Decoders that lose shown frames when told to skip non-reference ones (libdav1d: AV1's hidden and shown frames):
+# they still seek from keyframe to keyframe, but decode every frame in between.
+NO_SKIPPING = frozenset({"av1", "libdav1d"})
 
 
 class SparseUnsupported(Exception):  # noqa: N818 - a signal to use another decoder, not an error of the file
@@ -79,6 +82,7 @@ class _Decoder:
         self.size: tuple[int, int] | None = None
         self.rotation = 0
         self.restart: int | None = None  # pts of the keyframe decoding restarted at, until it is seen
+        self.skipping = self.stream.codec_context.name not in NO_SKIPPING
 
     def restart_at(self, keyframe_pts: int) -> Iterator[av.Packet]:
         """Seek to the keyframe at ``keyframe_pts`` and return the packets from there on."""
@@ -90,7 +94,8 @@ class _Decoder:
     def feed(self, packet: av.Packet | None) -> None:
         """Decode one packet (``None`` drains the decoder at the end of the stream)."""
         ctx = self.stream.codec_context
-        ctx.skip_frame = "DEFAULT" if packet is None or packet.pts in self.wanted else "NONREF"
+        skip = self.skipping and packet is not None and packet.pts not in self.wanted
+        ctx.skip_frame = "NONREF" if skip else "DEFAULT"
         for frame in ctx.decode(packet):
             self._check(frame)
             if frame.pts is None:
@@ -107,8 +112,6 @@ class _Decoder:
 
     def _check(self, frame: av.VideoFrame) -> None:
         self.size = check_frame_size(self.path, frame.width, frame.height, self.size, self.max_pixels)
-        if frame.format.name not in SPARSE_PIX_FMTS:
-            raise SparseUnsupported(f"pixel format {frame.format.name}")
 
 
 def _decode(dec: _Decoder, targets: list[int], keys: list[int]) -> None:
@@ -147,13 +150,13 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
             stream = container.streams.video[0]
             ctx = stream.codec_context
             if not any(name in container.format.name.split(",") for name in SPARSE_CONTAINERS):
-                raise SparseUnsupported(f"container {container.format.name}")
-            if ctx.name not in SPARSE_CODECS or ctx.format is None or ctx.format.name not in SPARSE_PIX_FMTS:
-                raise SparseUnsupported(f"codec {ctx.name} with pixel format {ctx.format and ctx.format.name}")
-            rate = float(stream.average_rate or stream.guessed_rate or 0.0)
+                raise SparseUnsupported(f"container {container.format.name}", timing=True)
+            if ctx.name not in SPARSE_CODECS:
+                raise SparseUnsupported(f"codec {ctx.name}")
             pts, keys = _index(container, stream)
             if not pts:
                 raise SparseUnsupported("no frames in the packet index")
+            rate = rate_of(pts, stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0))
             indices = [int(i) for i in pick(len(pts))]
             if not indices or min(indices) < 0 or max(indices) >= len(pts):
                 raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")

@@ -162,6 +162,9 @@ def bad_videos(root: Path) -> dict[str, tuple[bytes, int, str]]:
     # A decompression bomb: a raw H.264 stream whose header (first SPS) says 16x16, then 1280x720 frames.
     bomb = (write_video(root / "s.h264", pattern_frames(2, 16, 16), fmt="h264").read_bytes()
             + write_video(root / "l.h264", pattern_frames(2, 1280, 720), fmt="h264").read_bytes())
+    # The same in MPEG-TS (a packet stream: two files one after the other are one stream), which decord read whole.
+    bomb_ts = (write_video(root / "s.ts", pattern_frames(2, 16, 16), fmt="mpegts").read_bytes()
+               + write_video(root / "l.ts", pattern_frames(2, 1280, 720), fmt="mpegts").read_bytes())
     undecodable, limit = (422, "undecodable-video"), (422, "video-limit-exceeded")
     return {
         "text": (b"this is not a video, just some text\n" * 40, *undecodable),
@@ -173,6 +176,7 @@ def bad_videos(root: Path) -> dict[str, tuple[bytes, int, str]]:
         "huge_dimensions_claim": (bytes(mjpeg), *undecodable),
         "huge_duration_claim": (long_claim, *limit),
         "resolution_bomb": (bomb, *limit),
+        "resolution_bomb_ts": (bomb_ts, *limit),
     }
 
 

@@ -39,7 +39,7 @@ def _still_serving(strict_server: LiveServer, good: bytes):
 
 
 CASES = ["text", "random_bytes", "png_image", "audio_only", "truncated_head_only", "unknown_codec",
-         "huge_dimensions_claim", "huge_duration_claim", "resolution_bomb"]
+         "huge_dimensions_claim", "huge_duration_claim", "resolution_bomb", "resolution_bomb_ts"]
 
 
 @pytest.mark.parametrize("name", CASES)

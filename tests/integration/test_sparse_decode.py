@@ -109,12 +109,17 @@ def test_read_frames_takes_the_sparse_path_and_rotates(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("pix_fmt", ["yuv420p10le", "yuv444p"])
-def test_other_pixel_formats_go_to_decord(tmp_path: Path, pix_fmt: str) -> None:
-    path = write_video(tmp_path / "v.mp4", pattern_frames(20, 64, 48), pix_fmt=pix_fmt)
-    with pytest.raises(sparse.SparseUnsupported):
-        sparse.read_frames_sparse(path, PICKS["test"])
-    _, info, _ = read_frames(path, PICKS["test"])
-    assert info.backend == "decord"
+@pytest.mark.parametrize("gop", ["closed", "open"])
+def test_other_pixel_formats_are_decoded_sparsely_with_the_right_frames(tmp_path: Path, pix_fmt: str,
+                                                                        gop: str) -> None:
+    """10-bit and 4:4:4 (HDR phone video, screen captures) went to decord, whose seeking returns other frames of an
+    open-GOP or trimmed stream under the right indices: they take the checked PyAV paths and equal a full decode."""
+    options = {**_BFRAMES, **({"x264-params": "open-gop=1"} if gop == "open" else {})}
+    path = write_video(tmp_path / "v.mp4", pattern_frames(72, 96, 64, seed=4), pix_fmt=pix_fmt, options=options)
+    frames, info, idx = read_frames(path, PICKS["test"])
+    want, want_info, want_idx = read_frames_pyav(path, PICKS["test"])
+    assert info.backend in ("pyav-sparse", "pyav") and (info.num_frames, idx) == (want_info.num_frames, want_idx)
+    assert np.array_equal(frames, want)
 
 
 def test_frame_size_limit_is_enforced(videos: dict[str, Path]) -> None:
@@ -138,11 +143,13 @@ def awkward(tmp_path_factory: pytest.TempPathFactory, videos: dict[str, Path]) -
         "edit_list": remux(videos["bframes_gop12"], root / "trim.mp4", shift_frames=1),
         "open_gop_cut": remux(open_gop, root / "cut.mkv", drop_before_key=1),
         "cover_stream": with_cover_stream(videos["bframes_gop12"], root / "cover.mkv"),
+        "mpegts_bframes": write_video(root / "b.ts", pattern_frames(48, 96, 64, seed=8), fmt="mpegts",
+                                      options=_BFRAMES),
     }
 
 
 @pytest.mark.parametrize("case", ["avi_bframes", "mpeg_ps", "intra_refresh", "edit_list", "open_gop_cut",
-                                  "cover_stream"])
+                                  "cover_stream", "mpegts_bframes"])
 def test_untrustworthy_streams_are_never_silently_wrong(awkward: dict[str, Path], case: str) -> None:
     """Every single frame and the test pick: sparse either equals a full decode or declines (SparseUnsupported)."""
     path = awkward[case]
@@ -157,15 +164,76 @@ def test_untrustworthy_streams_are_never_silently_wrong(awkward: dict[str, Path]
         want, want_info, want_idx = read_frames_pyav(path, pick)
         assert (info.num_frames, idx) == (want_info.num_frames, want_idx)
         assert np.array_equal(got, want), f"{case}: frames {idx} differ from a full decode"
-    if case in ("avi_bframes", "mpeg_ps", "open_gop_cut", "cover_stream"):  # refused up front
+    if case in ("avi_bframes", "mpeg_ps", "open_gop_cut", "cover_stream", "mpegts_bframes"):  # refused up front
         assert declined == count + 1
 
 
-@pytest.mark.parametrize("case", ["intra_refresh", "edit_list", "open_gop_cut"])
+@pytest.mark.parametrize("case", ["intra_refresh", "edit_list", "open_gop_cut", "avi_bframes", "mpeg_ps",
+                                  "mpegts_bframes"])
 def test_untrustworthy_timing_falls_back_to_a_full_decode(awkward: dict[str, Path], case: str) -> None:
-    """decord seeks as well and gets these wrong, so :func:`read_frames` decodes them in full with PyAV."""
+    """decord seeks as well and gets these wrong (camcorder and OBS .ts, DivX .avi, DVD .mpg: other frames under
+    the right indices, a plausible answer), so :func:`read_frames` decodes them in full with PyAV."""
     frames, info, idx = read_frames(awkward[case], PICKS["test"])
     want, want_info, want_idx = read_frames_pyav(awkward[case], PICKS["test"])
     assert info.backend == "pyav"
     assert (info.num_frames, idx) == (want_info.num_frames, want_idx)
     assert np.array_equal(frames, want)
+
+
+def test_av1_is_decoded_sparsely_with_a_full_decodes_frames(tmp_path: Path) -> None:
+    """AV1 (Android phones, Chrome's MediaRecorder): decord can't read it, and PyAV's full path decoded it twice."""
+    path = write_video(tmp_path / "v.mp4", pattern_frames(60, 96, 64, seed=9), "libsvtav1",
+                       options={"preset": "12", "g": "12"})
+    frames, info, idx = read_frames(path, PICKS["test"])
+    want, want_info, want_idx = read_frames_pyav(path, PICKS["test"])
+    assert info.backend == "pyav-sparse" and (info.num_frames, idx) == (want_info.num_frames, want_idx)
+    assert np.array_equal(frames, want)
+
+
+@pytest.mark.parametrize("fmt", ["matroska", "webm"])
+def test_the_frame_rate_and_duration_come_from_the_timestamps(tmp_path: Path, fmt: str) -> None:
+    """Matroska's nominal rate can be its 1 ms timebase (MediaRecorder's WebM said 1000 fps, 0.06 s): 60 frames
+    over about 3.5 s with a 1.5 s stall say about 17 fps and 3.5 s, as the timestamps do, on every decode path."""
+    stamps = [round(i * 33.3) + (1500 if i >= 30 else 0) for i in range(60)]  # ms
+    codec = "libvpx" if fmt == "webm" else "libx264"
+    path = write_video(tmp_path / f"v.{'webm' if fmt == 'webm' else 'mkv'}", pattern_frames(60, 96, 64), codec,
+                       fmt=fmt, pts=stamps)
+    want = 59 / ((stamps[-1] - stamps[0]) / 1000)
+    for reader in (read_frames, read_frames_pyav):
+        _, info, _ = reader(path, PICKS["test"])
+        assert info.fps == pytest.approx(want, rel=1e-3), (reader.__name__, info)
+        assert info.duration_s == pytest.approx(60 / want, rel=1e-3)
+
+
+def test_decord_refuses_frames_over_the_pixel_limit(videos: dict[str, Path]) -> None:
+    with pytest.raises(LimitExceeded, match="exceeds the limit of"):
+        read_frames_decord(videos["bframes_gop12"], PICKS["test"], max_pixels=1000)
+
+
+def _with_declared_duration(src: Path, dst: Path, seconds: float) -> Path:
+    """``src`` (Matroska) with its Segment Duration element rewritten: a header that lies, as broken muxers' do."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # Duration, an 8-byte float in the default 1 ms timecode scale
+    assert at > 0, "no 8-byte Duration element"
+    data[at + 3:at + 11] = struct.pack(">d", seconds * 1000)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_the_duration_limit_goes_by_the_streams_timestamps_not_the_header(tmp_path: Path) -> None:
+    from service.contract.manifest import Preprocessing
+    from service.decode_worker import DecodeLimits, decode_task
+    from service.decoding import measured_duration_s, probe_video
+
+    spec = Preprocessing(num_seg=4, short_side=64, crop_size=48)
+    clip = write_video(tmp_path / "short.mkv", pattern_frames(40, 96, 64), fmt="matroska")  # 1.6 s at 25 fps
+    says_ten_hours = _with_declared_duration(clip, tmp_path / "ten_hours.mkv", 36_000)
+    assert probe_video(says_ten_hours).duration_s == pytest.approx(36_000)
+    assert measured_duration_s(says_ten_hours) == pytest.approx(1.6)
+    assert decode_task(str(says_ten_hours), spec, DecodeLimits(600, 10**7)).info.num_frames == 40  # was refused
+    slow = write_video(tmp_path / "slow.mkv", pattern_frames(30, 96, 64), fmt="matroska", fps=1)  # 30 s
+    says_a_second = _with_declared_duration(slow, tmp_path / "says_1s.mkv", 1)
+    with pytest.raises(LimitExceeded, match=r"the video lasts 30\.0 s, over the limit of 10 s"):
+        decode_task(str(says_a_second), spec, DecodeLimits(10, 10**7))  # was accepted
