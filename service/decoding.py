@@ -114,6 +114,8 @@ def read_frames_decord(path: Path, pick: IndexRule, *,
         fps = float(reader.get_avg_fps() or 0.0)
     except DecodeError:
         raise
+    except MemoryError:  # the worker's memory cap: decode_worker answers it and retires, not "undecodable"
+        raise
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError variants
         raise DecodeError(f"{path.name}: decord could not decode the video ({why(exc, path)})") from exc
     check_frame_size(path, int(frames.shape[2]), int(frames.shape[1]), None, max_pixels)
@@ -179,6 +181,8 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
             raise DecodeError(f"{path.name}: frames {sorted(missing)[:5]} could not be decoded again", "unstable")
     except DecodeError:
         raise
+    except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
+        raise
     except Exception as exc:
         raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
     frames = np.stack([kept[i] for i in indices])
@@ -224,6 +228,8 @@ def probe_video(path: Path) -> VideoProbe:
             width, height = stream.codec_context.width, stream.codec_context.height
     except DecodeError:
         raise
+    except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
+        raise
     except Exception as exc:
         raise DecodeError(f"{path.name}: the file is not a readable video ({why(exc, path)})") from exc
     return VideoProbe(int(width), int(height), duration, rotation)
@@ -243,6 +249,8 @@ def measured_duration_s(path: Path) -> float | None:
             if not pts or not stream.time_base:
                 return None
             rate = rate_of(pts, stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0))
+    except MemoryError:
+        raise
     except Exception:  # unreadable here: the decoders say why
         return None
     return len(pts) / rate if rate > 0 else None

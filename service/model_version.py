@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,7 +15,7 @@ from service.contract.manifest import Manifest
 from service.predictor import BackendChoice
 
 
-class State(str, Enum):
+class State(StrEnum):
     LOADING = "loading"
     READY = "ready"
     DRAINING = "draining"

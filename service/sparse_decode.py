@@ -164,6 +164,8 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
             _decode(dec, sorted(dec.wanted), keys)
     except (SparseUnsupported, DecodeError):
         raise
+    except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
+        raise
     except Exception as exc:
         raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
     frames = np.stack([dec.kept[pts[i]] for i in indices])

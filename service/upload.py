@@ -24,6 +24,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from service.contract.manifest import is_number
 from service.errors import (
     BadParameterError,
     ClientClosedError,
@@ -114,11 +115,11 @@ async def _receive_body(request: Request, settings: ServiceSettings, upload: Upl
     declared = request.headers.get("content-length")
     cap = settings.max_upload_bytes
     if content_type.lower().startswith("multipart/form-data"):
-        if declared and declared.isdigit() and int(declared) > multipart_limit(cap, max_files):
+        if declared and is_number(declared) and int(declared) > multipart_limit(cap, max_files):
             raise UploadTooLargeError(_multipart_too_large(cap, max_files, declared))
         await _receive_multipart(request, settings, upload, file_fields, max_files)
     elif settings.content_type_allowed(content_type):
-        if declared and declared.isdigit() and int(declared) > cap:
+        if declared and is_number(declared) and int(declared) > cap:
             raise UploadTooLargeError(f"the upload is {declared} bytes; the limit is {cap} bytes")
         await _receive_raw(request, settings, upload, content_type)
     else:

@@ -19,7 +19,15 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
-from service.contract.manifest import MODEL_PREFIX, ONNX_FILE, Manifest, ModelIO, is_valid_name, list_versions
+from service.contract.manifest import (
+    MODEL_PREFIX,
+    ONNX_FILE,
+    Manifest,
+    ModelIO,
+    is_number,
+    is_valid_name,
+    list_versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +116,7 @@ def sha256_file(path: Path) -> str:
 def _numbered(folder: Path) -> list[int]:
     if not folder.is_dir():
         return []
-    return [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+    return [int(p.name) for p in folder.iterdir() if is_number(p.name)]
 
 
 def claim_version(model_dir: Path) -> int:

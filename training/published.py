@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.backends import check_listed_files, check_outputs, default_factory
-from service.contract.manifest import MANIFEST_FILE, Manifest, list_versions
+from service.contract.manifest import MANIFEST_FILE, Manifest, is_number, list_versions
 from service.model_version import PredictorFactory, PredictorLike
 from service.settings import ServiceSettings
 from training.config import Config, DataConfig, ModelConfig
@@ -71,7 +71,7 @@ def open_version(folder: Path, factory: PredictorFactory, batch_size: int) -> Op
         check_outputs(predictor.warm_up(2, batch_size), manifest)
     except Exception as exc:  # whatever Paddle or the manifest raise: the service refuses the version the same
         raise ValueError(f"{folder} cannot serve: {exc}") from exc
-    version = int(folder.name) if folder.name.isdigit() else manifest.version  # a version serves as its folder
+    version = int(folder.name) if is_number(folder.name) else manifest.version  # a version serves as its folder
     return Opened(folder, version, manifest, predictor)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -121,7 +121,7 @@ class Manifest(BaseModel):
     source: str = ""
     source_sha256: str = ""
     paddle_version: str = ""
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @field_validator("schema_version")
     @classmethod
@@ -174,13 +174,19 @@ def _schema_problem_in(exc: ValidationError) -> str | None:
     return None
 
 
+def is_number(text: str) -> bool:
+    """Digits 0-9 only: ``str.isdigit`` also takes "²" and "①", which ``int()`` refuses (a folder so named stopped
+    every scan of the repository, and so the server's start)."""
+    return text.isascii() and text.isdigit()
+
+
 def list_versions(model_dir: Path) -> list[int]:
     """Published versions of one model: positive-integer folder names without leading zeros (``07`` beside ``7``
     would be one version twice), ascending (hidden staging folders skipped)."""
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and p.name[0] != "0")
+                  if p.is_dir() and is_number(p.name) and p.name[0] != "0")
 
 
 def repository_problem(root: Path) -> str | None:
@@ -226,7 +232,7 @@ def read_label_list(path: Path) -> list[str]:
         if not line:
             continue
         head, _, rest = line.partition(" ")
-        if rest and head.isdigit():
+        if rest and is_number(head):
             if not labels and int(head) == 1:
                 first_id = 1
             if int(head) != first_id + len(labels):

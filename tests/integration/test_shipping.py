@@ -17,11 +17,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 

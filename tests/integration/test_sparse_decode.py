@@ -237,3 +237,22 @@ def test_the_duration_limit_goes_by_the_streams_timestamps_not_the_header(tmp_pa
     says_a_second = _with_declared_duration(slow, tmp_path / "says_1s.mkv", 1)
     with pytest.raises(LimitExceeded, match=r"the video lasts 30\.0 s, over the limit of 10 s"):
         decode_task(str(says_a_second), spec, DecodeLimits(10, 10**7))  # was accepted
+
+
+def test_running_out_of_memory_while_decoding_is_not_called_a_broken_file(videos: dict[str, Path],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemoryError (the worker's address-space cap) inside a decoder reached the client as "undecodable", and the
+    worker, maybe half-initialised, served on: it must reach decode_worker, which answers it and retires."""
+    def no_memory(*_: object, **__: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(sparse._Decoder, "feed", no_memory)
+    with pytest.raises(MemoryError):
+        read_frames(videos["bframes_gop12"], PICKS["test"])
+    def declined(*_: object, **__: object) -> None:
+        raise sparse.SparseUnsupported("a stream for decord")
+
+    monkeypatch.setattr(sparse, "read_frames_sparse", declined)
+    monkeypatch.setattr("decord.VideoReader", no_memory)
+    with pytest.raises(MemoryError):
+        read_frames(videos["bframes_gop12"], PICKS["test"])

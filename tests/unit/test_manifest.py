@@ -96,8 +96,9 @@ def test_a_gap_or_a_repeat_in_label_ids_names_the_line(tmp_path: Path, text: str
 def test_scan_repository_skips_hidden_invalid_and_non_version_folders(tmp_path: Path) -> None:
     from service.contract.manifest import list_versions, scan_repository
 
+    # "²" and "٣" are str.isdigit(), and int("²") raises: such a folder stopped every scan (and the server's start)
     for folder in ["demo/1", "demo/3", "demo/03", "demo/.tmp-x", "demo/0", "demo/latest", ".hidden/1", "bad..name/1",
-                   "empty"]:
+                   "empty", "demo/²", "demo/٣"]:
         (tmp_path / folder).mkdir(parents=True)
     assert scan_repository(tmp_path) == {"demo": [1, 3]}
     assert list_versions(tmp_path / "demo") == [1, 3]
