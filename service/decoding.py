@@ -34,6 +34,14 @@ class LimitExceeded(DecodeError):  # noqa: N818 - a DecodeError kind, named for 
     """The video is over a configured duration or frame-size limit."""
 
 
+class Truncated(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
+    """The file ends before the frames its own index lists (an upload or a copy cut short): every decoder fails on
+    it, the last with a message about invalid data, so the first to see it says so."""
+
+
+FINAL = (LimitExceeded, Truncated)  # the file's problem whichever decoder reads it: no other decoder is tried
+
+
 # Container formats that hold still images: FFmpeg opens them as one-frame "videos", but a
 # photo is not a clip, so they are refused (a real one-frame video still classifies).
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe",
@@ -211,7 +219,7 @@ def probe_video(path: Path) -> VideoProbe:
     try:
         with av.open(str(path)) as container:
             if container.format.name in _IMAGE_FORMATS:
-                raise DecodeError(f"{path.name}: the file is a still image ({container.format.name}), not a video",
+                raise DecodeError(f"{path.name}: the file is an image ({container.format.name}), not a video",
                                   "not_a_video")
             if not container.streams.video:
                 raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
@@ -290,7 +298,7 @@ def read_frames(path: Path, pick: IndexRule, *,
     try:
         frames, info, indices = read_frames_sparse(path, pick, max_pixels=max_pixels)
         rotation = info.rotation
-    except LimitExceeded:
+    except FINAL:
         raise
     except (SparseUnsupported, DecodeError) as exc:
         timing = isinstance(exc, SparseUnsupported) and exc.timing
@@ -308,7 +316,7 @@ def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,
     first, second = readers[::-1] if pyav_first else readers
     try:
         return first(path, pick)
-    except LimitExceeded:  # the file is over a limit, whichever decoder reads it
+    except FINAL:  # the file is over a limit or cut short, whichever decoder reads it
         raise
     except DecodeError as error:
         try:

@@ -47,9 +47,9 @@ class ServiceSettings(BaseSettings):
         100 * 1024 * 1024, ge=1024, le=16 * 1024**3,
         description="Largest accepted video upload in bytes (413 above it).")
     allowed_content_types: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["video/*", "application/octet-stream"],
+        default_factory=lambda: ["video/*", "image/gif", "application/octet-stream"],
         description="Content types accepted for a raw-body upload or a multipart file part ('type/*' wildcards), "
-                    "comma-separated or as a JSON list.")
+                    "comma-separated or as a JSON list. image/gif: browsers send animated GIFs so.")
     max_batch_files: int = Field(16, ge=1, le=256, description="Most files accepted by one /classify/batch request.")
     decode_workers: int = Field(2, ge=1, le=64, description="Decoder worker processes (decode + sample + preprocess).")
     decode_timeout_s: float = Field(

@@ -124,6 +124,10 @@ def unusual_videos(root: Path) -> dict[str, tuple[Path, dict[str, object]]]:
         "moov_at_start.mp4": ("libx264", {"frames": p(10, 64, 48), "container_options": {"movflags": "faststart"}},
                               {"num_frames": 10}),
         "matroska.mkv": ("libx264", {"frames": p(10, 64, 48)}, {"num_frames": 10}),
+        "bframes.ts": ("libx264", {"frames": p(24, 64, 48), "fmt": "mpegts",
+                                   "options": {"preset": "veryfast", "bf": "3", "g": "8"}}, {"num_frames": 24}),
+        "av1.mp4": ("libsvtav1", {"frames": p(10, 64, 48), "options": {"preset": "12"}}, {"num_frames": 10}),
+        "animated.gif": ("gif", {"frames": p(10, 64, 48), "pix_fmt": "rgb8", "fmt": "gif"}, {"num_frames": 10}),
     }
     out = {}
     for name, (codec, kwargs, facts) in specs.items():

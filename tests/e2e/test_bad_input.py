@@ -51,11 +51,11 @@ def test_corpus_item_refused(strict_server: LiveServer, corpus: dict[str, tuple[
     assert "/" not in problem["detail"].replace("w/", ""), problem["detail"]  # no server path leaks out
 
 
-def test_image_named_as_still_image(strict_server: LiveServer, corpus: dict[str, tuple[bytes, int, str]]) -> None:
+def test_an_image_is_named_as_an_image(strict_server: LiveServer, corpus: dict[str, tuple[bytes, int, str]]) -> None:
     with strict_server.client() as http:
         detail = http.post("/classify", content=corpus["png_image"][0], headers=MP4).json()["detail"]
         metrics = http.get("/metrics").text
-    assert "still image" in detail
+    assert "the file is an image (png_pipe), not a video" in detail
     assert 'tsm_decode_failures_total{reason="not_a_video"}' in metrics
 
 

@@ -21,7 +21,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, di
 NAMES = ["one_frame.mp4", "three_frames.mp4", "tiny_16x16.mp4", "odd_161x121.mp4", "uhd_3840x2160.mp4",
          "rotated_90.mp4", "rotated_270.mp4", "rotated_180.mp4", "vfr.mp4", "h264_10bit.mp4", "hevc.mp4",
          "hevc_10bit.mp4", "vp9.webm", "mpeg4.avi", "mjpeg.avi", "with_audio.mp4", "moov_at_end.mp4",
-         "moov_at_start.mp4", "matroska.mkv"]
+         "moov_at_start.mp4", "matroska.mkv", "bframes.ts", "av1.mp4", "animated.gif"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -130,3 +130,14 @@ def test_pyav_fallback_keeps_only_the_picked_frames(tmp_path: Path, monkeypatch:
     frames, info, indices = decoding.read_frames_pyav(path, lambda n: [0, n // 2, n // 2, n - 1])
     assert info.num_frames == 200 and frames.shape == (4, 240, 320, 3) and indices == [0, 100, 100, 199]
     assert converted == [(240, 320)] * 3  # 3 distinct picked frames, each converted once
+
+
+def test_an_animated_gif_sent_as_browsers_send_it_classifies(server: LiveServer,
+                                                            corpus: dict[str, tuple[Path, dict[str, object]]]) -> None:
+    """Browsers upload a GIF as image/gif (it was refused with 415 "not a video")."""
+    data = corpus["animated.gif"][0].read_bytes()
+    with server.client() as http:
+        for response in (http.post("/classify", content=data, headers={"content-type": "image/gif"}),
+                         http.post("/classify", files={"file": ("a.gif", data, "image/gif")})):
+            assert response.status_code == 200, response.text
+            assert response.json()["video"]["num_frames"] == 10
