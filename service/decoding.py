@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import partial
@@ -152,39 +152,47 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
                      max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """Decode sequentially with PyAV, keeping the frames at ``pick(num_frames)`` -> uint8 [T, H, W, 3] RGB.
 
-    Two passes (count, then keep the picked frames), so memory holds only the picked frames, not
-    the whole video. Every decoded frame's size is checked: a stream that grows mid-way past
-    ``max_pixels`` (a decompression bomb behind a small header) or changes size is refused.
+    ``num_frames`` is first taken from the packets (read, not decoded) and one decoding pass keeps the frames picked
+    by it; only where the decoder shows another number of frames than there are packets (packed B-frames, a stream
+    cut mid-GOP) does a second pass pick by the real count. Memory holds only the picked frames, not the whole
+    video. Every decoded frame's size is checked: a stream that grows mid-way past ``max_pixels`` (a decompression
+    bomb behind a small header) or changes size is refused.
     """
     import av
 
-    def frames_of(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
-        stream = container.streams.video[0]
+    def decode(wanted: set[int]) -> tuple[list[int | None], dict[int, np.ndarray]]:
+        """Every shown frame's pts, and the wanted ones (by position) as RGB."""
+        shown: list[int | None] = []
+        kept: dict[int, np.ndarray] = {}
         size: tuple[int, int] | None = None
-        for frame in container.decode(stream):
-            size = check_frame_size(path, frame.width, frame.height, size, max_pixels)
-            yield frame
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                size = check_frame_size(path, frame.width, frame.height, size, max_pixels)
+                shown.append(frame.pts)
+                if i in wanted:
+                    kept[i] = _to_rgb(frame)
+        return shown, kept
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
             stream = container.streams.video[0]
-            shown = [frame.pts for frame in frames_of(container)]
-            count = len(shown)
-            known = [p for p in shown if p is not None]
-            rate = rate_of(known if len(known) == count else [], stream.time_base,
-                           float(stream.average_rate or stream.guessed_rate or 0.0))
+            time_base, nominal = stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0)
+            packets = sum(1 for packet in container.demux(stream) if packet.size)
+        indices = [int(i) for i in pick(packets)] if packets else []
+        shown, kept = decode(set(indices))
+        count = len(shown)
         if count < 1:
             raise DecodeError(f"{path.name}: the video stream has no frames", "no_frames")
-        indices = [int(i) for i in pick(count)]
-        wanted = set(indices)
-        kept: dict[int, np.ndarray] = {}
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(frames_of(container)):
-                if i in wanted:
-                    kept[i] = _to_rgb(frame)
-        missing = wanted - kept.keys()
+        if count != packets:
+            indices = [int(i) for i in pick(count)]
+            if not set(indices) <= kept.keys():
+                again, kept = decode(set(indices))
+                if len(again) != count:
+                    raise DecodeError(f"{path.name}: a second decoding showed {len(again)} frames, not {count}",
+                                      "unstable")
+        missing = set(indices) - kept.keys()
         if missing:
             raise DecodeError(f"{path.name}: frames {sorted(missing)[:5]} could not be decoded again", "unstable")
     except DecodeError:
@@ -193,6 +201,8 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
         raise
     except Exception as exc:
         raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
+    known = [p for p in shown if p is not None]
+    rate = rate_of(known if len(known) == count else [], time_base, nominal)
     frames = np.stack([kept[i] for i in indices])
     info = VideoInfo(count, rate, int(frames.shape[2]), int(frames.shape[1]), "pyav")
     return frames, info, indices
