@@ -228,8 +228,8 @@ def run_demo(repo: Path, workdir: Path, shift: bool = True, overrides: list[str]
     warm_best, warm_top1, warm_attempts = _warm_ups(recipe, workdir, run_dir, shift, procs, overrides)
     warmed = time.perf_counter()
     # The main set is seen every epoch: its frames are extracted once instead of decoded each time.
-    cfg = _stage_config(workdir / "data", frames, run_dir, shift, procs, [f"model.pretrained={warm_best}",
-                                                                         *recipe.overrides, *overrides])
+    start = [f"model.pretrained={warm_best}"] if warm_best else []  # a recipe without warm-ups starts from scratch
+    cfg = _stage_config(workdir / "data", frames, run_dir, shift, procs, [*start, *recipe.overrides, *overrides])
     result = train_data_parallel(cfg, procs)
     best = result.best_checkpoint or result.latest_checkpoint
     trained = time.perf_counter()
