@@ -13,11 +13,15 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.contract.manifest import Preprocessing
 from service.contract.sampling import test_indices
+
+if TYPE_CHECKING:
+    import av
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ")  # FFmpeg's AVERROR as an errno: a number no reader can use
 
@@ -228,7 +232,7 @@ def probe_video(path: Path) -> VideoProbe:
 
     try:
         with av.open(str(path)) as container:
-            if container.format.name in _IMAGE_FORMATS:
+            if container.format.name in _IMAGE_FORMATS or _a_still_gif(container):
                 raise DecodeError(f"{path.name}: the file is an image ({container.format.name}), not a video",
                                   "not_a_video")
             if not container.streams.video:
@@ -272,6 +276,15 @@ def measured_duration_s(path: Path) -> float | None:
     except Exception:  # unreadable here: the decoders say why
         return None
     return len(pts) / rate if rate > 0 else None
+
+
+def _a_still_gif(container: av.container.InputContainer) -> bool:
+    """A GIF of one frame is a picture (an animated one is a clip, and classifies). Reads the packets: call first."""
+    if container.format.name != "gif" or not container.streams.video:
+        return False
+    frames = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+    container.seek(0)
+    return frames <= 1
 
 
 def quarter_turns(degrees: float | int | None) -> int:

@@ -223,7 +223,7 @@ class Predictor:
 
         self.manifest = manifest
         self.choice = choose_backend(options, gpu_available() if has_gpu is None else has_gpu)
-        if self.choice.device != "cpu":
+        if self.choice.backend == "tensorrt":  # only engines need it (and only then is TensorRT sure to be there)
             self.choice = replace(self.choice, hardware=gpu_signature(options.gpu_id))
         config = build_config(version_dir, manifest, options, self.choice)
         self._predictor = inference.create_predictor(config)

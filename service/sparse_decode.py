@@ -67,7 +67,7 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
             continue
         packets += 1
         if packet.pts is None:
-            raise SparseUnsupported("a packet has no presentation timestamp")
+            raise SparseUnsupported("a packet has no presentation timestamp", timing=True)  # a stream-copy cut
         if packet.is_keyframe:
             keys.append(packet.pts)
         if not packet.is_discard:  # e.g. before an MP4 edit list's start: decoded, never shown

@@ -129,5 +129,11 @@ def test_the_proxys_own_refusals_are_problem_documents(proxied: tuple[LiveServer
                              headers={"X-Request-ID": "down-1"})
             assert_proxy_problem(down, 502, "no-replica", "down-1")
             assert down.headers["retry-after"] == "5"
+            # A client's id that is no plain token would break the JSON (or add fields to it): nginx's own instead.
+            odd = http.post("/classify", content=b"x", headers={"content-type": "video/mp4",
+                                                                "X-Request-ID": 'a"b\\c", "type": "x'})
+            body = odd.json()  # valid JSON
+            assert body["type"] == "no-replica" and re.fullmatch(r"[0-9a-f]{32}", body["request_id"])
+            assert odd.headers["x-request-id"] == body["request_id"]
     finally:
         nowhere.stop()

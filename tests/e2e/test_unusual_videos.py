@@ -141,3 +141,12 @@ def test_an_animated_gif_sent_as_browsers_send_it_classifies(server: LiveServer,
                          http.post("/classify", files={"file": ("a.gif", data, "image/gif")})):
             assert response.status_code == 200, response.text
             assert response.json()["video"]["num_frames"] == 10
+
+
+def test_a_gif_of_one_frame_is_a_picture_not_a_clip(server: LiveServer, tmp_path: Path) -> None:
+    from tests.videos import pattern_frames, write_video
+
+    still = write_video(tmp_path / "still.gif", pattern_frames(1, 64, 48), "gif", pix_fmt="rgb8", fmt="gif")
+    with server.client() as http:
+        r = http.post("/classify", content=still.read_bytes(), headers={"content-type": "image/gif"})
+    assert r.status_code == 422 and "the file is an image (gif), not a video" in r.json()["detail"]

@@ -570,7 +570,7 @@ def test_k8s_training_job() -> None:
     words = script.split()
     launch = words.index("paddle.distributed.launch")
     assert words[launch - 2:launch + 8] == [
-        "python", "-m", "paddle.distributed.launch", "--gpus=0,1,2,3", "--log_dir", "/runs/log", "tsm-train",
+        "python", "-m", "paddle.distributed.launch", "--gpus=0,1,2,3", "--log_dir", '"$run/log"', "tsm-train",
         "train", "-c", "training/configs/tsm_k400_frames.yaml"]  # a program on PATH: /app has no training/__main__.py
     assert "--validate" in words and "export" in words and "/models" in words
     assert (ROOT / "training" / "configs" / "tsm_k400_frames.yaml").exists()
@@ -582,4 +582,38 @@ def test_k8s_training_job() -> None:
     values = re.search(r"'optimizer\.values=(\[[^\]]*\])'", script)
     assert values, "the Job must set the learning rates for its GPU count"
     assert yaml.safe_load(values.group(1)) == pytest.approx([v * gpus / 8 for v in paddlevideo["optimizer"]["values"]])
-    assert '--resume /runs/tsm_k400_frames/latest.pdparams' in script, "a retried pod resumes"
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env["JOB_UID"] == "metadata.labels['batch.kubernetes.io/controller-uid']" and env["RUNS_DIR"] == "/runs"
+
+
+def test_k8s_training_jobs_script_resumes_exports_and_trains_afresh(tmp_path: Path) -> None:
+    """The Job's own shell script, run by bash with a stand-in `python` that logs its arguments: a fresh Job trains
+    then exports, a retry resumes, a retry after the training finished (an export that failed) only exports, and
+    another Job trains in its own folder."""
+    (container,) = manifests()[("Job", "tsm-train-k400")]["spec"]["template"]["spec"]["containers"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+    (bin_dir / "python").chmod(0o755)
+
+    def job(uid: str) -> list[str]:
+        calls = tmp_path / "calls"
+        calls.write_text("")
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "RUNS_DIR": str(tmp_path / "runs"), "JOB_UID": uid,
+               "CALLS": str(calls)}
+        done = run(["/bin/bash", *container["command"][1:], container["args"][0]], env=env)
+        assert done.returncode == 0, done.stderr
+        return calls.read_text().splitlines()
+
+    first = job("uid-1")
+    assert len(first) == 2 and first[0].startswith("-m paddle.distributed.launch") and "--resume" not in first[0]
+    folder = tmp_path / "runs" / "tsm_k400_frames-uid-1"
+    assert f"train.output_dir={folder}" in first[0] and first[1].startswith("-m training export")
+    assert f"--checkpoint {folder}/best.pdparams" in first[1]
+    folder.mkdir(parents=True)
+    (folder / "latest.pdparams").write_bytes(b"")
+    assert f"--resume {folder}/latest.pdparams" in job("uid-1")[0]  # an evicted pod resumes
+    (folder / "result.json").write_text("{}")
+    assert [c.split()[:3] for c in job("uid-1")] == [["-m", "training", "export"]]  # finished: export only
+    again = job("uid-2")  # the next Job: its own folder, from scratch
+    assert "--resume" not in again[0] and "tsm_k400_frames-uid-2" in again[0]
