@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -39,11 +40,8 @@ class LimitExceeded(DecodeError):  # noqa: N818 - a DecodeError kind, named for 
 
 
 class Truncated(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
-    """The file ends before the frames its own index lists (an upload or a copy cut short): every decoder fails on
-    it, the last with a message about invalid data, so the first to see it says so."""
-
-
-FINAL = (LimitExceeded, Truncated)  # the file's problem whichever decoder reads it: no other decoder is tried
+    """No decoder could read the file, and it ends inside one of its MP4 boxes (an upload or a copy cut short):
+    said instead of the last decoder's "Invalid data found when processing input"."""
 
 
 # Container formats that hold still images: FFmpeg opens them as one-frame "videos", but a
@@ -321,15 +319,45 @@ def read_frames(path: Path, pick: IndexRule, *,
     try:
         frames, info, indices = read_frames_sparse(path, pick, max_pixels=max_pixels)
         rotation = info.rotation
-    except FINAL:
+    except LimitExceeded:
         raise
     except (SparseUnsupported, DecodeError) as exc:
         timing = isinstance(exc, SparseUnsupported) and exc.timing
-        frames, info, indices = _read_frames_full(path, pick, max_pixels, pyav_first=timing)
+        try:
+            frames, info, indices = _read_frames_full(path, pick, max_pixels, pyav_first=timing)
+        except LimitExceeded:
+            raise
+        except DecodeError as failed:
+            if (cut := mp4_cut_short(path)) is not None:  # a file cut short, where the clip needs what is missing
+                raise Truncated(f"{path.name}: the file is cut short ({cut}): an upload or a copy that did not "
+                                "finish?", "truncated") from failed
+            raise
         rotation = probe_video(path).rotation
     if rotation and info.backend != "decord":  # decord 0.6 applies the display matrix itself
         frames = rotate_frames(frames, rotation)
     return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
+
+
+def mp4_cut_short(path: Path) -> str | None:
+    """How an MP4/MOV file ends inside one of its top-level boxes (its ``mdat`` when an upload stopped early), or
+    None: the file is whole, or not a box structure this can follow."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        offset = 0
+        while offset + 8 <= size:
+            f.seek(offset)
+            head = f.read(16)
+            length, kind = struct.unpack(">I4s", head[:8])
+            if length == 1 and len(head) == 16:  # a 64-bit size follows
+                length = struct.unpack(">Q", head[8:])[0]
+            if length == 0:  # the box runs to the end of the file, whatever it is
+                return None
+            if length < 8 or not kind.isalnum():
+                return None
+            if offset + length > size:
+                return f"its {kind.decode('latin-1')} box holds {length} bytes, {size - offset} are there"
+            offset += length
+    return None
 
 
 def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,
@@ -339,7 +367,7 @@ def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,
     first, second = readers[::-1] if pyav_first else readers
     try:
         return first(path, pick)
-    except FINAL:  # the file is over a limit or cut short, whichever decoder reads it
+    except LimitExceeded:  # the file is over a limit, whichever decoder reads it
         raise
     except DecodeError as error:
         try:

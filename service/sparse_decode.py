@@ -27,7 +27,6 @@ import numpy as np
 from service.decoding import (
     DecodeError,
     IndexRule,
-    Truncated,
     VideoInfo,
     check_frame_size,
     quarter_turns,
@@ -61,21 +60,15 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
     """(every frame's pts in presentation order, keyframe pts in order), read from packets without decoding."""
     pts: list[int] = []
     keys: list[int] = []
-    packets = 0
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
-        packets += 1
         if packet.pts is None:
             raise SparseUnsupported("a packet has no presentation timestamp", timing=True)  # a stream-copy cut
         if packet.is_keyframe:
             keys.append(packet.pts)
         if not packet.is_discard:  # e.g. before an MP4 edit list's start: decoded, never shown
             pts.append(packet.pts)
-    declared = stream.frames if "mp4" in container.format.name.split(",") else 0  # MP4 lists every sample
-    if packets < declared:
-        raise Truncated(f"{Path(container.name).name}: the file is cut short: its index lists {declared} frames, the "
-                        f"data holds {packets} (an upload or a copy that did not finish?)", "truncated")
     pts.sort()
     keys.sort()
     if len(set(pts)) != len(pts):

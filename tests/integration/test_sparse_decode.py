@@ -259,16 +259,21 @@ def test_running_out_of_memory_while_decoding_is_not_called_a_broken_file(videos
 
 
 def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
-    """A faststart MP4 cut in half (an upload that did not finish): its index lists every frame, its data half of
-    them; every decoder failed on it with "Invalid data found when processing input"."""
-    from service.decoding import Truncated
+    """A faststart MP4 cut in half (an upload that did not finish): every decoder failed on it with "Invalid data
+    found when processing input"; whole, trimmed or fragmented files are not called cut short."""
+    from service.decoding import Truncated, mp4_cut_short
 
     whole = write_video(tmp_path / "whole.mp4", pattern_frames(40, 96, 64), container_options={"movflags": "faststart"})
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    with pytest.raises(Truncated, match=r"cut\.mp4: the file is cut short: its index lists 40 frames, the data "
-                                        r"holds \d+ \(an upload or a copy that did not finish\?\)"):
+    with pytest.raises(Truncated, match=r"cut\.mp4: the file is cut short \(its mdat box holds \d+ bytes, \d+ are "
+                                        r"there\): an upload or a copy that did not finish\?"):
         read_frames(cut, PICKS["test"])
+    fragmented = write_video(tmp_path / "frag.mp4", pattern_frames(40, 96, 64),
+                             container_options={"movflags": "frag_keyframe+empty_moov"})
+    trimmed = remux(whole, tmp_path / "trim.mp4", shift_frames=2)
+    mkv = write_video(tmp_path / "v.mkv", pattern_frames(10, 96, 64), fmt="matroska")
+    assert [mp4_cut_short(p) for p in (whole, fragmented, trimmed, mkv)] == [None] * 4
     assert read_frames(whole, PICKS["test"])[1].num_frames == 40
 
 
