@@ -18,6 +18,7 @@ memory.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,10 @@ from service.decoding import (
 # timestamps move after a seek: decord's seeking numbers their frames wrongly too, so they are decoded in full), and
 # codecs whose decoders honour skip_frame and restart cleanly at keyframes (each restart is checked all the same).
 SPARSE_CONTAINERS = ("mp4", "matroska")
+# MPEG-TS/PS store real presentation timestamps, but they move after a seek: these are read on to each keyframe
+# instead (the skipped packets are only read, not decoded), so a camcorder's or OBS's long .ts costs what its
+# wanted stretches cost.
+FORWARD_CONTAINERS = ("mpegts", "mpeg")
 SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mpeg2video"})  # libdav1d: AV1
 # Decoders that lose shown frames when told to skip non-reference ones (libdav1d: AV1's hidden and shown frames):
 # they still seek from keyframe to keyframe, but decode every frame in between.
@@ -82,8 +87,10 @@ class _Decoder:
     """Decodes forward from a keyframe, dropping unkept non-reference frames, and keeps the wanted ones as RGB."""
 
     def __init__(self, path: Path, container: av.container.InputContainer, wanted: set[int],
-                 max_pixels: int | None) -> None:
+                 max_pixels: int | None, seekable: bool = True) -> None:
         self.path, self.container, self.wanted, self.max_pixels = path, container, wanted, max_pixels
+        self.seekable = seekable
+        self._forward: Iterator[av.Packet] | None = None  # without seeks: one pass over the packets
         self.stream = container.streams.video[0]
         self.stream.thread_count = 1  # one decoder per worker process; the pool provides the parallelism
         self.kept: dict[int, np.ndarray] = {}
@@ -93,11 +100,22 @@ class _Decoder:
         self.skipping = self.stream.codec_context.name not in NO_SKIPPING
 
     def restart_at(self, keyframe_pts: int) -> Iterator[av.Packet]:
-        """Seek to the keyframe at ``keyframe_pts`` and return the packets from there on."""
-        self.container.seek(keyframe_pts, stream=self.stream, backward=True, any_frame=False)
+        """Go to the keyframe at ``keyframe_pts`` (a seek, or reading on to it) and return the packets from there."""
+        if self.seekable:
+            self.container.seek(keyframe_pts, stream=self.stream, backward=True, any_frame=False)
+            packets: Iterator[av.Packet] = self.container.demux(self.stream)
+        else:
+            if self._forward is None:
+                self._forward = self.container.demux(self.stream)
+            for packet in self._forward:
+                if packet.size and packet.is_keyframe and packet.pts == keyframe_pts:
+                    break
+            else:
+                raise SparseUnsupported("reading on did not reach a keyframe of the index", timing=True)
+            packets = itertools.chain([packet], self._forward)
         self.stream.codec_context.flush_buffers()
         self.restart = keyframe_pts
-        return self.container.demux(self.stream)
+        return packets
 
     def feed(self, packet: av.Packet | None) -> None:
         """Decode one packet (``None`` drains the decoder at the end of the stream)."""
@@ -157,10 +175,12 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
                 raise SparseUnsupported("not exactly one video stream")
             stream = container.streams.video[0]
             ctx = stream.codec_context
-            if not any(name in container.format.name.split(",") for name in SPARSE_CONTAINERS):
+            names = container.format.name.split(",")
+            seekable = any(name in names for name in SPARSE_CONTAINERS)
+            if not seekable and not any(name in names for name in FORWARD_CONTAINERS):
                 raise SparseUnsupported(f"container {container.format.name}", timing=True)
             if ctx.name not in SPARSE_CODECS:
-                raise SparseUnsupported(f"codec {ctx.name}")
+                raise SparseUnsupported(f"codec {ctx.name}", timing=not seekable)
             pts, keys = _index(container, stream)
             if not pts:
                 raise SparseUnsupported("no frames in the packet index")
@@ -168,8 +188,14 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
             indices = [int(i) for i in pick(len(pts))]
             if not indices or min(indices) < 0 or max(indices) >= len(pts):
                 raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")
-            dec = _Decoder(path, container, {pts[i] for i in indices}, max_pixels)
-            _decode(dec, sorted(dec.wanted), keys)
+            wanted = {pts[i] for i in indices}
+            if seekable:
+                dec = _Decoder(path, container, wanted, max_pixels)
+                _decode(dec, sorted(dec.wanted), keys)
+            else:
+                with av.open(str(path)) as again:  # from the start, never seeking
+                    dec = _Decoder(path, again, wanted, max_pixels, seekable=False)
+                    _decode(dec, sorted(dec.wanted), keys)
     except (SparseUnsupported, DecodeError):
         raise
     except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
