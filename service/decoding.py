@@ -338,6 +338,11 @@ def read_frames(path: Path, pick: IndexRule, *,
     return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
 
 
+_FIRST_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")  # how an MP4/MOV file begins
+_MP4_BOXES = frozenset({*_FIRST_MP4_BOXES, b"moof", b"mfra", b"sidx", b"styp", b"uuid", b"meta", b"pdin", b"emsg",
+                        b"prft", b"ssix"})  # the top-level boxes of MP4/MOV files
+
+
 def mp4_cut_short(path: Path) -> str | None:
     """How an MP4/MOV file ends inside one of its top-level boxes (its ``mdat`` when an upload stopped early), or
     None: the file is whole, or not a box structure this can follow."""
@@ -352,8 +357,8 @@ def mp4_cut_short(path: Path) -> str | None:
                 length = struct.unpack(">Q", head[8:])[0]
             if length == 0:  # the box runs to the end of the file, whatever it is
                 return None
-            if length < 8 or not kind.isalnum():
-                return None
+            if length < 8 or kind not in _MP4_BOXES or (offset == 0 and kind not in _FIRST_MP4_BOXES):
+                return None  # not an MP4/MOV box structure (any 4 bytes read as a size and a type otherwise)
             if offset + length > size:
                 return f"its {kind.decode('latin-1')} box holds {length} bytes, {size - offset} are there"
             offset += length

@@ -276,7 +276,9 @@ def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
                              container_options={"movflags": "frag_keyframe+empty_moov"})
     trimmed = remux(whole, tmp_path / "trim.mp4", shift_frames=2)
     mkv = write_video(tmp_path / "v.mkv", pattern_frames(10, 96, 64), fmt="matroska")
-    assert [mp4_cut_short(p) for p in (whole, fragmented, trimmed, mkv)] == [None] * 4
+    junk = tmp_path / "junk.mp4"  # a file type box, then bytes that only look like a box's size and type
+    junk.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 12 + b"junk" * 50)
+    assert [mp4_cut_short(p) for p in (whole, fragmented, trimmed, mkv, junk)] == [None] * 5
     assert read_frames(whole, PICKS["test"])[1].num_frames == 40
 
 
