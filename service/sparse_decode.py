@@ -28,6 +28,7 @@ import numpy as np
 from service.decoding import (
     DecodeError,
     IndexRule,
+    LimitExceeded,
     VideoInfo,
     check_frame_size,
     quarter_turns,
@@ -65,13 +66,20 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
     """(every frame's pts in presentation order, keyframe pts in order), read from packets without decoding."""
     pts: list[int] = []
     keys: list[int] = []
+    latest: int | None = None  # the highest pts so far, in decode order
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
         if packet.pts is None:
             raise SparseUnsupported("a packet has no presentation timestamp", timing=True)  # a stream-copy cut
         if packet.is_keyframe:
+            # Every frame before a keyframe in decode order is shown before it; a keyframe that isn't ahead of them
+            # all means the timestamps jump back (two recordings joined, a wrap): sorted pts would number the frames
+            # otherwise than the decoder shows them.
+            if latest is not None and packet.pts <= latest:
+                raise SparseUnsupported("the timestamps jump back at a keyframe", timing=True)
             keys.append(packet.pts)
+        latest = packet.pts if latest is None else max(latest, packet.pts)
         if not packet.is_discard:  # e.g. before an MP4 edit list's start: decoded, never shown
             pts.append(packet.pts)
     pts.sort()
@@ -167,41 +175,54 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
     """The frames ``pick(num_frames)`` -> (uint8 [T, H, W, 3] RGB, not yet rotated; info; indices).
 
     ``info.rotation`` is the display rotation the caller still has to apply. Raises :class:`SparseUnsupported`
-    where this path can't promise decord's pixels, :class:`DecodeError` where the file is broken.
+    where this path can't promise decord's pixels, :class:`DecodeError` where the file is broken. Outside MP4 and
+    Matroska every refusal is a timing one: decord's seeking numbers the frames of those containers wrongly too.
     """
+    seekable = False
     try:
         with av.open(str(path)) as container:
-            if len(container.streams.video) != 1:  # decord picks its own among several (a cover image, ...)
-                raise SparseUnsupported("not exactly one video stream")
-            stream = container.streams.video[0]
-            ctx = stream.codec_context
             names = container.format.name.split(",")
             seekable = any(name in names for name in SPARSE_CONTAINERS)
             if not seekable and not any(name in names for name in FORWARD_CONTAINERS):
                 raise SparseUnsupported(f"container {container.format.name}", timing=True)
-            if ctx.name not in SPARSE_CODECS:
-                raise SparseUnsupported(f"codec {ctx.name}", timing=not seekable)
-            pts, keys = _index(container, stream)
-            if not pts:
-                raise SparseUnsupported("no frames in the packet index")
-            rate = rate_of(pts, stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0))
-            indices = [int(i) for i in pick(len(pts))]
-            if not indices or min(indices) < 0 or max(indices) >= len(pts):
-                raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")
-            wanted = {pts[i] for i in indices}
-            if seekable:
-                dec = _Decoder(path, container, wanted, max_pixels)
-                _decode(dec, sorted(dec.wanted), keys)
-            else:
-                with av.open(str(path)) as again:  # from the start, never seeking
-                    dec = _Decoder(path, again, wanted, max_pixels, seekable=False)
-                    _decode(dec, sorted(dec.wanted), keys)
-    except (SparseUnsupported, DecodeError):
-        raise
+            frames, info, indices = _read_sparse(path, container, pick, max_pixels, seekable)
+    except SparseUnsupported as exc:
+        if seekable or exc.timing:
+            raise
+        raise SparseUnsupported(str(exc), timing=True) from exc
+    except DecodeError as exc:
+        if seekable or isinstance(exc, LimitExceeded):
+            raise
+        raise SparseUnsupported(str(exc), timing=True) from exc  # the full decode says what is wrong, if anything
     except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
         raise
     except Exception as exc:
         raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
-    frames = np.stack([dec.kept[pts[i]] for i in indices])
-    info = VideoInfo(len(pts), rate, int(frames.shape[2]), int(frames.shape[1]), "pyav-sparse", dec.rotation)
     return frames, info, indices
+
+
+def _read_sparse(path: Path, container: av.container.InputContainer, pick: IndexRule, max_pixels: int | None,
+                 seekable: bool) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    if len(container.streams.video) != 1:  # decord picks its own among several (a cover image, ...)
+        raise SparseUnsupported("not exactly one video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context.name not in SPARSE_CODECS:
+        raise SparseUnsupported(f"codec {stream.codec_context.name}")
+    pts, keys = _index(container, stream)
+    if not pts:
+        raise SparseUnsupported("no frames in the packet index")
+    rate = rate_of(pts, stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0))
+    indices = [int(i) for i in pick(len(pts))]
+    if not indices or min(indices) < 0 or max(indices) >= len(pts):
+        raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")
+    wanted = {pts[i] for i in indices}
+    if seekable:
+        dec = _Decoder(path, container, wanted, max_pixels)
+        _decode(dec, sorted(dec.wanted), keys)
+    else:
+        with av.open(str(path)) as again:  # from the start, never seeking
+            dec = _Decoder(path, again, wanted, max_pixels, seekable=False)
+            _decode(dec, sorted(dec.wanted), keys)
+    frames = np.stack([dec.kept[pts[i]] for i in indices])
+    return frames, VideoInfo(len(pts), rate, int(frames.shape[2]), int(frames.shape[1]), "pyav-sparse",
+                             dec.rotation), indices

@@ -305,3 +305,21 @@ def test_the_full_pyav_decode_picks_from_what_the_decoder_shows(awkward: dict[st
     assert np.array_equal(frames, every[idx])
     if case in ("edit_list", "open_gop_cut"):
         assert packets != len(every)  # the second pass is exercised
+
+
+def test_mpeg_ts_whose_timestamps_jump_back_or_repeat_is_decoded_as_shown(tmp_path: Path) -> None:
+    """Two recordings joined (``cat a.ts b.ts``): sorted timestamps numbered the frames otherwise than the decoder
+    shows them (every returned frame was another one), and a repeat sent the file to decord (wrong frames too)."""
+    late = write_video(tmp_path / "late.ts", pattern_frames(50, 96, 64, seed=1), fmt="mpegts",
+                       options={"bf": "3", "g": "12"}, pts=[30_000 + 40 * i for i in range(50)])
+    early = write_video(tmp_path / "early.ts", pattern_frames(3, 96, 64, seed=2), fmt="mpegts")
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(late.read_bytes() + early.read_bytes())
+    twice = tmp_path / "twice.ts"
+    twice.write_bytes(late.read_bytes() * 2)
+    for path in (joined, twice):
+        every = _every_frame(path)
+        for pick in (PICKS["test"], lambda n: [0], lambda n: [n - 1]):
+            frames, info, idx = read_frames(path, pick)
+            assert info.backend == "pyav" and info.num_frames == len(every), (path.name, info)
+            assert np.array_equal(frames, every[idx]), path.name
