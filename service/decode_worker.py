@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Refuse videos before decoding them: duration in seconds, frame area in pixels."""
+    """Refuse videos over them: duration in seconds, frame area in pixels (from the header before decoding, then
+    from what the decoders found)."""
 
     max_duration_s: float
     max_pixels: int
@@ -45,22 +46,25 @@ def decode_task(path: str, spec: Preprocessing, limits: DecodeLimits) -> Decoded
     """The whole numeric path up to the network: ``read_clip`` then ``preprocess_clip``."""
     video = Path(path)
     probe = probe_video(video)
-    duration = measured_duration_s(video)
-    if duration is None:  # no timestamps to go by: the header's word
-        duration = probe.duration_s
-    if duration > limits.max_duration_s:
-        raise LimitExceeded(
-            f"the video lasts {duration:.1f} s, over the limit of {limits.max_duration_s:g} s", "too_long")
+    if probe.duration_s > limits.max_duration_s:  # a header may overstate: the packets' timestamps decide
+        _check_duration(measured_duration_s(video) or probe.duration_s, limits)
     if probe.width * probe.height > limits.max_pixels:
         raise LimitExceeded(
             f"frames of {probe.width}x{probe.height} exceed the limit of {limits.max_pixels} pixels", "too_large")
     # uint8 [num_seg, H, W, 3] RGB, upright
     frames, info, indices = read_clip(video, spec, max_pixels=limits.max_pixels)
+    _check_duration(info.duration_s, limits)  # from the decoded stream's timestamps: a header may understate too
     try:
         clip = preprocess_clip(frames, spec)  # float32 [num_seg * spatial_crops, 3, crop, crop]
     except ValueError as exc:  # e.g. a frame smaller than the crop after scaling
         raise DecodeError(f"{video.name}: the frames cannot be preprocessed ({exc})", "preprocess") from exc
     return DecodedClip(clip, info, indices)
+
+
+def _check_duration(seconds: float, limits: DecodeLimits) -> None:
+    if seconds > limits.max_duration_s:
+        raise LimitExceeded(
+            f"the video lasts {seconds:.1f} s, over the limit of {limits.max_duration_s:g} s", "too_long")
 
 
 def warm_imports() -> None:

@@ -88,6 +88,11 @@ def rate_of(pts: Sequence[int], time_base: Fraction | None, nominal: float) -> f
     return float((len(pts) - 1) / span) if span > 0 else nominal
 
 
+def declared_rate(stream: av.VideoStream) -> float:
+    """The frame rate a stream's header declares (0.0 when none): what :func:`rate_of` falls back on."""
+    return float(stream.average_rate or stream.guessed_rate or 0.0)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the decoder found: frame count, rate (frames/s), size in pixels, duration (s)."""
@@ -180,7 +185,7 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
             if not container.streams.video:
                 raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
             stream = container.streams.video[0]
-            time_base, nominal = stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0)
+            time_base, nominal = stream.time_base, declared_rate(stream)
             packets = sum(1 for packet in container.demux(stream) if packet.size)
         indices = [int(i) for i in pick(packets)] if packets else []
         shown, kept = decode(set(indices))
@@ -268,7 +273,7 @@ def measured_duration_s(path: Path) -> float | None:
             pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None and not p.is_discard]
             if not pts or not stream.time_base:
                 return None
-            rate = rate_of(pts, stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0))
+            rate = rate_of(pts, stream.time_base, declared_rate(stream))
     except MemoryError:
         raise
     except Exception:  # unreadable here: the decoders say why

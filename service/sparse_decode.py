@@ -31,6 +31,7 @@ from service.decoding import (
     LimitExceeded,
     VideoInfo,
     check_frame_size,
+    declared_rate,
     quarter_turns,
     rate_of,
     why,
@@ -211,7 +212,7 @@ def _read_sparse(path: Path, container: av.container.InputContainer, pick: Index
     pts, keys = _index(container, stream)
     if not pts:
         raise SparseUnsupported("no frames in the packet index")
-    rate = rate_of(pts, stream.time_base, float(stream.average_rate or stream.guessed_rate or 0.0))
+    rate = rate_of(pts, stream.time_base, declared_rate(stream))
     indices = [int(i) for i in pick(len(pts))]
     if not indices or min(indices) < 0 or max(indices) >= len(pts):
         raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")
