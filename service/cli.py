@@ -12,6 +12,7 @@ import re
 import socket
 import sys
 from collections.abc import Collection
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -48,11 +49,9 @@ def serve(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        settings = ServiceSettings(**overrides)
-    except ValidationError as exc:
-        sys.exit(settings_error(exc, given=overrides))
-    except SettingsError as exc:  # a value that should be JSON is not (its cause: the decoder's complaint)
-        sys.exit(unreadable_setting(exc))
+        settings = load_settings("tsm-serve", overrides)
+    except SettingsRefusedError as exc:
+        sys.exit(str(exc))
     app = create_app(settings)  # configures logging: the warnings below come out in TSM_LOG_FORMAT
     stdout_into_log()  # before the lifespan makes the predictors
     for warning in unknown_variables(os.environ):
@@ -137,6 +136,22 @@ class _Server(uvicorn.Server):
 def host_port(host: str, port: int) -> str:
     """``host:port``, an IPv6 address in brackets (as URLs write it)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class SettingsRefusedError(ValueError):
+    """The environment's (or the flags') settings are refused: the message names each variable and why."""
+
+
+def load_settings(program: str, overrides: dict[str, Any] | None = None) -> ServiceSettings:
+    """The service's settings from the environment (``overrides`` from flags), or :class:`SettingsRefusedError` with
+    the lines ``program`` prints: tsm-serve's, and evaluate-model's, which scores as the server would serve."""
+    overrides = overrides or {}
+    try:
+        return ServiceSettings(**overrides)
+    except ValidationError as exc:
+        raise SettingsRefusedError(settings_error(exc, given=overrides, program=program)) from None
+    except SettingsError as exc:  # a value that should be JSON is not (its cause: the decoder's complaint)
+        raise SettingsRefusedError(unreadable_setting(exc, program)) from None
 
 
 def settings_error(exc: ValidationError, given: Collection[str] = (), program: str = "tsm-serve") -> str:

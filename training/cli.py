@@ -69,19 +69,12 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 def _service_settings() -> ServiceSettings:
     """The service's settings from the environment, refused and warned about as ``tsm-serve`` does (a misspelt
     ``TSM_`` variable would silently score with its default)."""
-    from pydantic_settings import SettingsError
-
-    from service.cli import settings_error, unreadable_setting
-    from service.settings import ServiceSettings, unknown_variables
+    from service.cli import load_settings
+    from service.settings import unknown_variables
 
     for warning in unknown_variables(os.environ):
         logging.getLogger("training").warning("%s", warning)
-    try:
-        return ServiceSettings()
-    except ValidationError as exc:
-        raise ValueError(settings_error(exc, program="evaluate-model")) from None
-    except SettingsError as exc:
-        raise ValueError(unreadable_setting(exc, program="evaluate-model")) from None
+    return load_settings("evaluate-model")  # SettingsRefusedError is a ValueError: one message, exit 2
 
 
 def _require_train_lists(cfg: Config, validate: bool) -> None:
