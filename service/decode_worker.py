@@ -19,7 +19,9 @@ import numpy as np
 
 from service.contract.manifest import Preprocessing
 from service.contract.preprocess import preprocess_clip
-from service.decoding import DecodeError, LimitExceeded, VideoInfo, measured_duration_s, probe_video, read_clip
+from service.decode_errors import DecodeError, LimitExceeded
+from service.decoding import VideoInfo, read_clip
+from service.probing import measured_duration_s, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def decode_task(path: str, spec: Preprocessing, limits: DecodeLimits) -> Decoded
         raise LimitExceeded(
             f"frames of {probe.width}x{probe.height} exceed the limit of {limits.max_pixels} pixels", "too_large")
     # uint8 [num_seg, H, W, 3] RGB, upright
-    frames, info, indices = read_clip(video, spec, max_pixels=limits.max_pixels)
+    frames, info, indices = read_clip(video, spec, max_pixels=limits.max_pixels, rotation=probe.rotation)
     _check_duration(info.duration_s, limits)  # from the decoded stream's timestamps: a header may understate too
     try:
         clip = preprocess_clip(frames, spec)  # float32 [num_seg * spatial_crops, 3, crop, crop]

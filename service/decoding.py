@@ -6,91 +6,17 @@ pixels fed to the network are the same on both paths.
 
 from __future__ import annotations
 
-import os
-import re
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.contract.manifest import Preprocessing
 from service.contract.sampling import test_indices
-
-if TYPE_CHECKING:
-    import av
-
-_ERRNO = re.compile(r"\[Errno -?\d+\] ")  # FFmpeg's AVERROR as an errno: a number no reader can use
-
-
-class DecodeError(Exception):
-    """The file is not a decodable video; ``reason`` is a short bounded label for metrics."""
-
-    def __init__(self, message: str, reason: str = "undecodable") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class LimitExceeded(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
-    """The video is over a configured duration or frame-size limit."""
-
-
-class Truncated(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
-    """No decoder could read the file, and it ends inside one of its MP4 boxes (an upload or a copy cut short):
-    said instead of the last decoder's "Invalid data found when processing input"."""
-
-
-# Container formats that hold still images: FFmpeg opens them as one-frame "videos", but a
-# photo is not a clip, so they are refused (a real one-frame video still classifies).
-_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe",
-                  "jpegls_pipe", "j2k_pipe", "pam_pipe", "pgm_pipe", "ppm_pipe", "psd_pipe", "svg_pipe",
-                  "qoi_pipe", "dpx_pipe", "exr_pipe", "pcx_pipe", "sgi_pipe", "xpm_pipe", "jpegxl_pipe")
-
-
-def why(exc: BaseException, path: Path) -> str:
-    """An exception's text without the server-side path of the file (clients see this text).
-
-    FFmpeg's error number and PyAV's closing ``: '<file>'`` go too: our message names the file first.
-    """
-    text = str(exc).replace(str(path), path.name)
-    # Only a named folder is stripped: the parent of a bare name is "." and that of /clip.mp4 is "/",
-    # and removing those would eat every dot or slash of the message.
-    if path.parent.name:
-        text = text.replace(str(path.parent) + os.sep, "").replace(str(path.parent), "")
-    text = _ERRNO.sub("", text).replace(f": '{path.name}'", "")
-    return text[:300]
-
-
-def reason_only(exc: BaseException, path: Path) -> str:
-    """An error's text for a report that names ``path`` itself: without the file name our messages begin with."""
-    text = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path.name}: ")
-    return text or type(exc).__name__
-
-
-def require_file(path: Path) -> None:
-    """Say "not found" for a missing file, which every decoder would report as undecodable."""
-    if not path.is_file():
-        what = "is not a file" if path.exists() else "not found"
-        raise DecodeError(f"{path.name}: {what}", "not_found")
-
-
-def rate_of(pts: Sequence[int], time_base: Fraction | None, nominal: float) -> float:
-    """Frames per second over the shown frames' timestamps ``pts`` (any order): a variable-rate stream, or a
-    Matroska/WebM file whose nominal rate is its 1 ms timebase (what browsers' MediaRecorder writes), gets its real
-    average; ``nominal`` (the stream's declared rate) where the timestamps can't tell (one frame, no timebase)."""
-    if len(pts) < 2 or not time_base:
-        return nominal
-    span = (max(pts) - min(pts)) * time_base
-    return float((len(pts) - 1) / span) if span > 0 else nominal
-
-
-def declared_rate(stream: av.VideoStream) -> float:
-    """The frame rate a stream's header declares (0.0 when none): what :func:`rate_of` falls back on."""
-    return float(stream.average_rate or stream.guessed_rate or 0.0)
+from service.decode_errors import DecodeError, LimitExceeded, Truncated, require_file, why
+from service.probing import declared_rate, mp4_cut_short, probe_video, quarter_turns, rate_of
 
 
 @dataclass(frozen=True)
@@ -215,86 +141,6 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
     return frames, info, indices
 
 
-@dataclass(frozen=True)
-class VideoProbe:
-    """Container facts read without decoding the stream (duration in s, size in coded pixels)."""
-
-    width: int
-    height: int
-    duration_s: float
-    rotation: int
-
-
-def probe_video(path: Path) -> VideoProbe:
-    """Read size, duration and display rotation with PyAV (decodes at most one frame).
-
-    Phones store portrait videos as landscape frames plus a display matrix; decord 0.6
-    applies it, PyAV does not, so :func:`read_frames` rotates PyAV's frames itself.
-    """
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if container.format.name in _IMAGE_FORMATS or _a_still_gif(container):
-                raise DecodeError(f"{path.name}: the file is an image ({container.format.name}), not a video",
-                                  "not_a_video")
-            if not container.streams.video:
-                raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
-            stream = container.streams.video[0]
-            duration = 0.0
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / 1_000_000  # AV_TIME_BASE units
-            rotation = 0
-            for frame in container.decode(stream):
-                rotation = quarter_turns(frame.rotation) * 90
-                break
-            width, height = stream.codec_context.width, stream.codec_context.height
-    except DecodeError:
-        raise
-    except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
-        raise
-    except Exception as exc:
-        raise DecodeError(f"{path.name}: the file is not a readable video ({why(exc, path)})") from exc
-    return VideoProbe(int(width), int(height), duration, rotation)
-
-
-def measured_duration_s(path: Path) -> float | None:
-    """The video stream's duration from its packets' timestamps (read, not decoded), or None where they give none.
-
-    A container's header can say anything (a 0.8 s file whose header declares 10 hours, a long one that declares a
-    second): the limits go by what the stream holds."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None and not p.is_discard]
-            if not pts or not stream.time_base:
-                return None
-            rate = rate_of(pts, stream.time_base, declared_rate(stream))
-    except MemoryError:
-        raise
-    except Exception:  # unreadable here: the decoders say why
-        return None
-    return len(pts) / rate if rate > 0 else None
-
-
-def _a_still_gif(container: av.container.InputContainer) -> bool:
-    """A GIF of one frame is a picture (an animated one is a clip, and classifies). Reads the packets: call first."""
-    if container.format.name != "gif" or not container.streams.video:
-        return False
-    frames = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
-    container.seek(0)
-    return frames <= 1
-
-
-def quarter_turns(degrees: float | int | None) -> int:
-    """Counter-clockwise display rotation in degrees -> quarter turns 0..3 (nearest)."""
-    return round((degrees or 0) / 90) % 4
-
-
 def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
     """uint8 [T, H, W, 3] rotated ``rotation`` degrees counter-clockwise (a multiple of 90)."""
     turns = quarter_turns(rotation)
@@ -303,8 +149,8 @@ def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2)))
 
 
-def read_frames(path: Path, pick: IndexRule, *,
-                max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+def read_frames(path: Path, pick: IndexRule, *, max_pixels: int | None = None,
+                rotation: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """Sparse PyAV decoding (MP4/MOV and Matroska/WebM, the common codecs), else decord, then full PyAV;
     :class:`DecodeError` if none can.
 
@@ -316,7 +162,8 @@ def read_frames(path: Path, pick: IndexRule, *,
     decord's older FFmpeg converts to RGB slightly differently, and such streams take the PyAV paths. Frames come out
     upright: the container's display rotation is applied (``info.rotation``), and ``info.width``/``info.height``
     are the displayed size. ``max_pixels`` bounds every frame decoded (by PyAV as it decodes, by decord on what it
-    returns).
+    returns). ``rotation``: the display rotation where the caller has probed the file already (a full decode would
+    open it once more to read it).
     """
     from service.sparse_decode import SparseUnsupported, read_frames_sparse  # it builds on this module's types
 
@@ -337,37 +184,10 @@ def read_frames(path: Path, pick: IndexRule, *,
                 raise Truncated(f"{path.name}: the file is cut short ({cut}): an upload or a copy that did not "
                                 "finish?", "truncated") from failed
             raise
-        rotation = probe_video(path).rotation
+        rotation = probe_video(path).rotation if rotation is None else rotation
     if rotation and info.backend != "decord":  # decord 0.6 applies the display matrix itself
         frames = rotate_frames(frames, rotation)
     return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
-
-
-_FIRST_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")  # how an MP4/MOV file begins
-_MP4_BOXES = frozenset({*_FIRST_MP4_BOXES, b"moof", b"mfra", b"sidx", b"styp", b"uuid", b"meta", b"pdin", b"emsg",
-                        b"prft", b"ssix"})  # the top-level boxes of MP4/MOV files
-
-
-def mp4_cut_short(path: Path) -> str | None:
-    """How an MP4/MOV file ends inside one of its top-level boxes (its ``mdat`` when an upload stopped early), or
-    None: the file is whole, or not a box structure this can follow."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        offset = 0
-        while offset + 8 <= size:
-            f.seek(offset)
-            head = f.read(16)
-            length, kind = struct.unpack(">I4s", head[:8])
-            if length == 1 and len(head) == 16:  # a 64-bit size follows
-                length = struct.unpack(">Q", head[8:])[0]
-            if length == 0:  # the box runs to the end of the file, whatever it is
-                return None
-            if length < 8 or kind not in _MP4_BOXES or (offset == 0 and kind not in _FIRST_MP4_BOXES):
-                return None  # not an MP4/MOV box structure (any 4 bytes read as a size and a type otherwise)
-            if offset + length > size:
-                return f"its {kind.decode('latin-1')} box holds {length} bytes, {size - offset} are there"
-            offset += length
-    return None
 
 
 def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,
@@ -386,7 +206,8 @@ def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,
             raise again from error
 
 
-def read_clip(path: Path, spec: Preprocessing, *,
-              max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+def read_clip(path: Path, spec: Preprocessing, *, max_pixels: int | None = None,
+              rotation: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """The test-time clip of ``path``: uint8 [num_seg, H, W, 3] at the manifest's sampling rule."""
-    return read_frames(path, lambda count: test_indices(count, spec.num_seg, spec.sampling), max_pixels=max_pixels)
+    return read_frames(path, lambda count: test_indices(count, spec.num_seg, spec.sampling), max_pixels=max_pixels,
+                       rotation=rotation)

@@ -25,17 +25,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from service.decoding import (
-    DecodeError,
-    IndexRule,
-    LimitExceeded,
-    VideoInfo,
-    check_frame_size,
-    declared_rate,
-    quarter_turns,
-    rate_of,
-    why,
-)
+from service.decode_errors import DecodeError, LimitExceeded, why
+from service.decoding import IndexRule, VideoInfo, check_frame_size
+from service.probing import declared_rate, quarter_turns, rate_of
 
 # Containers that store a timestamp per frame and seek by index (AVI's timestamps are decode order, MPEG-PS/TS
 # timestamps move after a seek: decord's seeking numbers their frames wrongly too, so they are decoded in full), and

@@ -16,7 +16,8 @@ from PIL import Image
 from service.contract.manifest import Preprocessing
 from service.contract.preprocess import normalize, preprocess_clip
 from service.contract.sampling import test_indices, train_indices
-from service.decoding import DecodeError, read_frames, reason_only
+from service.decode_errors import DecodeError, reason_only
+from service.decoding import read_frames
 from training.config import DEFAULT_FRAME_PATTERN, Config
 from training.listfile import Sample, parse_list
 from training.transforms import flip_with_label, multi_scale_crop, reverse_with_label

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from service.contract.preprocess import scale
-from service.decoding import DecodeError, read_frames, read_frames_decord, reason_only, require_file
+from service.decode_errors import DecodeError, reason_only, require_file
+from service.decoding import read_frames, read_frames_decord
 from training.listfile import parse_list
 from training.pool import run_tasks
 

@@ -46,7 +46,8 @@ BOTH = ["one_frame.mp4", "odd_161x121.mp4", "rotated_180.mp4", "vfr.mp4", "hevc.
 @pytest.mark.parametrize("name", BOTH)
 def test_decord_and_pyav_pixels_identical(corpus: dict[str, tuple[Path, dict[str, object]]], name: str) -> None:
     """Where decord decodes, the PyAV fallback (rotated by us) gives the very same pixels."""
-    from service.decoding import probe_video, read_frames_decord, read_frames_pyav, rotate_frames
+    from service.decoding import read_frames_decord, read_frames_pyav, rotate_frames
+    from service.probing import probe_video
 
     path, _ = corpus[name]
     pick = lambda n: list(range(n))  # noqa: E731
@@ -61,7 +62,8 @@ def test_decord_and_pyav_pixels_identical(corpus: dict[str, tuple[Path, dict[str
 def test_read_frames_equals_a_full_decode(corpus: dict[str, tuple[Path, dict[str, object]]], name: str) -> None:
     """Whichever decoder :func:`read_frames` picks (sparse for most of these), every frame equals PyAV decoding
     the whole stream, rotated upright."""
-    from service.decoding import probe_video, read_frames, read_frames_pyav, rotate_frames
+    from service.decoding import read_frames, read_frames_pyav, rotate_frames
+    from service.probing import probe_video
 
     path, _ = corpus[name]
     pick = lambda n: list(range(n))  # noqa: E731
@@ -74,7 +76,8 @@ def test_read_frames_equals_a_full_decode(corpus: dict[str, tuple[Path, dict[str
 @pytest.mark.parametrize("name", ["tiny_16x16.mp4", "rotated_90.mp4", "rotated_270.mp4"])
 def test_decord_failures_fall_back_to_pyav(corpus: dict[str, tuple[Path, dict[str, object]]], name: str) -> None:
     """decord 0.6 fails on these valid files; :func:`read_frames` falls back to PyAV instead of refusing them."""
-    from service.decoding import DecodeError, read_frames, read_frames_decord
+    from service.decode_errors import DecodeError
+    from service.decoding import read_frames, read_frames_decord
 
     path, _ = corpus[name]
     with pytest.raises(DecodeError):

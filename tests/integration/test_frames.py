@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from service.contract.preprocess import preprocess_clip, scale
-from service.decoding import read_frames, why
+from service.decode_errors import why
+from service.decoding import read_frames
 from tests.videos import make_video
 from training.config import load_config
 from training.data import ClipDataset

@@ -10,7 +10,8 @@ import pytest
 
 import service.sparse_decode as sparse
 from service.contract import sampling
-from service.decoding import LimitExceeded, read_frames, read_frames_decord, read_frames_pyav, rotate_frames
+from service.decode_errors import LimitExceeded
+from service.decoding import read_frames, read_frames_decord, read_frames_pyav, rotate_frames
 from tests.videos import pattern_frames, remux, with_cover_stream, write_video
 
 # B-frames (x264's default pyramid) are what makes non-reference frames to skip; ultrafast has none.
@@ -228,7 +229,7 @@ def _with_declared_duration(src: Path, dst: Path, seconds: float) -> Path:
 def test_the_duration_limit_goes_by_the_streams_timestamps_not_the_header(tmp_path: Path) -> None:
     from service.contract.manifest import Preprocessing
     from service.decode_worker import DecodeLimits, decode_task
-    from service.decoding import measured_duration_s, probe_video
+    from service.probing import measured_duration_s, probe_video
 
     spec = Preprocessing(num_seg=4, short_side=64, crop_size=48)
     clip = write_video(tmp_path / "short.mkv", pattern_frames(40, 96, 64), fmt="matroska")  # 1.6 s at 25 fps
@@ -264,7 +265,8 @@ def test_running_out_of_memory_while_decoding_is_not_called_a_broken_file(videos
 def test_a_file_cut_short_says_so(tmp_path: Path) -> None:
     """A faststart MP4 cut in half (an upload that did not finish): every decoder failed on it with "Invalid data
     found when processing input"; whole, trimmed or fragmented files are not called cut short."""
-    from service.decoding import Truncated, mp4_cut_short
+    from service.decode_errors import Truncated
+    from service.probing import mp4_cut_short
 
     whole = write_video(tmp_path / "whole.mp4", pattern_frames(40, 96, 64), container_options={"movflags": "faststart"})
     cut = tmp_path / "cut.mp4"
