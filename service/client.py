@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,14 +19,18 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_RETRIES = 2
+MAX_RETRY_WAIT_S = 30.0  # a Retry-After beyond it is waited for this long at most
+RETRIED = (429, 503)  # what the server asks to be sent again later (queue full, model loading, disk full)
 
 
 class ClassifyError(Exception):
     """The server answered with a problem body; ``type`` is its machine-readable kind."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], retry_after_s: float | None = None) -> None:
         super().__init__(f"{status} {body.get('type', 'error')}: {body.get('detail', '')}")
         self.status, self.type, self.body = status, str(body.get("type", "")), body
+        self.retry_after_s = retry_after_s  # the server's Retry-After, where it sent one
 
 
 class UnexpectedReplyError(ClassifyError):
@@ -29,11 +38,17 @@ class UnexpectedReplyError(ClassifyError):
 
 
 class Client:
-    """``Client(url).classify(path, top_k=5)`` -> the JSON response as a dict."""
+    """``Client(url).classify(path, top_k=5)`` -> the JSON response as a dict.
 
-    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+    A 429 or 503 with ``Retry-After`` (a full queue, a model still loading) is sent again after that wait, up to
+    ``retries`` times; classifying is idempotent. One client may be used from several threads.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 retries: int = DEFAULT_RETRIES, sleep: Callable[[float], None] = time.sleep):
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self.retries, self._sleep = retries, sleep
 
     def __enter__(self) -> Client:
         return self
@@ -47,24 +62,38 @@ class Client:
     def classify(self, video: str | Path, top_k: int | None = None, model: str | None = None,
                  version: int | None = None) -> dict[str, Any]:
         params, video = _params(top_k, model, version), Path(video)
-        with video.open("rb") as fh:  # httpx streams the file from disk
-            response = self._http.post("/classify", params=params, files={"file": (video.name, fh, "video/mp4")})
-        return _json(response, ("model", "version", "predictions"))
+
+        def send() -> httpx.Response:
+            with video.open("rb") as fh:  # httpx streams the file from disk
+                return self._http.post("/classify", params=params, files={"file": (video.name, fh, "video/mp4")})
+        return self._retrying(send, ("model", "version", "predictions"))
 
     def classify_batch(self, videos: list[str | Path], top_k: int | None = None, model: str | None = None,
                        version: int | None = None) -> dict[str, Any]:
         paths = [Path(v) for v in videos]
-        handles = [p.open("rb") for p in paths]
-        try:
-            files = [("files", (p.name, fh, "video/mp4")) for p, fh in zip(paths, handles, strict=True)]
-            response = self._http.post("/classify/batch", params=_params(top_k, model, version), files=files)
-        finally:
-            for fh in handles:
-                fh.close()
-        return _json(response, ("results",))
+
+        def send() -> httpx.Response:
+            handles = [p.open("rb") for p in paths]
+            try:
+                files = [("files", (p.name, fh, "video/mp4")) for p, fh in zip(paths, handles, strict=True)]
+                return self._http.post("/classify/batch", params=_params(top_k, model, version), files=files)
+            finally:
+                for fh in handles:
+                    fh.close()
+        return self._retrying(send, ("results",))
 
     def models(self) -> dict[str, Any]:
         return _json(self._http.get("/models"), ("models",))
+
+    def _retrying(self, send: Callable[[], httpx.Response], keys: tuple[str, ...]) -> dict[str, Any]:
+        for attempt in range(self.retries + 1):
+            try:
+                return _json(send(), keys)
+            except ClassifyError as exc:
+                if exc.status not in RETRIED or exc.retry_after_s is None or attempt == self.retries:
+                    raise
+                self._sleep(min(exc.retry_after_s, MAX_RETRY_WAIT_S))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _params(top_k: int | None, model: str | None, version: int | None) -> dict[str, Any]:
@@ -82,7 +111,7 @@ def _json(response: httpx.Response, keys: tuple[str, ...]) -> dict[str, Any]:
     if response.status_code >= 400:
         raise ClassifyError(response.status_code, body if isinstance(body, dict) else {
             "type": "not-json", "detail": f"the server answered {response.status_code} with no problem document: "
-                                          f"{response.text[:200]!r}"})
+                                          f"{response.text[:200]!r}"}, _retry_after_s(response))
     missing = [k for k in keys if not isinstance(body, dict) or k not in body]
     if missing:
         what = "no JSON" if body is None else "JSON without " + ", ".join(map(repr, missing))
@@ -90,6 +119,12 @@ def _json(response: httpx.Response, keys: tuple[str, ...]) -> dict[str, Any]:
             "type": "unexpected-reply", "detail": f"{response.url} answered {response.status_code} with {what}: "
                                                   "is it a TSM service?"})
     return body
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (the service sends seconds; an HTTP date from a proxy is not waited for)."""
+    text = response.headers.get("retry-after", "").strip()
+    return float(text) if text.isascii() and text.isdigit() else None
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
@@ -100,6 +135,13 @@ def _positive(kind: type[int] | type[float]) -> Any:
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its message
     return parse
+
+
+def _at_least_0(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _base_url(text: str) -> str:
@@ -118,7 +160,8 @@ def _base_url(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tsm-classify", description="Classify videos with a TSM service, one request a video.",
+        prog="tsm-classify", description="Classify videos with a TSM service, one request a video (several at "
+                                          "once with --concurrency, which the server batches).",
         epilog="Exit status: 0 when every video was classified, 1 when any was not, 2 for wrong arguments.")
     parser.add_argument("videos", nargs="+", type=Path, help="video files to classify")
     parser.add_argument("--url", type=_base_url, default=DEFAULT_URL,
@@ -131,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="the service's API key (default: $TSM_API_KEY; the environment keeps it out of ps)")
     parser.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT_S,
                         help=f"seconds a video may take, upload to answer (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--concurrency", type=_positive(int), default=1,
+                        help="videos in flight at once (default 1); results still print in the order given")
+    parser.add_argument("--retries", type=_at_least_0, default=DEFAULT_RETRIES,
+                        help="times a video is sent again when the server answers 429 or 503 with Retry-After "
+                             f"(a full queue, a model loading), after the wait it asks for (default {DEFAULT_RETRIES})")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object a line and video, in order, each with its 'file'; a failure has "
                              "'error' (status, type, detail) instead of the result")
@@ -151,29 +199,64 @@ def _show(video: Path, result: dict[str, Any]) -> None:
         print(f"  {p['score']:.4f}  {p['label']}")
 
 
+Outcome = tuple[Path, dict[str, Any] | None, Exception | None]  # a video, its result or why it has none
+
+
+def _in_order(work: Callable[[Path], Outcome], videos: list[Path], workers: int) -> Iterator[Outcome]:
+    """``work`` on every video, ``workers`` at a time, yielded in the videos' order as each becomes due. Daemon
+    threads: Ctrl+C ends the command at once instead of waiting for the requests in flight."""
+    if workers == 1:
+        yield from map(work, videos)
+        return
+    todo: queue.SimpleQueue[tuple[Path, Future[Outcome]]] = queue.SimpleQueue()
+    futures: list[Future[Outcome]] = []
+    for video in videos:
+        futures.append(Future())
+        todo.put((video, futures[-1]))
+
+    def worker() -> None:
+        while True:
+            try:
+                video, future = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(work(video))
+            except BaseException as exc:  # handed to the main thread, which re-raises it
+                future.set_exception(exc)
+
+    for _ in range(min(workers, len(videos))):
+        threading.Thread(target=worker, name="tsm-classify", daemon=True).start()
+    for future in futures:
+        yield future.result()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``tsm-classify VIDEO... [--url URL] [--top-k K] [--model M] [--version V] [--json]``."""
+    """``tsm-classify VIDEO... [--url URL] [--top-k K] [--model M] [--version V] [--concurrency N] [--json]``."""
     args = _parser().parse_args(argv)
     try:
-        client = Client(args.url, args.api_key, args.timeout)
+        client = Client(args.url, args.api_key, args.timeout, retries=args.retries)
     except httpx.InvalidURL as exc:
         print(f"tsm-classify: --url {args.url!r} is not a valid URL ({exc})", file=sys.stderr)
         return 2
+
+    def classify(video: Path) -> Outcome:
+        try:
+            return video, client.classify(video, args.top_k, args.model, args.version), None
+        except (ClassifyError, OSError, httpx.HTTPError, httpx.InvalidURL) as exc:
+            return video, None, exc
+
     failed = 0
     try:
         with client:
-            for video in args.videos:
-                try:
-                    result = client.classify(video, args.top_k, args.model, args.version)
-                except (ClassifyError, OSError, httpx.HTTPError, httpx.InvalidURL) as exc:
+            for video, result, exc in _in_order(classify, args.videos, args.concurrency):
+                if result is None:
                     failed += 1
-                    error = _failure(exc)
                     if args.json:
-                        print(json.dumps({"file": str(video), "error": error}), flush=True)
+                        print(json.dumps({"file": str(video), "error": _failure(exc)}), flush=True)
                     else:
                         print(f"{video}: error: {exc}", file=sys.stderr)
-                    continue
-                if args.json:
+                elif args.json:
                     print(json.dumps({"file": str(video), **result}), flush=True)
                 else:
                     _show(video, result)

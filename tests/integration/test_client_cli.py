@@ -26,9 +26,13 @@ class _NotOurService(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
+        server: _OtherServer = self.server  # type: ignore[assignment]
         if self.path.startswith("/slow"):
-            self.server.arrived.set()  # type: ignore[attr-defined]  # an _OtherServer
+            server.arrived.set()
             time.sleep(30)
+            return
+        if self.path.startswith(("/together", "/busy")):
+            self._like_the_service(server)
             return
         status, kind, body = {"/html": (200, "text/html", b"<html>hello</html>"),
                               "/foreign": (200, "application/json", b'{"ok": true}'),
@@ -40,6 +44,29 @@ class _NotOurService(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _like_the_service(self, server: _OtherServer) -> None:
+        """/together: an answer after 0.3 s, counting the requests in flight at once; /busy: 503 with Retry-After
+        0 while ``server.busy`` says so, then an answer."""
+        with server.lock:
+            server.in_flight += 1
+            server.most_in_flight = max(server.most_in_flight, server.in_flight)
+            busy = self.path.startswith("/busy") and server.busy > 0
+            server.busy -= busy
+        if self.path.startswith("/together"):
+            time.sleep(0.3)
+        status, body = (503, {"type": "queue-full", "detail": "busy"}) if busy else \
+            (200, {"model": "m", "version": 1, "predictions": [{"label": self.path, "score": 1.0}]})
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/problem+json" if busy else "application/json")
+        if busy:
+            self.send_header("retry-after", "0")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        with server.lock:
+            server.in_flight -= 1
+
     def log_message(self, *_: object) -> None:
         pass
 
@@ -47,6 +74,9 @@ class _NotOurService(BaseHTTPRequestHandler):
 class _OtherServer(ThreadingHTTPServer):
     daemon_threads = True
     arrived = threading.Event()  # a request reached /slow
+    lock = threading.Lock()
+    in_flight = most_in_flight = 0  # requests being answered, and the most at once
+    busy = 0  # /busy answers this many more requests 503
 
     @property
     def url(self) -> str:
@@ -113,26 +143,65 @@ def test_the_timeout_option_bounds_a_silent_server(other_server: str, videos: di
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "timeout"
 
 
-def test_ctrl_c_ends_the_client_without_a_traceback(other: _OtherServer, videos: dict[str, Path]) -> None:
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_ctrl_c_ends_the_client_without_a_traceback(other: _OtherServer, videos: dict[str, Path],
+                                                     concurrency: str) -> None:
+    """At once: requests in flight (each would wait 30 s here) are not waited for."""
     arrived, other_server = other.arrived, other.url
     arrived.clear()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "service.client", str(videos["a"]), "--url",
-                             other_server + "/slow"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "service.client", str(videos["a"]), str(videos["c"]), "--url",
+                             other_server + "/slow", "--concurrency", concurrency], stderr=subprocess.PIPE,
+                            text=True, env=env)
     assert arrived.wait(30), "the client never reached the server"
+    start = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert time.monotonic() - start < 10
+
+
+def test_concurrency_keeps_that_many_in_flight_and_the_order(other: _OtherServer, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    files = []
+    for i in range(7):
+        files.append(tmp_path / f"v{i}.mp4")
+        files[-1].write_bytes(b"x" * (100 + i))
+    other.most_in_flight = 0
+    assert main([*map(str, files), "--url", other.url + "/together", "--json", "--concurrency", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == list(map(str, files))
+    assert other.most_in_flight == 3
+    other.most_in_flight = 0
+    assert main([str(files[0]), str(files[1]), "--url", other.url + "/together", "--json"]) == 0
+    assert other.most_in_flight == 1  # the default: one at a time
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after(other: _OtherServer, videos: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    other.busy = 2
+    assert main([str(videos["a"]), "--url", other.url + "/busy", "--json"]) == 0  # the default: 2 retries
+    assert json.loads(capsys.readouterr().out)["predictions"] and other.busy == 0
+    other.busy = 1
+    assert main([str(videos["a"]), "--url", other.url + "/busy", "--json", "--retries", "0"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == {"status": 503, "type": "queue-full", "detail": "busy"}
+    other.busy = 3
+    waits: list[float] = []
+    with Client(other.url + "/busy", retries=2, sleep=waits.append) as client, \
+            pytest.raises(ClassifyError) as refused:
+        client.classify(videos["a"])
+    assert refused.value.status == 503 and refused.value.retry_after_s == 0 and waits == [0, 0]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("concurrency", ["1", "3"])
 def test_json_lines_match_the_inputs_in_order(server: LiveServer, videos: dict[str, Path], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              capsys: pytest.CaptureFixture[str], concurrency: str) -> None:
     bad = tmp_path / "not-video.mp4"
     bad.write_bytes(b"nope" * 100)
     missing = tmp_path / "missing.mp4"
     inputs = [str(videos["a"]), str(bad), str(missing), str(videos["c"])]
-    assert main([*inputs, "--url", server.url, "--json", "--top-k", "1"]) == 1
+    assert main([*inputs, "--url", server.url, "--json", "--top-k", "1", "--concurrency", concurrency]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["file"] for line in lines] == inputs
     assert lines[0]["model"] == "tiny" and len(lines[0]["predictions"]) == 1 and "error" not in lines[0]
