@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from service.contract.manifest import Preprocessing, read_label_list
 from service.logs import ignore_paddle_build_warnings
-from training.cli_args import build_parser
+from training.cli_args import PADDLEVIDEO_PIPELINES, build_parser
 from training.interrupts import Terminated, TrainingInterrupted, on_sigterm
 from training.recipes import RECIPES
 
@@ -49,10 +49,27 @@ def _import(args: argparse.Namespace) -> Path:
 
     kind = _import_kind(args.source)
     labels = read_label_list(args.labels)
-    spec = Preprocessing(num_seg=args.num_seg, sampling=args.sampling, fixed_ratio=args.fixed_ratio,
+    sampling, fixed_ratio = _import_pipeline(args)
+    spec = Preprocessing(num_seg=args.num_seg, sampling=sampling, fixed_ratio=fixed_ratio,
                          short_side=args.short_side, crop_size=args.crop_size)
     importer = import_checkpoint if kind == "checkpoint" else import_inference_model
     return importer(args.source, labels, args.repo, args.name, spec, args.dataset, shift=not args.tsn)
+
+
+def _import_pipeline(args: argparse.Namespace) -> tuple[str, bool]:
+    """``--pipeline``, or ``--sampling``/``--fixed-ratio`` on their own (warned about when the mix is neither of
+    PaddleVideo's pipelines: the model would be served with preprocessing it was never evaluated with)."""
+    sampling, fixed_ratio = PADDLEVIDEO_PIPELINES[args.pipeline or "test"]
+    if args.sampling is None and args.fixed_ratio is None:
+        return sampling, fixed_ratio
+    if args.pipeline:
+        raise ValueError("give --pipeline, or --sampling and --fixed-ratio, not both")
+    chosen = (args.sampling or sampling, bool(args.fixed_ratio))
+    if chosen not in PADDLEVIDEO_PIPELINES.values():
+        logging.getLogger("training").warning(
+            "--sampling %s with%s --fixed-ratio is neither PaddleVideo's test pipeline nor tools/predict.py's "
+            "(--pipeline test or --pipeline predict give one of them)", chosen[0], "" if chosen[1] else "out")
+    return chosen
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:

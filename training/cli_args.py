@@ -11,6 +11,9 @@ from training.recipes import QUICK, RECIPES
 COMMANDS = ("dataset | extract-frames | train | evaluate | evaluate-model | export | import-paddlevideo | demo | "
             "ensure-model")
 REPO_HELP = "model repository (default: $TSM_MODEL_REPO, else model_repo)"
+# PaddleVideo's two ways of preprocessing a video for TSM (sampling rule, fixed_ratio): its test pipeline
+# (tools/main.py --test) and tools/predict.py's inference helper.
+PADDLEVIDEO_PIPELINES = {"test": ("paddlevideo_test", False), "predict": ("paddlevideo_predict", True)}
 
 
 def default_repo() -> Path:
@@ -97,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=positive, default=256, help="test-time resize of the short side "
                    "(default: %(default)s, PaddleVideo's)")
     p.add_argument("--crop-size", type=positive, default=224, help="test-time centre crop (default: %(default)s)")
-    p.add_argument("--sampling", choices=["paddlevideo_test", "paddlevideo_predict"], default="paddlevideo_test")
-    p.add_argument("--fixed-ratio", action="store_true", help="predict.py's resize to 256x341")
+    p.add_argument("--pipeline", choices=sorted(PADDLEVIDEO_PIPELINES), help="which PaddleVideo preprocessing to "
+                   "serve with: test (tools/main.py --test, behind the published accuracy; the default) or predict "
+                   "(tools/predict.py: other frames, and a resize to 256x341 whatever the aspect). Sets both options "
+                   "below")
+    p.add_argument("--sampling", choices=["paddlevideo_test", "paddlevideo_predict"],
+                   help="the frames' rule alone (default: the pipeline's)")
+    p.add_argument("--fixed-ratio", action="store_const", const=True, help="predict.py's resize to 256x341 alone")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> export (about 10 min on 2 cores)")
     p.add_argument("--repo", type=Path, default=default_repo(), help=REPO_HELP)

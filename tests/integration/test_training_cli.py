@@ -137,6 +137,30 @@ def test_import_tsn_from_the_command_line(tmp_path: Path) -> None:
     np.testing.assert_allclose(paddle_logits(folder, x), tsn(paddle.to_tensor(x)).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_import_pipeline_sets_both_preprocessing_options(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """PaddleVideo preprocesses one way for its test (the published accuracy), another in tools/predict.py: the
+    choice is one option, and half of it alone is served with a warning."""
+    params = tmp_path / "TSM.pdparams"
+    paddle.save(build_tsm(18, num_classes=3, num_seg=4, base_width=8).state_dict(), str(params))
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    base = ["import-paddlevideo", str(params), "--labels", str(tmp_path / "labels.txt"), "--repo",
+            str(tmp_path / "repo"), "--num-seg", "4"]
+
+    def served_with(*options: str) -> tuple[str, bool]:
+        assert main([*base, "--name", f"m{len(list((tmp_path / 'repo').glob('*')))}", *options]) == 0
+        folder = max((tmp_path / "repo").glob("*/1"), key=lambda f: f.stat().st_mtime_ns)
+        spec = Manifest.read(folder).preprocessing
+        return spec.sampling, spec.fixed_ratio
+
+    assert served_with() == ("paddlevideo_test", False)
+    assert served_with("--pipeline", "predict") == ("paddlevideo_predict", True)
+    assert served_with("--sampling", "paddlevideo_predict", "--fixed-ratio") == ("paddlevideo_predict", True)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert served_with("--sampling", "paddlevideo_predict") == ("paddlevideo_predict", False)
+    assert any("neither PaddleVideo's test pipeline nor tools/predict.py's" in r.getMessage() for r in caplog.records)
+    assert "not both" in _error(caplog, [*base, "--pipeline", "test", "--fixed-ratio"])
+
+
 @pytest.mark.parametrize("command", [["export", "-c", "tiny", "--checkpoint", "x.pdparams"],
                                      ["import-paddlevideo", "x.pdparams"], ["demo"], ["ensure-model"]])
 def test_repo_defaults_to_the_services_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
