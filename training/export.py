@@ -97,11 +97,17 @@ def probe_inference_model(folder: Path, model_file: str, params_file: str, frame
     handle.reshape(list(zeros.shape))
     handle.copy_from_cpu(zeros)
     predictor.run()
-    shape = predictor.get_output_handle(io.output_name).copy_to_cpu().shape
+    scores = predictor.get_output_handle(io.output_name).copy_to_cpu()
+    shape = scores.shape
     if len(shape) != 2 or shape[0] != 1:
         raise ValueError(f"{model_file}: one clip of {frames} frames at {crop}x{crop} gave output shape "
                          f"{list(shape)}, not [1, classes]: the model takes another number of segments or crop "
                          "size (PaddleVideo's TSM exports: --num-seg 8, crop 224)")
+    if shape[-1] > 1 and np.all(scores >= 0) and abs(float(scores.sum()) - 1.0) < 1e-4:
+        # The service takes the softmax of what the model outputs: of probabilities, every score would be ~1/K.
+        raise ValueError(f"{model_file}: the model's output is already probabilities (it ends in a softmax: the "
+                         "scores are non-negative and sum to 1), and the service applies its own softmax to a "
+                         "model's logits; export it without the softmax (PaddleVideo's TSM head returns logits)")
     return io, int(shape[-1])
 
 

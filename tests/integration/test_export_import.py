@@ -209,3 +209,14 @@ def test_import_export_of_an_unknown_network_says_so(tmp_path: Path) -> None:
     manifest = Manifest.read(import_inference_model(tmp_path / "pv" / "Other.json", list("abcde"), tmp_path / "repo",
                                                     "other", SPEC))
     assert (manifest.backbone, manifest.depth, manifest.base_width) == ("unknown", 0, 0)
+
+
+def test_import_of_an_export_that_ends_in_a_softmax_is_refused(tmp_path: Path) -> None:
+    """The service takes the softmax of the model's output: of probabilities, every score would come out ~1/K."""
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(4 * 3 * 32 * 32, 5), paddle.nn.Softmax())
+    model.eval()
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 4, 3, 32, 32], "float32")],
+                                         full_graph=True), str(tmp_path / "pv" / "Probs"))
+    with pytest.raises(ValueError, match=r"already probabilities .* export it without the softmax"):
+        import_inference_model(tmp_path / "pv" / "Probs.json", list("abcde"), tmp_path / "repo", "probs", SPEC)
+    assert not (tmp_path / "repo" / "probs" / "1").exists()
