@@ -11,17 +11,14 @@ traffic; while no slot has a worker, requests get a 503 at once and /readyz answ
 that dies while idle (the OOM killer, ``kill -9``) is found by a sweep every ``WATCH_INTERVAL_S`` and
 replaced then, so /readyz does not count it and no request pays for its restart.
 
-Processes come from the ``forkserver`` context with the worker module preloaded: replacements
-start in milliseconds, and nothing is ever forked from the server process after Paddle (with
-its threads) is loaded. Blocking pipe calls run in a thread per worker, off the event loop.
+Each process and its pipe is a :class:`~service.decode_process.DecoderProcess` (forkserver, started in
+milliseconds). Blocking pipe calls run in a thread per worker, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing as mp
 import threading
 import time
 from collections.abc import Callable
@@ -29,86 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service import decode_worker
+from service.decode_process import DecoderProcess
 from service.errors import (
-    DecoderCrashedError,
     DecoderUnavailableError,
-    DecodeTimeoutError,
     NotReadyError,
     QueueFullError,
-    UndecodableVideoError,
-    VideoLimitExceededError,
     counted,
 )
 
 log = logging.getLogger(__name__)
 
-_CTX = mp.get_context("forkserver")
-_CTX.set_forkserver_preload(["service.decode_worker"])
 RESPAWN_BACKOFF_S = 1.0  # between attempts to start a worker the OS refused; short, an outage costs 503s
 WATCH_INTERVAL_S = 1.0  # between sweeps for workers that died idle; a liveness check costs a poll of a pipe
-
-
-class _Worker:
-    """One decoder process and the parent's end of its pipe."""
-
-    def __init__(self, task: Callable[..., Any], memory_mb: int) -> None:
-        self.conn, child = _CTX.Pipe(duplex=True)
-        try:
-            self.process = _CTX.Process(
-                target=decode_worker.worker_main, args=(child, task, memory_mb), name="tsm-decoder", daemon=True)
-            self.process.start()
-        except BaseException:
-            self.conn.close()  # a refused start must not leak the pipe (out of descriptors is one cause)
-            raise
-        finally:
-            child.close()  # only the child holds it now, so its death reads as EOF here
-        self.failure = "crashed"  # why it died, once it has: crashed, timeout or out_of_memory
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid or -1
-
-    def call(self, args: tuple[Any, ...], timeout_s: float) -> Any:
-        """Run one task; raises a :class:`UndecodableVideoError` kind on any failure."""
-        try:
-            self.conn.send(args)
-            if not self.conn.poll(timeout_s):
-                self.failure = "timeout"
-                self.kill()
-                raise DecodeTimeoutError(
-                    f"decoding took longer than {timeout_s:g} s and was stopped", reason="timeout")
-            reply = self.conn.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            self.process.join(timeout=1)
-            raise DecoderCrashedError(
-                f"the decoder process died while reading this video (exit code {self.process.exitcode})",
-                reason="worker_crashed") from exc
-        if reply[0] == "ok":
-            return reply[1]
-        _, kind, reason, text = reply
-        if reason == "out_of_memory":  # the worker exits after this answer; wait, so it is replaced
-            self.failure = reason
-            self.process.join(timeout=5)
-        cls = VideoLimitExceededError if kind == "limit" or reason == "out_of_memory" else UndecodableVideoError
-        raise cls(text, reason=reason)
-
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.join(timeout=5)
-        self.conn.close()
-
-    def stop(self) -> None:
-        """Ask politely, then kill."""
-        with contextlib.suppress(OSError):
-            self.conn.send(None)
-        self.process.join(timeout=2)
-        if self.process.is_alive():
-            self.kill()
-        else:
-            self.conn.close()
 
 
 class DecodePool:
@@ -129,8 +58,8 @@ class DecodePool:
         self.respawn_backoff_s, self.watch_interval_s = respawn_backoff_s, watch_interval_s
         self.waiting = 0
         self._on_replace = on_replace
-        self._workers: list[_Worker] = []  # by slot; a broken slot keeps its dead worker
-        self._busy: dict[int, _Worker] = {}
+        self._workers: list[DecoderProcess] = []  # by slot; a broken slot keeps its dead worker
+        self._busy: dict[int, DecoderProcess] = {}
         self._broken: dict[int, float] = {}  # slot -> when its next start may be tried (monotonic)
         self._parked: set[int] = set()  # broken slots held out of the idle queue while others still serve
         self._lock = threading.Lock()
@@ -151,9 +80,9 @@ class DecodePool:
             self._idle.put_nowait(slot)
         self._watch_timer = self._loop.call_later(self.watch_interval_s, self._sweep)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> DecoderProcess:
         """One new decoder process; raises whatever the OS refuses it with (``OSError`` mostly)."""
-        return _Worker(self.task, self.memory_mb)
+        return DecoderProcess(self.task, self.memory_mb)
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -239,7 +168,7 @@ class DecodePool:
             self._broken.pop(slot, None)
         return True
 
-    def _replace(self, slot: int, dead: _Worker, *, first_try: bool) -> None:
+    def _replace(self, slot: int, dead: DecoderProcess, *, first_try: bool) -> None:
         if first_try:  # retries of a refused start log only their error
             log.warning("decoder worker %d ended (%s, exit code %s); starting a replacement",
                         dead.pid, dead.failure, dead.process.exitcode)

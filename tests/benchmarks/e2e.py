@@ -45,7 +45,8 @@ def decode_section(clips: dict[str, Path], rounds: int, num_seg: int = 8) -> str
         rows.append([name, d * 1e3, p * 1e3, k * 1e3, p / d, k / d, best, f"{diffs[0]} / {diffs[1]}"])
     header = ["clip", "decord ms", "PyAV all frames ms", "sparse (shipped) ms", "PyAV/decord", "sparse/decord",
               "fastest", "max |diff| vs decord (PyAV / sparse)"]
-    return "## Decode: 8 test-time frames of one clip, 1 thread each\n\n" + table(header, rows)
+    return ("## Decode: 8 test-time frames of one clip (decord and sparse on 1 thread, as the service runs them; "
+            "PyAV's full decode, the fallback, with FFmpeg's default threads)\n\n" + table(header, rows))
 
 
 class Baseline:

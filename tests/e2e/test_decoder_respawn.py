@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from service import decode_pool
+from service import decode_process
 from service.decode_worker import DecodedClip, decode_task
 from tests.conftest import LiveServer, pool_healthy
 from tests.e2e.test_errors import assert_problem
@@ -39,7 +39,7 @@ def test_no_decoder_startable_means_503_and_not_ready_until_one_starts(
     good = videos["c"].read_bytes()
     with LiveServer(overrides, decode_task=crash_on_marker) as live, live.client() as http:
         assert http.get("/readyz").status_code == 200
-        monkeypatch.setattr(decode_pool._CTX, "Process", refused_start)  # the OS refuses new processes
+        monkeypatch.setattr(decode_process.CONTEXT, "Process", refused_start)  # the OS refuses new processes
         assert_problem(http.post("/classify", content=b"CRASH" + b"\0" * 100, headers=MP4), 422, "decoder-crashed")
         not_ready = http.get("/readyz")
         assert not_ready.status_code == 503 and not_ready.json()["status"] == "not-ready", not_ready.text
@@ -70,7 +70,7 @@ def test_a_decoder_killed_while_idle_takes_the_replica_out_until_one_starts(
                  "max_queue_delay_ms": 5}
     with LiveServer(overrides) as live, live.client() as http:
         assert http.get("/readyz").status_code == 200
-        monkeypatch.setattr(decode_pool._CTX, "Process", refused_start)
+        monkeypatch.setattr(decode_process.CONTEXT, "Process", refused_start)
         os.kill(live.resources.pool.pids()[0], signal.SIGKILL)  # idle: no request is running
         deadline = time.monotonic() + 15
         while (probe := http.get("/readyz")).status_code == 200:

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from service import decode_pool
+from service import decode_process
 from service.decode_pool import DecodePool
 from service.errors import DecoderCrashedError, DecoderUnavailableError
 
@@ -44,7 +44,7 @@ class Refusal:
         self.monkeypatch = monkeypatch
 
     def on(self) -> None:
-        self.monkeypatch.setattr(decode_pool._CTX, "Process", refused_start)
+        self.monkeypatch.setattr(decode_process.CONTEXT, "Process", refused_start)
 
     def off(self) -> None:
         self.monkeypatch.undo()
