@@ -40,12 +40,15 @@ class UnexpectedReplyError(ClassifyError):
 class Client:
     """``Client(url).classify(path, top_k=5)`` -> the JSON response as a dict.
 
-    A 429 or 503 with ``Retry-After`` (a full queue, a model still loading) is sent again after that wait, up to
-    ``retries`` times; classifying is idempotent. One client may be used from several threads.
+    A 429 or 503 with ``Retry-After`` in seconds (a full queue, a model still loading, a failed inference) is sent
+    again after that wait (at most ``MAX_RETRY_WAIT_S``), up to ``retries`` times; classifying is idempotent.
+    ``timeout_s`` bounds each attempt. One client may be used from several threads.
     """
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, sleep: Callable[[float], None] = time.sleep):
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
         self.retries, self._sleep = retries, sleep

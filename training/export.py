@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paddle
@@ -82,8 +83,9 @@ def probe_inference_model(folder: Path, model_file: str, params_file: str, frame
                           crop: int) -> tuple[ModelIO, int]:
     """Build a Paddle Inference predictor on the saved files: their feed/fetch names and class count.
 
-    Raises unless one clip of ``frames`` frames at ``crop`` px gives one row of scores: a graph exported for
-    another segment count folds the frames into other rows (the service would refuse it at load)."""
+    Raises unless one clip of ``frames`` frames at ``crop`` px gives one row of finite scores (a graph exported for
+    another segment count folds the frames into other rows: the service would refuse it at load), and unless they
+    are logits: a model that ends in a softmax would have every served score come out ~1/K."""
     from paddle import inference
 
     config = inference.Config(str(folder / model_file), str(folder / params_file))
@@ -92,23 +94,31 @@ def probe_inference_model(folder: Path, model_file: str, params_file: str, frame
     predictor = inference.create_predictor(config)
     io = ModelIO(input_name=predictor.get_input_names()[0], output_name=predictor.get_output_names()[0],
                  input_shape=(-1, frames, 3, crop, crop))
-    handle = predictor.get_input_handle(io.input_name)
     zeros = np.zeros((1, frames, 3, crop, crop), np.float32)
-    handle.reshape(list(zeros.shape))
-    handle.copy_from_cpu(zeros)
-    predictor.run()
-    scores = predictor.get_output_handle(io.output_name).copy_to_cpu()
-    shape = scores.shape
+    noise = np.random.default_rng(0).standard_normal(zeros.shape).astype(np.float32)
+    outputs = [_run(predictor, io, clip) for clip in (zeros, noise)]
+    shape = outputs[0].shape
     if len(shape) != 2 or shape[0] != 1:
         raise ValueError(f"{model_file}: one clip of {frames} frames at {crop}x{crop} gave output shape "
                          f"{list(shape)}, not [1, classes]: the model takes another number of segments or crop "
                          "size (PaddleVideo's TSM exports: --num-seg 8, crop 224)")
-    if shape[-1] > 1 and np.all(scores >= 0) and abs(float(scores.sum()) - 1.0) < 1e-4:
-        # The service takes the softmax of what the model outputs: of probabilities, every score would be ~1/K.
+    if not all(np.isfinite(scores).all() for scores in outputs):
+        raise ValueError(f"{model_file}: the model gives scores that are not finite (NaN or infinite) for a clip of "
+                         "zeros or of random values: its weights are broken")
+    if shape[-1] > 1 and all((scores >= 0).all() and abs(float(scores.sum()) - 1.0) < 1e-4 for scores in outputs):
         raise ValueError(f"{model_file}: the model's output is already probabilities (it ends in a softmax: the "
                          "scores are non-negative and sum to 1), and the service applies its own softmax to a "
                          "model's logits; export it without the softmax (PaddleVideo's TSM head returns logits)")
     return io, int(shape[-1])
+
+
+def _run(predictor: Any, io: ModelIO, clip: np.ndarray) -> np.ndarray:
+    """The predictor's output for ``clip``."""
+    handle = predictor.get_input_handle(io.input_name)
+    handle.reshape(list(clip.shape))
+    handle.copy_from_cpu(clip)
+    predictor.run()
+    return predictor.get_output_handle(io.output_name).copy_to_cpu()
 
 
 def sha256_file(path: Path) -> str:

@@ -191,6 +191,8 @@ def test_a_busy_server_is_asked_again_after_its_retry_after(other: _OtherServer,
             pytest.raises(ClassifyError) as refused:
         client.classify(videos["a"])
     assert refused.value.status == 503 and refused.value.retry_after_s == 0 and waits == [0, 0]
+    with pytest.raises(ValueError, match="retries must be 0 or more"):
+        Client(other.url, retries=-1)
 
 
 @pytest.mark.slow

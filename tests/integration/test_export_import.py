@@ -211,12 +211,26 @@ def test_import_export_of_an_unknown_network_says_so(tmp_path: Path) -> None:
     assert (manifest.backbone, manifest.depth, manifest.base_width) == ("unknown", 0, 0)
 
 
-def test_import_of_an_export_that_ends_in_a_softmax_is_refused(tmp_path: Path) -> None:
-    """The service takes the softmax of the model's output: of probabilities, every score would come out ~1/K."""
-    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(4 * 3 * 32 * 32, 5), paddle.nn.Softmax())
+def _save_linear(folder: Path, name: str, bias: list[float], softmax: bool = False) -> Path:
+    """An export of a linear model over the clip (bias ``bias``), ending in a softmax or not."""
+    linear = paddle.nn.Linear(4 * 3 * 32 * 32, len(bias))
+    linear.bias.set_value(paddle.to_tensor(bias, dtype="float32"))
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), linear, *([paddle.nn.Softmax()] if softmax else []))
     model.eval()
     paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 4, 3, 32, 32], "float32")],
-                                         full_graph=True), str(tmp_path / "pv" / "Probs"))
+                                         full_graph=True), str(folder / name))
+    return folder / f"{name}.json"
+
+
+def test_import_of_an_export_that_ends_in_a_softmax_is_refused(tmp_path: Path) -> None:
+    """The service takes the softmax of the model's output: of probabilities, every score would come out ~1/K.
+    Logits that look like probabilities for one clip (a bias that sums to 1, a zero clip) are still logits."""
+    probs = _save_linear(tmp_path / "pv", "Probs", [0.0] * 5, softmax=True)
     with pytest.raises(ValueError, match=r"already probabilities .* export it without the softmax"):
-        import_inference_model(tmp_path / "pv" / "Probs.json", list("abcde"), tmp_path / "repo", "probs", SPEC)
+        import_inference_model(probs, list("abcde"), tmp_path / "repo", "probs", SPEC)
     assert not (tmp_path / "repo" / "probs" / "1").exists()
+    logits = _save_linear(tmp_path / "pv", "Logits", [0.1, 0.2, 0.2, 0.2, 0.3])
+    assert import_inference_model(logits, list("abcde"), tmp_path / "repo", "logits", SPEC).name == "1"
+    broken = _save_linear(tmp_path / "pv", "Broken", [float("nan")] * 5)
+    with pytest.raises(ValueError, match="not finite"):
+        import_inference_model(broken, list("abcde"), tmp_path / "repo", "broken", SPEC)
