@@ -8,9 +8,10 @@ GPU: the config class is injectable, so tests record its calls.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ import numpy as np
 
 from service.contract.manifest import Manifest
 from service.settings import Device, Precision, ServiceSettings
-from service.trt_convert import TrtConversion, convert_with_paddle, converted_model
+from service.trt_convert import TrtConversion, convert_with_paddle, converted_model, engine_folder
 
 log = logging.getLogger(__name__)
+# Paddle's FLAGS_trt_engine_serialized_path is one per process: held while a converted model's engines are read.
+_ENGINE_FLAG_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,10 @@ def _enable_tensorrt(config: Any, version_dir: Path, manifest: Manifest, options
         use_calib_mode=False,  # int8 expects a quantised (QAT/PTQ) model, no runtime calibration
     )
     name = manifest.io.input_name
-    config.set_trt_dynamic_shape_info(*({name: list(shape)} for shape in _batch_shapes(manifest, options)))
+    smallest, optimal, largest = _batch_shapes(manifest, options)
+    config.set_trt_dynamic_shape_info(  # by name: Paddle's positional order is (min, max, opt)
+        min_input_shape={name: list(smallest)}, max_input_shape={name: list(largest)},
+        optim_input_shape={name: list(optimal)})
     cache = trt_cache_dir(version_dir, options, choice)
     cache.mkdir(parents=True, exist_ok=True)
     config.set_optim_cache_dir(str(cache))
@@ -226,19 +232,38 @@ class Predictor:
         if self.choice.backend == "tensorrt":  # only engines need it (and only then is TensorRT sure to be there)
             self.choice = replace(self.choice, hardware=gpu_signature(options.gpu_id))
         config = build_config(version_dir, manifest, options, self.choice)
-        self._predictor = inference.create_predictor(config)
+        converted = self.choice.backend == "tensorrt" and manifest.model_file.endswith(".json")
+        self._engines = engine_folder(Path(config.prog_file())) if converted else None  # until they are read
+        with self._engine_flag():
+            self._predictor = inference.create_predictor(config)
         self._input = self._predictor.get_input_handle(manifest.io.input_name)
         self._output_name = manifest.io.output_name
         if self._output_name not in self._predictor.get_output_names():
             raise ValueError(f"the model has no output {self._output_name!r}: {self._predictor.get_output_names()}")
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def _engine_flag(self) -> Iterator[None]:
+        """A converted PIR model's engines are read when its predictor is made and first run, from the paths
+        stored in it or else from Paddle's process-wide ``FLAGS_trt_engine_serialized_path``, which Paddle sets
+        once, for the first GPU predictor: until then it is set to this model's folder, one model at a time
+        (else a second version could load the first one's engine: same file name, other weights)."""
+        if self._engines is None:
+            yield
+            return
+        import paddle
+
+        with _ENGINE_FLAG_LOCK:
+            paddle.set_flags({"FLAGS_trt_engine_serialized_path": self._engines})
+            yield
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, num_seg * spatial_crops, 3, crop, crop] normalised RGB -> float32 logits [N, num_classes]."""
-        with self._lock:
+        with self._lock, self._engine_flag():
             self._input.reshape(list(batch.shape))
             self._input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
             self._predictor.run()
+            self._engines = None  # read: later runs need the flag no more
             return self._predictor.get_output_handle(self._output_name).copy_to_cpu()
 
     def warm_up(self, runs: int, max_batch_size: int) -> int:

@@ -11,6 +11,8 @@ result is kept in the version's TensorRT cache folder and reused on the next loa
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -19,8 +21,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CONVERTED = "pir-trt"  # folder inside the cache dir holding the converted pair
-PREFIX = "model"  # the converted pair is <CONVERTED>/model.json + model.pdiparams
+CONVERTED = "pir-trt"  # each conversion's folder inside the cache dir: pir-trt-<hex>/model.json + model.pdiparams
+PREFIX = "model"
+POINTER = "pir-trt.current"  # names the converted folder in use
+_FOLDER = re.compile(rf"{CONVERTED}-[0-9a-f]{{32}}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,10 @@ def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
     was_dynamic = paddle.in_dynamic_mode()
     paddle.enable_static()
     try:
-        convert(job.model_prefix, config)
+        # A scope of its own: the model's parameters are loaded into the global scope otherwise, on the GPU, and
+        # stay there for the life of the process, once more for every version converted.
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            convert(job.model_prefix, config)
     finally:
         if was_dynamic:
             paddle.disable_static()
@@ -60,31 +67,64 @@ def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
 
 def converted_model(job: TrtConversion, cache: Path,
                     convert: Callable[[TrtConversion, str], None] = convert_with_paddle) -> tuple[Path, Path]:
-    """The converted (model, params) files in ``cache``, converting first unless a complete pair is there.
+    """The converted (model, params) files in ``cache``, converting first unless the pointer names a complete pair.
 
-    The pair is written into a private folder beside the final one and renamed into place, so a crash
-    mid-conversion or two replicas sharing the cache never leave half a pair. Paddle writes the engines into
-    a folder named like the pair (``model/``) and finds them relative to it, so the whole folder moves as one
-    (Paddle's own tests load a converted model from a copy of it).
+    The converted model holds the absolute path of each engine file Paddle wrote beside it (``model/engine_*.trt``)
+    and falls back only on a process-wide flag set once (see :func:`engine_folder`), so a converted folder is never
+    moved: each conversion writes a folder of its own, and a pointer file, replaced atomically, names the one in
+    use. A crash mid-conversion or two replicas sharing the cache never leave a pointer to half a pair.
     """
-    final = cache / CONVERTED
-    files = _pair(final)
-    if _complete(final):
-        return files
+    current = _current(cache)
+    if current is not None:
+        return _pair(current)
     # Unique per attempt: replicas sharing the cache volume often have the same pid (1 in a container).
-    work = cache / f".{CONVERTED}-{uuid.uuid4().hex}"
-    work.mkdir(parents=True)
+    folder = cache / f"{CONVERTED}-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
     log.info("converting %s for TensorRT (%s); the engines are built now, this takes a while",
              job.model_prefix, job.precision)
     try:
-        convert(job, str(work / PREFIX))
-        missing = [f.name for f in _pair(work) if not f.is_file()]
+        convert(job, str(folder / PREFIX))
+        missing = [f.name for f in _pair(folder) if not f.is_file()]
         if missing:
             raise RuntimeError(f"the TensorRT conversion wrote no {', '.join(missing)}")
-        _move_into_place(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return files
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    first = _current(cache)
+    if first is not None:  # another replica finished first: use its pair, so one folder stays
+        shutil.rmtree(folder, ignore_errors=True)
+        return _pair(first)
+    _point_at(cache, folder)
+    return _pair(folder)
+
+
+def engine_folder(model: Path) -> str:
+    """Where the engines of the converted ``model`` lie: what Paddle's ``FLAGS_trt_engine_serialized_path`` must
+    say when a stored engine path can't be read (a repository mounted elsewhere). Paddle sets that flag once a
+    process, for its first GPU predictor, so the service sets it for each converted model it loads."""
+    return str(model.with_suffix(""))
+
+
+def _current(cache: Path) -> Path | None:
+    """The complete converted folder the pointer names, or None."""
+    try:
+        name = (cache / POINTER).read_text().strip()
+    except OSError:
+        return None
+    if not _FOLDER.fullmatch(name) or not _complete(cache / name):
+        return None
+    return cache / name
+
+
+def _point_at(cache: Path, folder: Path) -> None:
+    """Name ``folder`` in the pointer (a rename over the old pointer: readers see the old name or the new one)."""
+    previous = (cache / POINTER).read_text().strip() if (cache / POINTER).is_file() else ""
+    staged = cache / f".{POINTER}-{uuid.uuid4().hex}"
+    staged.write_text(folder.name + "\n")
+    os.replace(staged, cache / POINTER)
+    # A published pair is complete; one that lost a file since can't be used by anyone: it goes.
+    if _FOLDER.fullmatch(previous) and previous != folder.name and not _complete(cache / previous):
+        shutil.rmtree(cache / previous, ignore_errors=True)
 
 
 def _pair(folder: Path) -> tuple[Path, Path]:
@@ -94,17 +134,3 @@ def _pair(folder: Path) -> tuple[Path, Path]:
 
 def _complete(folder: Path) -> bool:
     return all(f.is_file() for f in _pair(folder))
-
-
-def _move_into_place(work: Path, final: Path) -> None:
-    try:
-        work.rename(final)
-    except OSError:
-        if _complete(final):  # another replica finished first: use its pair
-            return
-        # Only complete folders are ever renamed into place, so this one lost files after the fact: set it
-        # aside (a rename, so a reader never sees it half deleted) and put the new conversion there.
-        trash = final.with_name(f".{final.name}-discarded-{uuid.uuid4().hex}")
-        final.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
-        work.rename(final)

@@ -4,6 +4,8 @@ the CPU fallback, and the real CPU predictor."""
 from __future__ import annotations
 
 import enum
+import inspect
+import json
 import sys
 import types
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 import paddle
 import pytest
+from paddle import inference
 from paddle.inference import PrecisionType
 
 from service.backends import races_onnx
@@ -31,14 +34,36 @@ MANIFEST = Manifest(name="m", version=3, labels=["a", "b"],
                     preprocessing=Preprocessing(num_seg=8, short_side=128, crop_size=112))
 
 
+def paddle_signature(name: str) -> inspect.Signature:
+    """The signature of ``paddle.inference.Config.<name>`` as its pybind docstring states it (the CPU build has every
+    GPU and TensorRT method, so a misspelt or renamed call, or a keyword Paddle does not take, fails here)."""
+    first = (getattr(inference.Config, name).__doc__ or "").splitlines()[0]
+    inside = first[first.index("(") + 1: first.rindex(") ->")]
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(inside + ","):
+        depth += (char in "[(<{") - (char in "])>}")
+        if char == "," and depth == 0:
+            parts.append(inside[start:i].strip())
+            start = i + 1
+    params = [inspect.Parameter(part.split(":")[0], inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                default=None if " = " in part else inspect.Parameter.empty)
+              for part in parts[1:]]  # parts[0] is self
+    return inspect.Signature(params)
+
+
 class RecordingConfig:
-    """Stands in for ``paddle.inference.Config``: records every call with its arguments."""
+    """Stands in for ``paddle.inference.Config``: records every call with its arguments, each bound to the real
+    method's signature first."""
 
     def __init__(self, *args: Any) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [("__init__", args, {})]
 
+    def prog_file(self) -> str:
+        return str(self.calls[0][1][0])
+
     def __getattr__(self, name: str) -> Any:
         def record(*args: Any, **kwargs: Any) -> None:
+            paddle_signature(name).bind(*args, **kwargs)
             self.calls.append((name, args, kwargs))
         return record
 
@@ -78,9 +103,15 @@ class RecordingConverter:
         self.files = files
 
     def __call__(self, job: TrtConversion, save_prefix: str) -> None:
+        """As Paddle does: the engine into the folder ``save_prefix`` (it is save_model_dir), its absolute path into
+        the converted model."""
         self.jobs.append((job, save_prefix))
+        Path(save_prefix).mkdir()
+        engine = Path(save_prefix) / "engine_12345678_1.trt"
+        engine.write_bytes(b"engine")
         for suffix in self.files:
-            Path(save_prefix + suffix).write_text("converted")
+            Path(save_prefix + suffix).write_text(json.dumps({"engine": str(engine.resolve())}) if suffix == ".json"
+                                                  else "converted")
 
 
 TRT_FP16 = PredictorOptions(device="auto", precision="fp16", tensorrt=True, gpu_memory_mb=1024,
@@ -97,13 +128,15 @@ def test_gpu_tensorrt_fp16_converts_the_pir_model_once_and_runs_the_converted_pa
                                 min_shape=(1, 8, 3, 112, 112), opt_shape=(4, 8, 3, 112, 112),
                                 max_shape=(4, 8, 3, 112, 112), precision="FP16", workspace_bytes=1 << 28,
                                 min_subgraph_size=5)
-    assert Path(save_prefix).parent.parent == cache  # a private folder, renamed into place when complete
-    converted = cache / "pir-trt"
+    converted = Path(save_prefix).parent  # a folder of its own, never moved: the engines' stored paths hold
+    assert converted.parent == cache and (cache / "pir-trt.current").read_text() == converted.name + "\n"
     assert calls == [("__init__", (str(converted / "model.json"), str(converted / "model.pdiparams")), {}),
                      ("enable_use_gpu", (1024, 0), {}),
                      ("switch_ir_optim", (True,), {}), ("disable_glog_info", (), {})]
+    engine = json.loads((converted / "model.json").read_text())["engine"]
+    assert Path(engine).is_file() and Path(engine).parent == converted / "model"
     assert "enable_tensorrt_engine" not in [c[0] for c in calls]  # Paddle ignores it for a PIR model
-    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]  # no work folder left behind
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["pir-trt.current", converted.name])
     assert choice == BackendChoice("tensorrt", "gpu:0", "fp16")
     again = build_config(version_dir, MANIFEST, TRT_FP16, choice, RecordingConfig, convert).calls
     assert len(convert.jobs) == 1 and again == calls  # a restart reuses the converted model
@@ -117,20 +150,25 @@ def test_a_conversion_that_writes_half_a_model_fails_and_leaves_nothing(tmp_path
     assert list((tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0").iterdir()) == []
 
 
+def _published(cache: Path) -> Path:
+    """The converted folder the cache's pointer names."""
+    return cache / (cache / "pir-trt.current").read_text().strip()
+
+
 def test_a_replica_that_converts_second_uses_the_pair_converted_first(tmp_path: Path) -> None:
+    from service.trt_convert import converted_model
+
     cache = tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0"
+    first: dict[str, tuple[Path, Path]] = {}
 
     def racing(job: TrtConversion, save_prefix: str) -> None:
+        first["pair"] = converted_model(job, cache, RecordingConverter())  # another replica finishes first
         RecordingConverter()(job, save_prefix)
-        (cache / "pir-trt").mkdir()  # another replica sharing the cache finishes first
-        for suffix in (".json", ".pdiparams"):
-            (cache / "pir-trt" / f"model{suffix}").write_text("first")
 
     calls = build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
                          racing).calls
-    assert calls[0][1][0] == str(cache / "pir-trt" / "model.json")
-    assert (cache / "pir-trt" / "model.json").read_text() == "first"
-    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
+    assert calls[0][1][0] == str(first["pair"][0]) == str(_published(cache) / "model.json")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["pir-trt.current", _published(cache).name])
 
 
 def test_two_conversions_at_once_never_share_a_work_folder(tmp_path: Path) -> None:
@@ -152,21 +190,100 @@ def test_two_conversions_at_once_never_share_a_work_folder(tmp_path: Path) -> No
         RecordingConverter()(job, save_prefix)  # this one's work folder must still be there
 
     results["first"] = converted_model(job, cache, first)
-    assert results["first"] == results["second"] == (cache / "pir-trt" / "model.json",
-                                                    cache / "pir-trt" / "model.pdiparams")
-    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
+    folder = _published(cache)
+    assert results["first"] == results["second"] == (folder / "model.json", folder / "model.pdiparams")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["pir-trt.current", folder.name])
 
 
 def test_a_converted_folder_that_lost_a_file_is_converted_again(tmp_path: Path) -> None:
     cache = tmp_path / "m" / ".cache" / "3" / "trt-fp16-b4-gpu0"
-    (cache / "pir-trt").mkdir(parents=True)
-    (cache / "pir-trt" / "model.json").write_text("left alone by someone")  # its .pdiparams was deleted
+    damaged = cache / f"pir-trt-{'0' * 32}"
+    damaged.mkdir(parents=True)
+    (damaged / "model.json").write_text("left alone by someone")  # its .pdiparams was deleted
+    (cache / "pir-trt.current").write_text(damaged.name + "\n")
+    (cache / "pir-trt").mkdir()  # the layout before: its engines' stored paths are dead, so it is never used
+    (cache / "pir-trt" / "model.json").write_text("old")
+    (cache / "pir-trt" / "model.pdiparams").write_text("old")
     convert = RecordingConverter()
     calls = build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
                          convert).calls
-    assert len(convert.jobs) == 1 and calls[0][1][0] == str(cache / "pir-trt" / "model.json")
-    assert (cache / "pir-trt" / "model.json").read_text() == "converted"
-    assert sorted(p.name for p in cache.iterdir()) == ["pir-trt"]
+    folder = _published(cache)
+    assert len(convert.jobs) == 1 and folder != damaged and calls[0][1][0] == str(folder / "model.json")
+    assert not damaged.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["pir-trt", "pir-trt.current", folder.name])
+
+
+def test_a_pointer_naming_anything_but_a_converted_folder_is_ignored(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "elsewhere").mkdir(parents=True)
+    for suffix in (".json", ".pdiparams"):
+        (cache / "elsewhere" / f"model{suffix}").write_text("not ours")
+    (cache / "pir-trt.current").write_text("../cache/elsewhere\n")
+    from service.trt_convert import converted_model
+
+    job = trt_conversion(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True))
+    model, _ = converted_model(job, cache, RecordingConverter())
+    assert model.parent == _published(cache) and model.parent.name.startswith("pir-trt-")
+
+
+def test_recorded_calls_are_bound_to_paddles_own_signatures() -> None:
+    """What makes the recording honest: a keyword Paddle does not take, or a method it does not have, fails."""
+    shapes = paddle_signature("set_trt_dynamic_shape_info")
+    assert list(shapes.parameters)[:3] == ["min_input_shape", "max_input_shape", "optim_input_shape"]
+    with pytest.raises(TypeError):
+        shapes.bind(min_input_shape={}, opt_input_shape={})
+    with pytest.raises(TypeError):
+        paddle_signature("enable_use_gpu").bind()  # memory_pool_init_size_mb has no default
+    with pytest.raises(AttributeError):
+        RecordingConfig("m.json", "m.pdiparams").enable_tensorrt_engines()
+
+
+def test_each_converted_model_reads_its_engines_with_the_engine_flag_at_its_own_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paddle reads a converted model's engines from the paths stored in it, else from FLAGS_trt_engine_serialized_path,
+    which it sets once a process: each version is made and first run with the flag at its own folder (else a
+    second version of one network may load the first one's engine: the same file name, other weights)."""
+    import service.predictor as predictor_module
+
+    def flag() -> str:
+        return paddle.get_flags(["FLAGS_trt_engine_serialized_path"])["FLAGS_trt_engine_serialized_path"]
+
+    seen: list[tuple[str, str]] = []
+
+    class FakePredictor:  # paddle.inference's predictor, for a GPU build we don't have
+        def __init__(self, config: RecordingConfig) -> None:
+            seen.append(("create", flag()))
+
+        def get_input_handle(self, name: str) -> Any:
+            return types.SimpleNamespace(reshape=lambda shape: None, copy_from_cpu=lambda array: None)
+
+        def get_output_names(self) -> list[str]:
+            return [MANIFEST.io.output_name]
+
+        def run(self) -> None:
+            seen.append(("run", flag()))
+
+        def get_output_handle(self, name: str) -> Any:
+            return types.SimpleNamespace(copy_to_cpu=lambda: np.zeros((1, 2), np.float32))
+
+    real_build = predictor_module.build_config
+    monkeypatch.setattr(inference, "create_predictor", FakePredictor)
+    monkeypatch.setattr(predictor_module, "gpu_signature", lambda gpu_id: "sm90-trt10.5.0")
+    monkeypatch.setattr(predictor_module, "build_config", lambda *args: real_build(
+        *args, config_cls=RecordingConfig, trt_convert=RecordingConverter()))
+    before, batch = flag(), np.zeros((1, 8, 3, 112, 112), np.float32)
+    try:
+        three, four = (Predictor(tmp_path / "m" / v, MANIFEST, TRT_FP16, has_gpu=True) for v in ("3", "4"))
+        three.run(batch)
+        four.run(batch)
+        four.run(batch)
+    finally:
+        paddle.set_flags({"FLAGS_trt_engine_serialized_path": before})
+    engines = [str(_published(tmp_path / "m" / ".cache" / v / "trt-fp16-b4-gpu0-sm90-trt10.5.0") / "model")
+               for v in ("3", "4")]
+    assert seen == [("create", engines[0]), ("create", engines[1]), ("run", engines[0]), ("run", engines[1]),
+                    ("run", engines[1])]
+    assert not predictor_module._ENGINE_FLAG_LOCK.locked()
 
 
 def test_tensorrt_conversion_needs_model_and_params_of_one_name(tmp_path: Path) -> None:
@@ -184,13 +301,14 @@ def test_convert_with_paddle_hands_the_job_to_paddle_tensorrt(monkeypatch: pytes
     fake.TensorRTConfig = lambda **kw: ("TensorRTConfig", kw)  # type: ignore[attr-defined]
     fake.PrecisionMode = enum.Enum("PrecisionMode", {"FP32": "FP32", "FP16": "FP16", "INT8": "INT8"})  # type: ignore[attr-defined]
     fake.convert = lambda path, config: seen.update(  # type: ignore[attr-defined]
-        path=path, config=config, static=not paddle.in_dynamic_mode())
+        path=path, config=config, static=not paddle.in_dynamic_mode(), scope=paddle.static.global_scope())
     monkeypatch.setitem(sys.modules, "paddle.tensorrt", fake)
     job = TrtConversion("/r/m/3/model", "clips", (1, 8, 3, 96, 96), (4, 8, 3, 96, 96), (4, 8, 3, 96, 96),
                         "FP16", 1 << 28, 5)
     convert_with_paddle(job, "/r/m/.cache/3/x/model")
     assert seen["path"] == "/r/m/3/model"
     assert seen["static"] and paddle.in_dynamic_mode()  # converted in static mode, dynamic mode restored after
+    assert seen["scope"] is not paddle.static.global_scope()  # a scope of its own: the weights don't stay loaded
     name, kw = seen["config"]
     clip = ("Input", {"min_input_shape": (1, 8, 3, 96, 96), "optim_input_shape": (4, 8, 3, 96, 96),
                       "max_input_shape": (4, 8, 3, 96, 96), "input_data_type": "float32", "name": "clips"})
@@ -212,8 +330,9 @@ def test_gpu_tensorrt_fp16_on_a_pdmodel_uses_the_subgraph_engine(tmp_path: Path)
         ("enable_tensorrt_engine", (), {"workspace_size": 1 << 28, "max_batch_size": 4 * 8, "min_subgraph_size": 5,
                                         "precision_mode": PrecisionType.Half, "use_static": True,
                                         "use_calib_mode": False}),
-        ("set_trt_dynamic_shape_info", ({"clips": [1, 8, 3, 112, 112]}, {"clips": [4, 8, 3, 112, 112]},
-                                        {"clips": [4, 8, 3, 112, 112]}), {}),
+        ("set_trt_dynamic_shape_info", (), {"min_input_shape": {"clips": [1, 8, 3, 112, 112]},
+                                            "max_input_shape": {"clips": [4, 8, 3, 112, 112]},
+                                            "optim_input_shape": {"clips": [4, 8, 3, 112, 112]}}),
         ("set_optim_cache_dir", (str(cache),), {}),
         ("switch_ir_optim", (True,), {}), ("disable_glog_info", (), {})]
     assert cache.is_dir() and convert.jobs == []
@@ -233,7 +352,7 @@ def test_tensorrt_shapes_of_a_three_crop_model_hold_num_seg_frames_for_each_crop
                          RecordingConverter()).calls
     engine = dict((name, (args, kw)) for name, args, kw in calls)
     assert engine["enable_tensorrt_engine"][1]["max_batch_size"] == 4 * 24  # the network sees N*24 frames
-    assert engine["set_trt_dynamic_shape_info"][0][2] == {"clips": [4, 24, 3, 112, 112]}
+    assert engine["set_trt_dynamic_shape_info"][1]["max_input_shape"] == {"clips": [4, 24, 3, 112, 112]}
 
 
 def test_tensorrt_int8(tmp_path: Path) -> None:
