@@ -254,6 +254,7 @@ class Predictor:
         import paddle
 
         with _ENGINE_FLAG_LOCK:
+            # The flag of Paddle 3.3.1 (the pinned version); later Paddles name it FLAGS_engine_serialized_path.
             paddle.set_flags({"FLAGS_trt_engine_serialized_path": self._engines})
             yield
 

@@ -10,6 +10,8 @@ result is kept in the version's TensorRT cache folder and reused on the next loa
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import os
 import re
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 CONVERTED = "pir-trt"  # each conversion's folder inside the cache dir: pir-trt-<hex>/model.json + model.pdiparams
 PREFIX = "model"
 POINTER = "pir-trt.current"  # names the converted folder in use
+ENGINES = "engines.json"  # in a converted folder: the engine files the conversion wrote, all needed to load it
 _FOLDER = re.compile(rf"{CONVERTED}-[0-9a-f]{{32}}")
 
 
@@ -56,10 +59,16 @@ def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
     was_dynamic = paddle.in_dynamic_mode()
     paddle.enable_static()
     try:
-        # A scope of its own: the model's parameters are loaded into the global scope otherwise, on the GPU, and
-        # stay there for the life of the process, once more for every version converted.
-        with paddle.static.scope_guard(paddle.static.Scope()):
-            convert(job.model_prefix, config)
+        # A scope of its own, removed after: the model's parameters are loaded into the global scope otherwise,
+        # on the GPU, and stay there for the life of the process. Paddle's pool owns every Scope(), so dropping the
+        # Python object would free nothing.
+        scope = paddle.static.Scope()
+        try:
+            with paddle.static.scope_guard(scope):
+                convert(job.model_prefix, config)
+        finally:
+            gc.collect()
+            scope._remove_from_pool()
     finally:
         if was_dynamic:
             paddle.disable_static()
@@ -74,6 +83,7 @@ def converted_model(job: TrtConversion, cache: Path,
     moved: each conversion writes a folder of its own, and a pointer file, replaced atomically, names the one in
     use. A crash mid-conversion or two replicas sharing the cache never leave a pointer to half a pair.
     """
+    cache = cache.resolve()  # the converted model stores its engines' paths as given: absolute ones
     current = _current(cache)
     if current is not None:
         return _pair(current)
@@ -87,6 +97,8 @@ def converted_model(job: TrtConversion, cache: Path,
         missing = [f.name for f in _pair(folder) if not f.is_file()]
         if missing:
             raise RuntimeError(f"the TensorRT conversion wrote no {', '.join(missing)}")
+        engines = sorted(str(f.relative_to(folder)) for f in (folder / PREFIX).glob("*.trt"))
+        (folder / ENGINES).write_text(json.dumps(engines) + "\n")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -106,10 +118,10 @@ def engine_folder(model: Path) -> str:
 
 
 def _current(cache: Path) -> Path | None:
-    """The complete converted folder the pointer names, or None."""
+    """The complete converted folder the pointer names, or None (no pointer, or one naming anything else)."""
     try:
         name = (cache / POINTER).read_text().strip()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: bytes that are no text
         return None
     if not _FOLDER.fullmatch(name) or not _complete(cache / name):
         return None
@@ -117,14 +129,13 @@ def _current(cache: Path) -> Path | None:
 
 
 def _point_at(cache: Path, folder: Path) -> None:
-    """Name ``folder`` in the pointer (a rename over the old pointer: readers see the old name or the new one)."""
-    previous = (cache / POINTER).read_text().strip() if (cache / POINTER).is_file() else ""
+    """Name ``folder`` in the pointer (a rename over the old pointer: readers see the old name or the new one).
+
+    The folder it named before stays: another replica may be loading it, and whether a folder is whole can only be
+    read with a stat that a network filesystem may fail for a moment."""
     staged = cache / f".{POINTER}-{uuid.uuid4().hex}"
     staged.write_text(folder.name + "\n")
     os.replace(staged, cache / POINTER)
-    # A published pair is complete; one that lost a file since can't be used by anyone: it goes.
-    if _FOLDER.fullmatch(previous) and previous != folder.name and not _complete(cache / previous):
-        shutil.rmtree(cache / previous, ignore_errors=True)
 
 
 def _pair(folder: Path) -> tuple[Path, Path]:
@@ -133,4 +144,9 @@ def _pair(folder: Path) -> tuple[Path, Path]:
 
 
 def _complete(folder: Path) -> bool:
-    return all(f.is_file() for f in _pair(folder))
+    """The pair and every engine file the conversion listed are there (a pair without its engines never loads)."""
+    try:
+        engines = json.loads((folder / ENGINES).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(f.is_file() for f in _pair(folder)) and all((folder / name).is_file() for name in engines)

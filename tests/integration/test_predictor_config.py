@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import inspect
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -45,9 +46,11 @@ def paddle_signature(name: str) -> inspect.Signature:
         if char == "," and depth == 0:
             parts.append(inside[start:i].strip())
             start = i + 1
-    params = [inspect.Parameter(part.split(":")[0], inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    names = [part.split(":")[0] for part in parts]
+    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_ONLY if re.fullmatch(r"arg\d+", name) else
+                                inspect.Parameter.POSITIONAL_OR_KEYWORD,  # pybind's argN takes no keyword
                                 default=None if " = " in part else inspect.Parameter.empty)
-              for part in parts[1:]]  # parts[0] is self
+              for name, part in zip(names[1:], parts[1:], strict=True)]  # parts[0] is self
     return inspect.Signature(params)
 
 
@@ -209,8 +212,15 @@ def test_a_converted_folder_that_lost_a_file_is_converted_again(tmp_path: Path) 
                          convert).calls
     folder = _published(cache)
     assert len(convert.jobs) == 1 and folder != damaged and calls[0][1][0] == str(folder / "model.json")
-    assert not damaged.exists()
-    assert sorted(p.name for p in cache.iterdir()) == sorted(["pir-trt", "pir-trt.current", folder.name])
+    # Left for an operator: whether a folder is whole is a stat a network filesystem may fail for a moment, and
+    # another replica may be loading it.
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["pir-trt", "pir-trt.current", folder.name,
+                                                             damaged.name])
+    (folder / "model" / "engine_12345678_1.trt").unlink()  # the pair is there, an engine it needs is not
+    calls = build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
+                         convert).calls
+    assert len(convert.jobs) == 2 and _published(cache) != folder
+    assert calls[0][1][0] == str(_published(cache) / "model.json")
 
 
 def test_a_pointer_naming_anything_but_a_converted_folder_is_ignored(tmp_path: Path) -> None:
@@ -218,12 +228,13 @@ def test_a_pointer_naming_anything_but_a_converted_folder_is_ignored(tmp_path: P
     (cache / "elsewhere").mkdir(parents=True)
     for suffix in (".json", ".pdiparams"):
         (cache / "elsewhere" / f"model{suffix}").write_text("not ours")
-    (cache / "pir-trt.current").write_text("../cache/elsewhere\n")
     from service.trt_convert import converted_model
 
     job = trt_conversion(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True))
-    model, _ = converted_model(job, cache, RecordingConverter())
-    assert model.parent == _published(cache) and model.parent.name.startswith("pir-trt-")
+    for junk in (b"../cache/elsewhere\n", b"\xff\xfe not text"):
+        (cache / "pir-trt.current").write_bytes(junk)
+        model, _ = converted_model(job, cache, RecordingConverter())
+        assert model.parent == _published(cache) and model.parent.name.startswith("pir-trt-")
 
 
 def test_recorded_calls_are_bound_to_paddles_own_signatures() -> None:
@@ -236,6 +247,8 @@ def test_recorded_calls_are_bound_to_paddles_own_signatures() -> None:
         paddle_signature("enable_use_gpu").bind()  # memory_pool_init_size_mb has no default
     with pytest.raises(AttributeError):
         RecordingConfig("m.json", "m.pdiparams").enable_tensorrt_engines()
+    with pytest.raises(TypeError):
+        paddle_signature("set_cpu_math_library_num_threads").bind(arg0=3)
 
 
 def test_each_converted_model_reads_its_engines_with_the_engine_flag_at_its_own_folder(
@@ -309,6 +322,8 @@ def test_convert_with_paddle_hands_the_job_to_paddle_tensorrt(monkeypatch: pytes
     assert seen["path"] == "/r/m/3/model"
     assert seen["static"] and paddle.in_dynamic_mode()  # converted in static mode, dynamic mode restored after
     assert seen["scope"] is not paddle.static.global_scope()  # a scope of its own: the weights don't stay loaded
+    with pytest.raises(RuntimeError, match="not found in ScopePool"):
+        seen["scope"]._remove_from_pool()  # it was removed (Paddle's pool owns every Scope it makes)
     name, kw = seen["config"]
     clip = ("Input", {"min_input_shape": (1, 8, 3, 96, 96), "optim_input_shape": (4, 8, 3, 96, 96),
                       "max_input_shape": (4, 8, 3, 96, 96), "input_data_type": "float32", "name": "clips"})
