@@ -46,11 +46,14 @@ class Client:
     """
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, sleep: Callable[[float], None] = time.sleep):
+                 retries: int = DEFAULT_RETRIES, sleep: Callable[[float], None] = time.sleep,
+                 connections: int = 100):
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, got {retries}")
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+        # ``connections``: at least the threads sharing the client, else the rest wait for one and may time out.
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s,
+                                  limits=httpx.Limits(max_connections=connections))
         self.retries, self._sleep = retries, sleep
 
     def __enter__(self) -> Client:
@@ -238,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     """``tsm-classify VIDEO... [--url URL] [--top-k K] [--model M] [--version V] [--concurrency N] [--json]``."""
     args = _parser().parse_args(argv)
     try:
-        client = Client(args.url, args.api_key, args.timeout, retries=args.retries)
+        client = Client(args.url, args.api_key, args.timeout, retries=args.retries,
+                        connections=max(args.concurrency, 100))
     except httpx.InvalidURL as exc:
         print(f"tsm-classify: --url {args.url!r} is not a valid URL ({exc})", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.client import ClassifyError, Client, UnexpectedReplyError, main
+from service.client import ClassifyError, Client, UnexpectedReplyError, _in_order, main
 from tests.conftest import LiveServer
 
 ROOT = Path(__file__).parents[2]
@@ -175,6 +175,10 @@ def test_concurrency_keeps_that_many_in_flight_and_the_order(other: _OtherServer
     other.most_in_flight = 0
     assert main([str(files[0]), str(files[1]), "--url", other.url + "/together", "--json"]) == 0
     assert other.most_in_flight == 1  # the default: one at a time
+    with Client(other.url + "/together", connections=2) as few:  # httpx's pool bounds what is in flight
+        other.most_in_flight = 0
+        list(_in_order(lambda video: (video, few.classify(video), None), files[:4], 4))
+        assert other.most_in_flight == 2
 
 
 def test_a_busy_server_is_asked_again_after_its_retry_after(other: _OtherServer, videos: dict[str, Path],
