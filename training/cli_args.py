@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=positive, help="data-parallel training processes (default: a CPU core each, "
                    "at most 2; 1 on a GPU); the global batch stays 16")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=QUICK.name,
-                   help="quick: 8-9 min on 2 cores, 68-77%% top-1 on the test clips; long: a rotation stage, 4x "
+                   help="quick: 8-9 min on 2 cores, 65-77%% top-1 on the test clips; long: a rotation stage, 4x "
                    "the clips, 8x the steps, then 8 segments at 96 px: 64-74 min on 2 cores, 95-97%% "
                    "(training/REPORT.md)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")

@@ -1,6 +1,6 @@
 """What the demo trains: named recipes of warm-up stages, the main set and the main stage's schedule.
 
-``quick`` is the default demo and fits 10 minutes on 2 CPU cores (68-77 % top-1 on the test clips, depending on
+``quick`` is the default demo and fits 10 minutes on 2 CPU cores (65-77 % top-1 on the test clips, depending on
 where its warm-ups take off: the seed, and the machine's rounding). ``long`` adds a rotation warm-up, keeps some
 of its easy clips in every main-set epoch, makes four times the main set's clips, trains eight times the steps
 and then refines at eight segments and 96 px: it learns the sense of a rotation too, 95-97 % top-1 on the test
