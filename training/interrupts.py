@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -30,14 +31,29 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class Progress:
-    """The last checkpoint a run can resume from (None: none yet) and its epoch; rank 0 keeps it current."""
+    """The last checkpoint a run can resume from (None: none yet) and its epoch; rank 0 keeps it current.
+
+    ``latest``: the run's own ``latest.pdparams``, once earlier runs' files are set aside. A signal can land
+    between its save and the update of ``saved``: what its ``.json`` (written last) says then counts too."""
 
     saved: Path | None
     saved_epoch: int
+    latest: Path | None = None
 
     def interrupted(self, exc: KeyboardInterrupt) -> TrainingInterrupted:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        return TrainingInterrupted(self.saved_epoch + 1, self.saved, self.saved_epoch, signum)
+        saved, epoch = self.saved, self.saved_epoch
+        if self.latest is not None and (on_disk := _epoch_of(self.latest)) > epoch:
+            saved, epoch = self.latest, on_disk
+        return TrainingInterrupted(epoch + 1, saved, epoch, signum)
+
+
+def _epoch_of(checkpoint: Path) -> int:
+    """The epoch a checkpoint's ``.json`` records, 0 when there is none (or it can't be read)."""
+    try:
+        return int(json.loads(checkpoint.with_suffix(".json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 @contextmanager

@@ -246,6 +246,7 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
         # Rank 0's alone, after the set-aside: another rank's copy could land first and be moved away as an
         # earlier run's (seen in a fresh demo folder).
         (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        progress.latest = out / "latest.pdparams"
     history: list[dict[str, float]] = []
     # A resumed run competes with the best checkpoint it already has, not with nothing.
     best_path: Path | None = out / "best.pdparams" if resume is not None and (out / "best.pdparams").exists() else None

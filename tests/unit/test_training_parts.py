@@ -237,3 +237,20 @@ def test_evaluate_and_export_name_a_missing_checkpoint_alike(tmp_path: Path, job
                                                 r"of a run \(its train\.output_dir holds best\.pdparams"):
         run()
     assert not (tmp_path / "repo").exists()
+
+
+def test_an_interrupt_just_after_a_save_names_the_saved_checkpoint(tmp_path: Path) -> None:
+    """The signal can land between a checkpoint's save and the loop's note of it (a fresh clone's run said
+    "nothing was saved" beside a latest.json): what the run's own latest .json records counts too."""
+    from training.interrupts import Progress, Terminated
+
+    latest = tmp_path / "latest.pdparams"
+    progress = Progress(None, 0, latest)
+    assert progress.interrupted(KeyboardInterrupt()).saved is None  # nothing on disk yet
+    latest.with_suffix(".json").write_text('{"epoch": 3}')
+    stop = progress.interrupted(Terminated())
+    assert (stop.epoch, stop.saved, stop.saved_epoch, stop.signum) == (4, latest, 3, 15)
+    progress.saved, progress.saved_epoch = tmp_path / "resumed.pdparams", 5  # an older latest never wins
+    assert progress.interrupted(KeyboardInterrupt()).saved_epoch == 5
+    latest.with_suffix(".json").write_text("not json")
+    assert Progress(None, 0, latest).interrupted(KeyboardInterrupt()).saved is None
