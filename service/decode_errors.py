@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ")  # FFmpeg's AVERROR as an errno: a number no reader can use
@@ -53,3 +55,17 @@ def require_file(path: Path) -> None:
     if not path.is_file():
         what = "is not a file" if path.exists() else "not found"
         raise DecodeError(f"{path.name}: {what}", "not_found")
+
+
+@contextmanager
+def failures_as(path: Path, what: str) -> Iterator[None]:
+    """Any error of a decoding library inside becomes a :class:`DecodeError` saying ``what`` failed, and why.
+
+    Our own DecodeErrors pass as they are, and so does a MemoryError: that is the worker's memory cap, which the
+    decode worker answers and retires on, not a broken file."""
+    try:
+        yield
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise DecodeError(f"{path.name}: {what} ({why(exc, path)})") from exc

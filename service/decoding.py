@@ -15,7 +15,7 @@ import numpy as np
 
 from service.contract.manifest import Preprocessing
 from service.contract.sampling import test_indices
-from service.decode_errors import DecodeError, LimitExceeded, Truncated, require_file, why
+from service.decode_errors import DecodeError, LimitExceeded, Truncated, failures_as, require_file
 from service.probing import declared_rate, mp4_cut_short, probe_video, quarter_turns, rate_of
 
 
@@ -45,7 +45,7 @@ def read_frames_decord(path: Path, pick: IndexRule, *,
     (a stream that grows past its small header) are refused as PyAV's are."""
     import decord
 
-    try:
+    with failures_as(path, "decord could not decode the video"):  # its own DECORDError and RuntimeError variants
         reader = decord.VideoReader(str(path), num_threads=1)
         count = len(reader)
         if count < 1:
@@ -53,12 +53,6 @@ def read_frames_decord(path: Path, pick: IndexRule, *,
         indices = [int(i) for i in pick(count)]
         frames = reader.get_batch(indices).asnumpy()
         fps = float(reader.get_avg_fps() or 0.0)
-    except DecodeError:
-        raise
-    except MemoryError:  # the worker's memory cap: decode_worker answers it and retires, not "undecodable"
-        raise
-    except Exception as exc:  # decord raises its own DECORDError and RuntimeError variants
-        raise DecodeError(f"{path.name}: decord could not decode the video ({why(exc, path)})") from exc
     check_frame_size(path, int(frames.shape[2]), int(frames.shape[1]), None, max_pixels)
     info = VideoInfo(count, fps, int(frames.shape[2]), int(frames.shape[1]), "decord")
     return frames, info, indices
@@ -106,7 +100,7 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
                     kept[i] = _to_rgb(frame)
         return shown, kept
 
-    try:
+    with failures_as(path, "the video could not be decoded"):
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
@@ -128,12 +122,6 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
         missing = set(indices) - kept.keys()
         if missing:
             raise DecodeError(f"{path.name}: frames {sorted(missing)[:5]} could not be decoded again", "unstable")
-    except DecodeError:
-        raise
-    except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
-        raise
-    except Exception as exc:
-        raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
     known = [p for p in shown if p is not None]
     rate = rate_of(known if len(known) == count else [], time_base, nominal)
     frames = np.stack([kept[i] for i in indices])

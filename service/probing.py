@@ -10,7 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.decode_errors import DecodeError, why
+from service.decode_errors import DecodeError, failures_as
 
 if TYPE_CHECKING:
     import av
@@ -56,30 +56,23 @@ def probe_video(path: Path) -> VideoProbe:
     """
     import av
 
-    try:
-        with av.open(str(path)) as container:
-            if container.format.name in _IMAGE_FORMATS or _a_still_gif(container):
-                raise DecodeError(f"{path.name}: the file is an image ({container.format.name}), not a video",
-                                  "not_a_video")
-            if not container.streams.video:
-                raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
-            stream = container.streams.video[0]
-            duration = 0.0
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / 1_000_000  # AV_TIME_BASE units
-            rotation = 0
-            for frame in container.decode(stream):
-                rotation = quarter_turns(frame.rotation) * 90
-                break
-            width, height = stream.codec_context.width, stream.codec_context.height
-    except DecodeError:
-        raise
-    except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
-        raise
-    except Exception as exc:
-        raise DecodeError(f"{path.name}: the file is not a readable video ({why(exc, path)})") from exc
+    with failures_as(path, "the file is not a readable video"), av.open(str(path)) as container:
+        if container.format.name in _IMAGE_FORMATS or _a_still_gif(container):
+            raise DecodeError(f"{path.name}: the file is an image ({container.format.name}), not a video",
+                              "not_a_video")
+        if not container.streams.video:
+            raise DecodeError(f"{path.name}: the file has no video stream", "no_video_stream")
+        stream = container.streams.video[0]
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000  # AV_TIME_BASE units
+        rotation = 0
+        for frame in container.decode(stream):
+            rotation = quarter_turns(frame.rotation) * 90
+            break
+        width, height = stream.codec_context.width, stream.codec_context.height
     return VideoProbe(int(width), int(height), duration, rotation)
 
 
