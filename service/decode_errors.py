@@ -28,8 +28,6 @@ class Truncated(DecodeError):  # noqa: N818 - a DecodeError kind, named for what
     said instead of the last decoder's "Invalid data found when processing input"."""
 
 
-
-
 def why(exc: BaseException, path: Path) -> str:
     """An exception's text without the server-side path of the file (clients see this text).
 

@@ -149,4 +149,6 @@ def _complete(folder: Path) -> bool:
         engines = json.loads((folder / ENGINES).read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(engines, list) or not all(isinstance(name, str) for name in engines):
+        return False  # not the list a conversion writes
     return all(f.is_file() for f in _pair(folder)) and all((folder / name).is_file() for name in engines)

@@ -49,7 +49,9 @@ class Progress:
 
 
 def _epoch_of(checkpoint: Path) -> int:
-    """The epoch a checkpoint's ``.json`` records, 0 when there is none (or it can't be read)."""
+    """The epoch a checkpoint's ``.json`` records, 0 when there is none (or it can't be read). Not
+    ``checkpoint.read_meta``: that module imports Paddle, which this one must not, and it raises on a junk file,
+    which here would turn an interrupt's message into a traceback."""
     try:
         return int(json.loads(checkpoint.with_suffix(".json").read_text())["epoch"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -216,10 +216,14 @@ def test_a_converted_folder_that_lost_a_file_is_converted_again(tmp_path: Path) 
     # another replica may be loading it.
     assert sorted(p.name for p in cache.iterdir()) == sorted(["pir-trt", "pir-trt.current", folder.name,
                                                              damaged.name])
+    (folder / "engines.json").write_text("5")  # not the list a conversion writes: converted again
+    assert build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
+                        convert).calls[0][1][0] != str(folder / "model.json") and len(convert.jobs) == 2
+    folder = _published(cache)
     (folder / "model" / "engine_12345678_1.trt").unlink()  # the pair is there, an engine it needs is not
     calls = build_config(tmp_path / "m" / "3", MANIFEST, TRT_FP16, choose_backend(TRT_FP16, True), RecordingConfig,
                          convert).calls
-    assert len(convert.jobs) == 2 and _published(cache) != folder
+    assert len(convert.jobs) == 3 and _published(cache) != folder
     assert calls[0][1][0] == str(_published(cache) / "model.json")
 
 
