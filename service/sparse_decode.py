@@ -10,7 +10,8 @@ timestamp. That needs timestamps a container stores per frame and keyframes that
 video from the codecs and containers below takes this path (for 8-bit 4:2:0 the RGB pixels equal decord's exactly,
 tested; 10-bit and 4:4:4 are PyAV's own conversion, which decord's older FFmpeg does slightly differently); anything
 else, and any restart that doesn't land on the keyframe it asked for, raises :class:`SparseUnsupported` so the caller
-decodes the whole stream instead. Frames that are never decoded are never
+decodes the whole stream instead (an intra-only stream in another container goes to :mod:`service.intra_decode`,
+whose packets number its frames). Frames that are never decoded are never
 checked: a stream whose frame size changes only inside a skipped stretch is accepted, and those frames never reach
 memory.
 """
@@ -27,16 +28,17 @@ import numpy as np
 
 from service.decode_errors import DecodeError, LimitExceeded, why
 from service.decoding import IndexRule, VideoInfo, check_frame_size
+from service.intra_decode import IntraUnsupported, is_intra_only, read_frames_intra
 from service.probing import declared_rate, quarter_turns, rate_of
 
 # Containers that store a timestamp per frame and seek by index (AVI's timestamps are decode order, MPEG-PS/TS
 # timestamps move after a seek: decord's seeking numbers their frames wrongly too, so they are decoded in full), and
 # codecs whose decoders honour skip_frame and restart cleanly at keyframes (each restart is checked all the same).
 SPARSE_CONTAINERS = ("mp4", "matroska")
-# MPEG-TS/PS store real presentation timestamps, but they move after a seek: these are read on to each keyframe
-# instead (the skipped packets are only read, not decoded), so a camcorder's or OBS's long .ts costs what its
-# wanted stretches cost.
-FORWARD_CONTAINERS = ("mpegts", "mpeg")
+# MPEG-TS/PS and FLV store real presentation timestamps, but they move after a seek (FLV's seeking rests on an
+# optional index): these are read on to each keyframe instead (the skipped packets are only read, not decoded), so
+# a camcorder's or OBS's long .ts, or an RTMP recording, costs what its wanted stretches cost.
+FORWARD_CONTAINERS = ("mpegts", "mpeg", "flv")
 SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mpeg2video"})  # libdav1d: AV1
 # Decoders that lose shown frames when told to skip non-reference ones (libdav1d: AV1's hidden and shown frames):
 # they still seek from keyframe to keyframe, but decode every frame in between.
@@ -179,9 +181,14 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
         with av.open(str(path)) as container:
             names = container.format.name.split(",")
             seekable = any(name in names for name in SPARSE_CONTAINERS)
-            if not seekable and not any(name in names for name in FORWARD_CONTAINERS):
+            if seekable or any(name in names for name in FORWARD_CONTAINERS):
+                frames, info, indices = _read_sparse(path, container, pick, max_pixels, seekable)
+            elif is_intra_only(container):  # e.g. a camera's MJPEG AVI: its packets number its frames
+                frames, info, indices = read_frames_intra(path, container, pick, max_pixels=max_pixels)
+            else:
                 raise SparseUnsupported(f"container {container.format.name}", timing=True)
-            frames, info, indices = _read_sparse(path, container, pick, max_pixels, seekable)
+    except IntraUnsupported as exc:
+        raise SparseUnsupported(str(exc), timing=True) from exc
     except SparseUnsupported as exc:
         if seekable or exc.timing:
             raise

@@ -20,7 +20,8 @@ class VideoFacts(BaseModel):
     width: int = Field(description="Displayed width in pixels (after rotation).")
     height: int = Field(description="Displayed height in pixels (after rotation).")
     rotation: int = Field(description="Display rotation applied, degrees counter-clockwise.")
-    decoder: str = Field(description="pyav-sparse (8-bit 4:2:0 streams), decord (other formats) or pyav "
+    decoder: str = Field(description="pyav-sparse (8-bit 4:2:0 streams), pyav-intra (MJPEG and other "
+                         "intra-only codecs outside MP4/Matroska), decord (other formats) or pyav "
                          "(files decord can't read).")
     sampled_indices: list[int] = Field(description="0-based frame indices the clip was built from.")
 

@@ -1,0 +1,86 @@
+"""Intra-only streams (MJPEG, ProRes, DNxHD, ...) in containers that are otherwise decoded in full: only the packets a
+clip keeps are decoded.
+
+AVI, ASF, FLV and the like go to a full PyAV decode (their timestamps can't number the frames, see
+:mod:`service.sparse_decode`). For an intra-only codec that is not needed: every frame is a keyframe that decodes
+alone, in the order its packet is stored, so frame ``i`` is packet ``i`` and the other packets are read, never
+decoded. The pixels are the full PyAV decode's (same decoder, same conversion; tested) at the cost of the kept
+frames: a camera's 3-minute 480p MJPEG AVI took 6.7 s decoded in full, so ten minutes (the default duration
+limit) ran past the 10 s decode timeout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+from service.decode_errors import DecodeError
+from service.decoding import IndexRule, VideoInfo, check_frame_size
+from service.probing import declared_rate, quarter_turns, rate_of
+
+
+class IntraUnsupported(Exception):  # noqa: N818 - a signal to decode in full, not an error of the file
+    """The stream does not behave as an intra-only one (a packet that is not a keyframe, one that decodes to no
+    frame or to several): decode it in full."""
+
+
+def is_intra_only(container: av.container.InputContainer) -> bool:
+    """One video stream, of a codec whose every frame is coded alone."""
+    streams = container.streams.video
+    return len(streams) == 1 and bool(streams[0].codec_context.codec.intra_only)
+
+
+def read_frames_intra(path: Path, container: av.container.InputContainer, pick: IndexRule, *,
+                      max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+    """The frames ``pick(num_frames)`` of ``container`` (open on ``path``, intra-only) -> (uint8 [T, H, W, 3] RGB,
+    not yet rotated; info with the display rotation still to apply; indices)."""
+    stream = container.streams.video[0]
+    pts: list[int | None] = []
+    for packet in container.demux(stream):
+        if not packet.size:  # the demuxer's end-of-stream marker
+            continue
+        if not packet.is_keyframe:
+            raise IntraUnsupported("a packet of an intra-only stream is not a keyframe")
+        pts.append(packet.pts)
+    if not pts:
+        raise IntraUnsupported("no frames in the packet index")
+    indices = [int(i) for i in pick(len(pts))]
+    if not indices or min(indices) < 0 or max(indices) >= len(pts):
+        raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")
+    kept, rotation = _decode_packets(path, set(indices), max_pixels)
+    known = [p for p in pts if p is not None]
+    rate = rate_of(known if len(known) == len(pts) else [], stream.time_base, declared_rate(stream))
+    frames = np.stack([kept[i] for i in indices])
+    return frames, VideoInfo(len(pts), rate, int(frames.shape[2]), int(frames.shape[1]), "pyav-intra",
+                             rotation), indices
+
+
+def _decode_packets(path: Path, wanted: set[int], max_pixels: int | None) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the packets at the positions ``wanted`` (a second pass, from the start) -> their RGB frames, the
+    display rotation."""
+    kept: dict[int, np.ndarray] = {}
+    size: tuple[int, int] | None = None
+    rotation = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1  # frame threads would hold a frame back; the pool provides the parallelism
+        position = -1
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            position += 1
+            if position not in wanted:
+                continue
+            frames = stream.codec_context.decode(packet)
+            if len(frames) != 1:
+                raise IntraUnsupported(f"packet {position} decoded to {len(frames)} frames")
+            size = check_frame_size(path, frames[0].width, frames[0].height, size, max_pixels)
+            kept[position] = frames[0].to_ndarray(format="rgb24")
+            rotation = quarter_turns(frames[0].rotation) * 90
+            if len(kept) == len(wanted):
+                break
+    if len(kept) != len(wanted):
+        raise IntraUnsupported(f"the second pass found {position + 1} packets")
+    return kept, rotation
