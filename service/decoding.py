@@ -139,12 +139,12 @@ def rotate_frames(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 def read_frames(path: Path, pick: IndexRule, *, max_pixels: int | None = None,
                 rotation: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
-    """Sparse PyAV decoding (MP4/MOV and Matroska/WebM, the common codecs; MPEG-TS/PS and FLV read forward;
-    intra-only codecs in other containers packet by packet), else decord, then full PyAV; :class:`DecodeError` if
-    none can.
+    """Sparse PyAV decoding (MP4/MOV and Matroska/WebM, the common codecs; MPEG-TS/PS, FLV and B-frame-free
+    AVI/ASF read forward; intra-only codecs in other containers packet by packet), else decord, then full PyAV;
+    :class:`DecodeError` if none can.
 
-    Streams whose timestamps or keyframes can't be trusted (trims, cuts, open GOPs, and every inter-coded stream of
-    a container without per-frame timestamps: AVI, ASF) go to a full PyAV decode first: decord's seeking returns the
+    Streams whose timestamps or keyframes can't be trusted (trims, cuts, open GOPs, and every B-frame stream of a
+    container without per-frame timestamps: AVI, ASF) go to a full PyAV decode first: decord's seeking returns the
     wrong frames of those, with a plausible answer.
 
     All three give the same pixels for 8-bit 4:2:0 streams (tested against each other); for 10-bit or 4:4:4

@@ -39,6 +39,11 @@ SPARSE_CONTAINERS = ("mp4", "matroska")
 # optional index): these are read on to each keyframe instead (the skipped packets are only read, not decoded), so
 # a camcorder's or OBS's long .ts, or an RTMP recording, costs what its wanted stretches cost.
 FORWARD_CONTAINERS = ("mpegts", "mpeg", "flv")
+# AVI and ASF number frames in decode order, which is presentation order only where the codec's profile has no
+# B-frames (DivX/Xvid Simple Profile, a camera's Baseline H.264): those are read forward too, each frame checked to
+# come out of its own packet; every other inter-coded stream of these containers is decoded in full.
+PACKET_ORDER_CONTAINERS = ("avi", "asf")
+NO_REORDER_PROFILES = frozenset({("h264", "Baseline"), ("h264", "Constrained Baseline"), ("mpeg4", "Simple Profile")})
 SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mpeg2video"})  # libdav1d: AV1
 # Decoders that lose shown frames when told to skip non-reference ones (libdav1d: AV1's hidden and shown frames):
 # they still seek from keyframe to keyframe, but decode every frame in between.
@@ -90,9 +95,9 @@ class _Decoder:
     """Decodes forward from a keyframe, dropping unkept non-reference frames, and keeps the wanted ones as RGB."""
 
     def __init__(self, path: Path, container: av.container.InputContainer, wanted: set[int],
-                 max_pixels: int | None, seekable: bool = True) -> None:
+                 max_pixels: int | None, seekable: bool = True, in_order: bool = False) -> None:
         self.path, self.container, self.wanted, self.max_pixels = path, container, wanted, max_pixels
-        self.seekable = seekable
+        self.seekable, self.in_order = seekable, in_order
         self._forward: Iterator[av.Packet] | None = None  # without seeks: one pass over the packets
         self.stream = container.streams.video[0]
         # One thread: the pool provides the parallelism. FFmpeg's slice threads cut a lone 720p clip's decode from
@@ -132,6 +137,8 @@ class _Decoder:
             self._check(frame)
             if frame.pts is None:
                 raise SparseUnsupported("a decoded frame has no presentation timestamp")
+            if self.in_order and (packet is None or frame.pts != packet.pts):  # held back: the stream reorders
+                raise SparseUnsupported("a frame came out of another packet than its own", timing=True)
             if self.restart is not None and frame.pts >= self.restart:
                 # The first frame at or after the restart point must be that keyframe, whole: otherwise the
                 # container's timestamps moved with the seek, or its "keyframe" was only a recovery point.
@@ -185,6 +192,8 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
                 frames, info, indices = _read_sparse(path, container, pick, max_pixels, seekable)
             elif is_intra_only(container):  # e.g. a camera's MJPEG AVI: its packets number its frames
                 frames, info, indices = read_frames_intra(path, container, pick, max_pixels=max_pixels)
+            elif any(name in names for name in PACKET_ORDER_CONTAINERS) and _never_reorders(container):
+                frames, info, indices = _read_sparse(path, container, pick, max_pixels, False, in_order=True)
             else:
                 raise SparseUnsupported(f"container {container.format.name}", timing=True)
     except IntraUnsupported as exc:
@@ -205,7 +214,7 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
 
 
 def _read_sparse(path: Path, container: av.container.InputContainer, pick: IndexRule, max_pixels: int | None,
-                 seekable: bool) -> tuple[np.ndarray, VideoInfo, list[int]]:
+                 seekable: bool, in_order: bool = False) -> tuple[np.ndarray, VideoInfo, list[int]]:
     if len(container.streams.video) != 1:  # decord picks its own among several (a cover image, ...)
         raise SparseUnsupported("not exactly one video stream")
     stream = container.streams.video[0]
@@ -224,8 +233,15 @@ def _read_sparse(path: Path, container: av.container.InputContainer, pick: Index
         _decode(dec, sorted(dec.wanted), keys)
     else:
         with av.open(str(path)) as again:  # from the start, never seeking
-            dec = _Decoder(path, again, wanted, max_pixels, seekable=False)
+            dec = _Decoder(path, again, wanted, max_pixels, seekable=False, in_order=in_order)
             _decode(dec, sorted(dec.wanted), keys)
     frames = np.stack([dec.kept[pts[i]] for i in indices])
     return frames, VideoInfo(len(pts), rate, int(frames.shape[2]), int(frames.shape[1]), "pyav-sparse",
                              dec.rotation), indices
+
+
+def _never_reorders(container: av.container.InputContainer) -> bool:
+    """One video stream, of a codec profile without B-frames (its header says so; decoding checks it again)."""
+    streams = container.streams.video
+    return len(streams) == 1 and (streams[0].codec_context.name, streams[0].codec_context.profile) in \
+        NO_REORDER_PROFILES

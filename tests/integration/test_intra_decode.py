@@ -1,5 +1,6 @@
 """Containers that used to be decoded in full: intra-only streams (a camera's MJPEG AVI) decode only their kept
-packets, and FLV's H.264 reads on to each wanted stretch; both with a full decode's pixels and numbering."""
+packets, FLV's H.264 and AVI's B-frame-free profiles read on to each wanted stretch; all with a full decode's pixels
+and numbering, and every stream that reorders frames still decoded in full."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {name: write_video(root / f"{name}{SUFFIX[fmt]}", pattern_frames(45, 96, 64, seed=i), codec,
                              pix_fmt=pix_fmt, fmt=fmt, audio=audio)
            for i, (name, (codec, fmt, pix_fmt, audio)) in enumerate(INTRA.items())}
+    frames = pattern_frames(60, 96, 64, seed=4)
+    for name, codec, options in [("baseline_avi", "libx264", {"profile": "baseline", "g": "12"}),
+                                 ("simple_profile_avi", "mpeg4", {"g": "12"}),
+                                 ("high_bframes_avi", "libx264", {"preset": "veryfast", "bf": "3", "g": "12"}),
+                                 ("asp_bframes_avi", "mpeg4", {"g": "12", "bf": "2"})]:
+        out[name] = write_video(root / f"{name}.avi", frames, codec, fmt="avi", options=options)
     out["h264_flv"] = write_video(root / "b.flv", pattern_frames(75, 96, 64, seed=9), fmt="flv", audio=True,
                                   options={"preset": "veryfast", "bf": "3", "g": "25", "sc_threshold": "0"})
     return out
@@ -104,3 +111,38 @@ def test_the_pixel_limit_holds_on_the_intra_path(files: dict[str, Path]) -> None
     with pytest.raises(LimitExceeded):
         read_frames(files["mjpeg_avi"], lambda n: [0], max_pixels=96 * 64 - 1)
     assert read_frames(files["mjpeg_avi"], lambda n: [0], max_pixels=96 * 64)[1].backend == "pyav-intra"
+
+
+@pytest.mark.parametrize("case", ["baseline_avi", "simple_profile_avi"])
+def test_avi_without_b_frames_reads_on_to_the_wanted_stretches(files: dict[str, Path], case: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera's Baseline H.264 or a DivX Simple Profile AVI: decode order is presentation order."""
+    path = files[case]
+    count = read_frames_pyav(path, lambda n: [0])[1].num_frames
+    for pick in _picks(count):
+        frames, info, idx = read_frames(path, pick)
+        want, want_info, want_idx = read_frames_pyav(path, pick)
+        assert info.backend == "pyav-sparse"
+        assert (info.num_frames, info.fps, idx) == (want_info.num_frames, want_info.fps, want_idx)
+        assert np.array_equal(frames, want), f"{case}: frames {idx}"
+    decoded = _count_calls(monkeypatch, sparse, "check_frame_size")
+    frames, info, _ = read_frames(path, lambda n: [2, n - 3])
+    assert len(frames) == 2 and len(decoded) < 0.5 * info.num_frames
+
+
+@pytest.mark.parametrize("case", ["high_bframes_avi", "asp_bframes_avi"])
+def test_avi_that_reorders_is_decoded_in_full_even_if_its_profile_lied(files: dict[str, Path], case: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """AVI numbers B-frame streams in decode order (read forward, 45 of 60 single frames of the High one came back
+    wrong): a profile that allows B-frames is decoded in full, and so is one let through on its header's word,
+    because its frames come out of other packets than their own."""
+    path = files[case]
+    count = read_frames_pyav(path, lambda n: [0])[1].num_frames
+    assert read_frames(path, lambda n: [0])[1].backend == "pyav"
+    monkeypatch.setattr(sparse, "NO_REORDER_PROFILES", {("h264", "High"), ("mpeg4", "Advanced Simple Profile")})
+    for i in range(count):
+        with pytest.raises(sparse.SparseUnsupported) as declined:
+            sparse.read_frames_sparse(path, lambda n, i=i: [i])
+        assert declined.value.timing
+    frames, info, _ = read_frames(path, _picks(count)[0])
+    assert info.backend == "pyav" and np.array_equal(frames, read_frames_pyav(path, _picks(count)[0])[0])
