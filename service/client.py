@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -21,6 +22,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
 MAX_RETRY_WAIT_S = 30.0  # a Retry-After beyond it is waited for this long at most
+# Every client refused by one full queue is told the same Retry-After: waiting up to half as long again spreads
+# their second tries, instead of sending them all back at the same instant to be refused together.
+RETRY_JITTER = 0.5
 RETRIED = (429, 503)  # what the server asks to be sent again later (queue full, model loading, disk full)
 
 
@@ -41,13 +45,14 @@ class Client:
     """``Client(url).classify(path, top_k=5)`` -> the JSON response as a dict.
 
     A 429 or 503 with ``Retry-After`` in seconds (a full queue, a model still loading, a failed inference) is sent
-    again after that wait (at most ``MAX_RETRY_WAIT_S``), up to ``retries`` times; classifying is idempotent.
-    ``timeout_s`` bounds each attempt. One client may be used from several threads.
+    again after that wait (at most ``MAX_RETRY_WAIT_S``) plus a random part of up to ``RETRY_JITTER`` of it, up to
+    ``retries`` times; classifying is idempotent. ``timeout_s`` bounds each attempt. One client may be used from
+    several threads.
     """
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, sleep: Callable[[float], None] = time.sleep,
-                 connections: int = 100):
+                 connections: int = 100, rng: random.Random | None = None):
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, got {retries}")
         headers = {"X-API-Key": api_key} if api_key else {}
@@ -55,6 +60,7 @@ class Client:
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s,
                                   limits=httpx.Limits(max_connections=connections))
         self.retries, self._sleep = retries, sleep
+        self._rng = rng or random.Random()
 
     def __enter__(self) -> Client:
         return self
@@ -98,7 +104,8 @@ class Client:
             except ClassifyError as exc:
                 if exc.status not in RETRIED or exc.retry_after_s is None or attempt == self.retries:
                     raise
-                self._sleep(min(exc.retry_after_s, MAX_RETRY_WAIT_S))
+                wait = min(exc.retry_after_s, MAX_RETRY_WAIT_S)
+                self._sleep(wait * (1 + RETRY_JITTER * self._rng.random()))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -60,7 +61,7 @@ class _NotOurService(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", "application/problem+json" if busy else "application/json")
         if busy:
-            self.send_header("retry-after", "0")
+            self.send_header("retry-after", server.retry_after)
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -77,6 +78,7 @@ class _OtherServer(ThreadingHTTPServer):
     lock = threading.Lock()
     in_flight = most_in_flight = 0  # requests being answered, and the most at once
     busy = 0  # /busy answers this many more requests 503
+    retry_after = "0"  # with this Retry-After
 
     @property
     def url(self) -> str:
@@ -197,6 +199,25 @@ def test_a_busy_server_is_asked_again_after_its_retry_after(other: _OtherServer,
     assert refused.value.status == 503 and refused.value.retry_after_s == 0 and waits == [0, 0]
     with pytest.raises(ValueError, match="retries must be 0 or more"):
         Client(other.url, retries=-1)
+
+
+@pytest.mark.parametrize(("retry_after", "least"), [("2", 2.0), ("100", 30.0)])
+def test_clients_told_the_same_retry_after_come_back_apart(other: _OtherServer, videos: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch, retry_after: str,
+                                                           least: float) -> None:
+    """Every client a full queue refuses hears the same Retry-After: each waits at least that (at most 30 s), plus
+    a random part of up to half of it, so their second tries don't all arrive at once to be refused again."""
+    monkeypatch.setattr(other, "retry_after", retry_after)
+    waits: list[list[float]] = []
+    for seed in range(4):
+        other.busy, mine = 3, []
+        with Client(other.url + "/busy", retries=2, sleep=mine.append, rng=random.Random(seed)) as client, \
+                pytest.raises(ClassifyError):
+            client.classify(videos["a"])
+        waits.append(mine)
+    every = [w for mine in waits for w in mine]
+    assert len(every) == 8 and all(least <= w <= 1.5 * least for w in every), every
+    assert len({round(w, 6) for w in every}) == 8  # no two tries at the same instant
 
 
 @pytest.mark.slow
