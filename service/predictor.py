@@ -20,7 +20,7 @@ import numpy as np
 
 from service.contract.manifest import Manifest
 from service.settings import Device, Precision, ServiceSettings
-from service.trt_convert import TrtConversion, convert_with_paddle, converted_model, engine_folder
+from service.trt_convert import TrtConversion, convert_in_subprocess, converted_model, engine_folder
 
 log = logging.getLogger(__name__)
 # Paddle's FLAGS_trt_engine_serialized_path is one per process: held while a converted model's engines are read.
@@ -124,7 +124,7 @@ def trt_cache_dir(version_dir: Path, options: PredictorOptions, choice: BackendC
 
 def build_config(version_dir: Path, manifest: Manifest, options: PredictorOptions, choice: BackendChoice,
                  config_cls: Callable[[str, str], Any] | None = None,
-                 trt_convert: Callable[[TrtConversion, str], None] = convert_with_paddle) -> Any:
+                 trt_convert: Callable[[TrtConversion, str], None] = convert_in_subprocess) -> Any:
     """The ``paddle.inference.Config`` for ``choice`` (``config_cls`` and ``trt_convert`` replace the real
     class and the TensorRT conversion in tests).
 
@@ -172,8 +172,7 @@ def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOpti
 
     Paddle is given the path without ".json" (its loader appends ".json" to what it gets, so a full file name
     would become ``model.json.json``) and finds the parameters by that stem, so both files must share it.
-    Paddle converts on GPU 0 whatever ``gpu_id`` is; TensorRT engines suit any GPU of the same model, and a
-    node's GPUs normally are one model.
+    ``gpu_id``: the conversion's child process sees that device alone, so its engines are built on it.
     """
     model, params = Path(manifest.model_file), Path(manifest.params_file)
     if model.stem != params.stem:
@@ -184,7 +183,7 @@ def trt_conversion(version_dir: Path, manifest: Manifest, options: PredictorOpti
         model_prefix=str(version_dir / model.stem), input_name=manifest.io.input_name,
         min_shape=smallest, opt_shape=optimal, max_shape=largest,
         precision=choice.precision.upper(), workspace_bytes=options.trt_workspace_bytes,
-        min_subgraph_size=options.trt_min_subgraph_size)
+        min_subgraph_size=options.trt_min_subgraph_size, gpu_id=options.gpu_id)
 
 
 def _batch_shapes(manifest: Manifest, options: PredictorOptions) -> tuple[tuple[int, ...], ...]:

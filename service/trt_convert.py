@@ -6,6 +6,11 @@ optimisation adds no TensorRT pass. Paddle's documented route (Paddle Inference 
 ``.json``/``.pdiparams`` pair whose TensorRT subgraphs are ``tensorrt_engine`` ops with built engines,
 which a plain GPU predictor then runs. The conversion builds the engines, so it is slow (minutes); its
 result is kept in the version's TensorRT cache folder and reused on the next load.
+
+The conversion runs in a child process (``python -m service.trt_convert``): it switches Paddle into static mode
+and turns on shape collection for the whole process while it runs, beside versions serving on other threads, and it
+converts on ``CUDAPlace(0)`` whatever device was asked for. The child sees only the GPU the service serves on
+(``CUDA_VISIBLE_DEVICES``), so its engines are built for that GPU, and what it loads leaves with it.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,49 @@ class TrtConversion:
     precision: str  # "FP32", "FP16" or "INT8": the names of paddle.tensorrt.PrecisionMode
     workspace_bytes: int
     min_subgraph_size: int
+    gpu_id: int = 0  # the CUDA device index the service serves on (TSM_GPU_ID)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrtConversion:
+        fields = json.loads(text)
+        shapes = {k: tuple(fields[k]) for k in ("min_shape", "opt_shape", "max_shape")}
+        return cls(**{**fields, **shapes})
+
+
+ERROR_TAIL = 4000  # characters of the child's output logged when it fails
+
+
+def visible_device(gpu_id: int, visible: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a child that must see device ``gpu_id`` of this process, alone: the
+    ``gpu_id``-th entry of this process's own list where it has one (indices or ``GPU-<uuid>`` names)."""
+    if not visible or not visible.strip():
+        return str(gpu_id)
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    if gpu_id >= len(entries):
+        raise ValueError(f"TSM_GPU_ID={gpu_id}, but CUDA_VISIBLE_DEVICES={visible!r} makes only {len(entries)} "
+                         "device(s) visible")
+    return entries[gpu_id]
+
+
+def convert_in_subprocess(job: TrtConversion, save_prefix: str, *, environ: Mapping[str, str] | None = None,
+                          command: list[str] | None = None) -> None:
+    """:func:`convert_with_paddle` in a child that sees only ``job.gpu_id``'s device (``command`` replaces the
+    child's command line in tests); a failure raises RuntimeError with what the child said."""
+    env = dict(os.environ if environ is None else environ)
+    env["CUDA_VISIBLE_DEVICES"] = visible_device(job.gpu_id, env.get("CUDA_VISIBLE_DEVICES"))
+    child = replace(job, gpu_id=0)  # the only device the child sees
+    argv = command or [sys.executable, "-m", "service.trt_convert", save_prefix]
+    done = subprocess.run(argv, input=child.to_json(), env=env, capture_output=True, text=True, check=False)
+    said = (done.stderr or done.stdout).strip()
+    if done.returncode != 0:
+        log.error("the TensorRT conversion's child process said:\n%s", said[-ERROR_TAIL:])
+        last = said.splitlines()[-1] if said else "it printed nothing"  # the exception, under its traceback
+        raise RuntimeError(f"the TensorRT conversion of {job.model_prefix} failed (exit status {done.returncode}): "
+                           f"{last}")
+    log.debug("the TensorRT conversion's child process said:\n%s", said[-ERROR_TAIL:])
 
 
 def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
@@ -75,7 +125,7 @@ def convert_with_paddle(job: TrtConversion, save_prefix: str) -> None:
 
 
 def converted_model(job: TrtConversion, cache: Path,
-                    convert: Callable[[TrtConversion, str], None] = convert_with_paddle) -> tuple[Path, Path]:
+                    convert: Callable[[TrtConversion, str], None] = convert_in_subprocess) -> tuple[Path, Path]:
     """The converted (model, params) files in ``cache``, converting first unless the pointer names a complete pair.
 
     The converted model holds the absolute path of each engine file Paddle wrote beside it (``model/engine_*.trt``)
@@ -152,3 +202,13 @@ def _complete(folder: Path) -> bool:
     if not isinstance(engines, list) or not all(isinstance(name, str) for name in engines):
         return False  # not the list a conversion writes
     return all(f.is_file() for f in _pair(folder)) and all((folder / name).is_file() for name in engines)
+
+
+def main() -> None:
+    """``python -m service.trt_convert SAVE_PREFIX`` with the job as JSON on stdin: the child's side."""
+    logging.basicConfig(level=logging.INFO)
+    convert_with_paddle(TrtConversion.from_json(sys.stdin.read()), sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()
