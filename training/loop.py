@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -13,16 +12,18 @@ from pathlib import Path
 import numpy as np
 import paddle
 import paddle.distributed as dist
-from tqdm import tqdm
 
 from training.checkpoint import build_model, labels_of, load_weights, read_meta, save_checkpoint, to_json
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
+from training.epoch import log_line, summed, train_epoch, train_figures
 from training.evaluate import EvalResult, evaluate, merge_ranks
 from training.interrupts import Progress
 from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
 from training.plots import plot_curves
 from training.run_dir import (
+    BEST,
+    LATEST,
     LOG_FILE,
     RESULT_FILE,
     in_run_folder,
@@ -65,75 +66,6 @@ class TrainResult:
         best = fields["best_checkpoint"]
         return cls(path.parent, Path(best) if best else None, Path(fields["latest_checkpoint"]),
                    fields["best_metrics"], fields["history"])
-
-
-def _log_line(path: Path, record: dict[str, float | str]) -> None:
-    with path.open("a") as fh:
-        fh.write(to_json(record) + "\n")
-
-
-def _autocast(plan: AmpPlan) -> contextlib.AbstractContextManager[object]:
-    if not plan.enabled:
-        return contextlib.nullcontext()
-    return paddle.amp.auto_cast(custom_black_list=set(plan.custom_black_list), level=plan.level)
-
-
-def _train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
-                 plan: AmpPlan, scaler: paddle.amp.GradScaler | None, cfg: Config, epoch: int,
-                 log_file: Path) -> dict[str, float]:
-    """One epoch on this rank's share; returns its sums (loss over steps, hits, clips seen, clips skipped)."""
-    model.train()
-    losses: list[float] = []
-    hits = seen = skipped = 0
-    steps = len(loader) if cfg.train.max_steps_per_epoch == 0 else min(len(loader), cfg.train.max_steps_per_epoch)
-    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True,
-               disable=dist.get_rank() != 0)
-    for step, batch in enumerate(bar):
-        if step >= steps:
-            break
-        for item in batch["skipped"]:
-            log.warning("skipped undecodable clip %s", item)
-        skipped += len(batch["skipped"])
-        if batch["labels"].shape[0] == 0:
-            continue
-        with _autocast(plan):
-            logits = model(batch["clips"])  # [N, K]
-            loss = paddle.nn.functional.cross_entropy(logits, batch["labels"])
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.minimize(optimizer, loss)
-        else:
-            loss.backward()
-            optimizer.step()
-        optimizer.clear_grad()
-        losses.append(float(loss))
-        hits += int((logits.argmax(axis=1).numpy() == batch["labels"].numpy()[:, 0]).sum())
-        seen += int(batch["labels"].shape[0])
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{hits / max(seen, 1):.3f}")
-        if dist.get_rank() == 0:
-            _log_line(log_file, {"kind": "step", "epoch": epoch + 1, "step": step, "loss": losses[-1],
-                                 "lr": optimizer.get_lr()})
-    if seen == 0:  # training on nothing would "succeed" with a NaN loss and random weights
-        raise ValueError(f"epoch {epoch + 1}: no clip of {cfg.data.train_list} could be read ({skipped} skipped): "
-                         f"{unread_list_hint(cfg)}")
-    return {"loss_sum": float(np.sum(losses)), "steps": len(losses), "hits": hits, "seen": seen,
-            "skipped": skipped}
-
-
-def _train_figures(sums: dict[str, float], distributed: bool) -> dict[str, float]:
-    """The epoch's training figures over every rank's share (rank 0's alone showed half of a two-process run)."""
-    loss_sum, steps, hits, seen, skipped = _summed(
-        [sums["loss_sum"], sums["steps"], sums["hits"], sums["seen"], sums["skipped"]], distributed)
-    return {"train_loss": loss_sum / steps, "train_top1": hits / seen, "train_skipped": int(skipped)}
-
-
-def _summed(values: list[float], distributed: bool) -> list[float]:
-    """``values`` summed over the data-parallel ranks (each saw its own share of the clips); every rank calls it."""
-    if not distributed:
-        return values
-    total = paddle.to_tensor(values, dtype="float64")
-    dist.all_reduce(total)
-    return [float(v) for v in total.numpy()]
 
 
 def train(cfg: Config, validate: bool = True, resume: Path | None = None) -> TrainResult:
@@ -246,12 +178,13 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
         # Rank 0's alone, after the set-aside: another rank's copy could land first and be moved away as an
         # earlier run's (seen in a fresh demo folder).
         (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
-        progress.latest = out / "latest.pdparams"
+        progress.latest = out / f"{LATEST}.pdparams"
     history: list[dict[str, float]] = []
     # A resumed run competes with the best checkpoint it already has, not with nothing.
-    best_path: Path | None = out / "best.pdparams" if resume is not None and (out / "best.pdparams").exists() else None
+    kept = out / f"{BEST}.pdparams"
+    best_path: Path | None = kept if resume is not None and kept.exists() else None
     best: dict[str, float] = read_meta(best_path).get("metrics", {}) if best_path else {}
-    latest = out / "latest.pdparams"
+    latest = out / f"{LATEST}.pdparams"
     for epoch in range(run.start_epoch, cfg.train.epochs):
         train_set.epoch = epoch
         np.random.seed([cfg.train.seed, epoch])  # the single-process BatchSampler shuffles with numpy's global RNG
@@ -259,14 +192,14 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
             train_loader.batch_sampler.set_epoch(epoch)  # its own shuffle: a resumed run continues the sequence
         started = time.perf_counter()
         record: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.get_lr()}
-        sums = _train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
-        record |= _train_figures(sums, distributed)
+        sums = train_epoch(run.net, train_loader, run.optimizer, run.plan, run.scaler, cfg, epoch, log_file)
+        record |= train_figures(sums, distributed)
         run.schedule.step()
         record["seconds"] = time.perf_counter() - started
         if val_loader is not None:
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= (merge_ranks(result) if distributed else result).as_dict()
-            record["val_skipped"] = int(_summed([len(result.skipped)], distributed)[0])
+            record["val_skipped"] = int(summed([len(result.skipped)], distributed)[0])
             if record["val_count"] == 0:
                 raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {unread_list_hint(cfg)}")
         history.append(record)
@@ -278,7 +211,7 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
         latest = _end_epoch(out, run, cfg, epoch, record)
         progress.saved, progress.saved_epoch = latest, epoch + 1
         if improves_on(record, best):
-            best, best_path = record, save_checkpoint(out / "best", run.model, cfg, epoch + 1, record)
+            best, best_path = record, save_checkpoint(out / BEST, run.model, cfg, epoch + 1, record)
         plot_curves(log_file, out / "curves.png")
         if stop:
             log.info("validation top-1 %.4g reached %.4g: stopping after epoch %d", record["val_top1"],
@@ -306,9 +239,9 @@ def _loaders(cfg: Config, validate: bool, distributed: bool
 
 def _end_epoch(out: Path, run: _Run, cfg: Config, epoch: int, record: dict[str, float]) -> Path:
     """Rank 0 after an epoch: its log line, ``latest`` (and ``epoch_N`` every save_interval); returns latest."""
-    _log_line(out / LOG_FILE, {"kind": "epoch", **record})
+    log_line(out / LOG_FILE, {"kind": "epoch", **record})
     log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
-    latest = save_checkpoint(out / "latest", run.model, cfg, epoch + 1, record, run.optimizer)
+    latest = save_checkpoint(out / LATEST, run.model, cfg, epoch + 1, record, run.optimizer)
     if (epoch + 1) % cfg.train.save_interval == 0:
         save_checkpoint(out / f"epoch_{epoch + 1}", run.model, cfg, epoch + 1, record)
     return latest

@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 LOG_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"  # a finished run's TrainResult, written by rank 0
+LATEST, BEST = "latest", "best"  # checkpoint stems: the last epoch's (with the optimizer), the best validated one
 # What train() writes into its output folder (the rest of a folder is the user's, and stays).
 RUN_FILES = (LOG_FILE, RESULT_FILE, "curves.png", "config.json", "confusion_matrix.png", "evaluation.json",
-             "best.*", "latest.*",
+             f"{BEST}.*", f"{LATEST}.*",
              "epoch_*.pdparams", "epoch_*.pdopt", "epoch_*.json")
 
 

@@ -531,7 +531,7 @@ def test_an_interrupted_train_command_names_its_checkpoint_and_how_to_resume(
     from training.cli import main
 
     epochs: list[int] = []
-    real = training.loop._train_epoch
+    real = training.loop.train_epoch
 
     def stopping(*args: object) -> dict[str, float]:
         epochs.append(1)
@@ -539,7 +539,7 @@ def test_an_interrupted_train_command_names_its_checkpoint_and_how_to_resume(
             raise KeyboardInterrupt
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(training.loop, "_train_epoch", stopping)
+    monkeypatch.setattr(training.loop, "train_epoch", stopping)
     argv = _train_argv(tiny_set, tmp_path, "train.epochs=3", "train.max_steps_per_epoch=1")
     assert main(argv) == 130
     message = caplog.records[-1].getMessage()
@@ -550,7 +550,7 @@ def test_an_interrupted_train_command_names_its_checkpoint_and_how_to_resume(
     assert message.startswith(f"interrupted during epoch 2: the last saved checkpoint is {latest} (epoch 1); "
                               "resume with:\n  python -m training train -c tiny -o ")
     assert message.endswith(f" --resume {latest}")
-    monkeypatch.setattr(training.loop, "_train_epoch", real)
+    monkeypatch.setattr(training.loop, "train_epoch", real)
     import shlex
 
     resume = shlex.split(message.split("python -m training ")[1])  # the command it gives, run
@@ -568,7 +568,7 @@ def test_a_terminated_train_command_exits_143(tiny_set: Path, tmp_path: Path, mo
         raise Terminated()
 
     train(_cfg(tiny_set, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=1"), validate=False)
-    monkeypatch.setattr(training.loop, "_train_epoch", terminated)
+    monkeypatch.setattr(training.loop, "train_epoch", terminated)
     argv = [*_train_argv(tiny_set, tmp_path, "train.epochs=2"), "--resume", str(tmp_path / "latest.pdparams")]
     assert main(argv) == 143
     assert caplog.records[-1].getMessage().startswith(
