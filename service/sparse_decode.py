@@ -28,7 +28,7 @@ import numpy as np
 
 from service.decode_errors import DecodeError, LimitExceeded, why
 from service.decoding import IndexRule, VideoInfo, check_frame_size
-from service.intra_decode import IntraUnsupported, is_intra_only, read_frames_intra
+from service.intra_decode import IntraUnsupported, has_stateful_side_data, is_intra_only, read_frames_intra
 from service.probing import declared_rate, quarter_turns, rate_of
 
 # Containers that store a timestamp per frame and seek by index (AVI's timestamps are decode order, MPEG-PS/TS
@@ -40,10 +40,12 @@ SPARSE_CONTAINERS = ("mp4", "matroska")
 # a camcorder's or OBS's long .ts, or an RTMP recording, costs what its wanted stretches cost.
 FORWARD_CONTAINERS = ("mpegts", "mpeg", "flv")
 # AVI and ASF number frames in decode order, which is presentation order only where the codec's profile has no
-# B-frames (DivX/Xvid Simple Profile, a camera's Baseline H.264): those are read forward too, each frame checked to
+# B-frames (a camera's Baseline H.264): those are read forward too, each frame checked to
 # come out of its own packet; every other inter-coded stream of these containers is decoded in full.
 PACKET_ORDER_CONTAINERS = ("avi", "asf")
-NO_REORDER_PROFILES = frozenset({("h264", "Baseline"), ("h264", "Constrained Baseline"), ("mpeg4", "Simple Profile")})
+# Not MPEG-4 Simple Profile: DivX/Xvid mark a dropped frame with a not-coded VOP, a packet that shows no frame, so
+# the packets don't count the frames a full decode shows (the review of 2026-12-07 found 30 packets for 27 frames).
+NO_REORDER_PROFILES = frozenset({("h264", "Baseline"), ("h264", "Constrained Baseline")})
 SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mpeg2video"})  # libdav1d: AV1
 # Decoders that lose shown frames when told to skip non-reference ones (libdav1d: AV1's hidden and shown frames):
 # they still seek from keyframe to keyframe, but decode every frame in between.
@@ -62,16 +64,22 @@ class SparseUnsupported(Exception):  # noqa: N818 - a signal to use another deco
         self.timing = timing
 
 
-def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tuple[list[int], list[int]]:
-    """(every frame's pts in presentation order, keyframe pts in order), read from packets without decoding."""
+def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tuple[list[int], list[int], bool]:
+    """(every frame's pts in presentation order, keyframe pts in order, whether any packet's pts differs from its
+    dts), read from packets without decoding."""
     pts: list[int] = []
     keys: list[int] = []
     latest: int | None = None  # the highest pts so far, in decode order
+    offsets = backwards = False
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
         if packet.pts is None:
             raise SparseUnsupported("a packet has no presentation timestamp", timing=True)  # a stream-copy cut
+        if has_stateful_side_data(packet):
+            raise SparseUnsupported("a packet changes the decoder's parameters mid-stream", timing=True)
+        offsets = offsets or (packet.dts is not None and packet.dts != packet.pts)
+        backwards = backwards or (latest is not None and packet.pts <= latest)
         if packet.is_keyframe:
             # Every frame before a keyframe in decode order is shown before it; a keyframe that isn't ahead of them
             # all means the timestamps jump back (two recordings joined, a wrap): sorted pts would number the frames
@@ -82,13 +90,17 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
         latest = packet.pts if latest is None else max(latest, packet.pts)
         if not packet.is_discard:  # e.g. before an MP4 edit list's start: decoded, never shown
             pts.append(packet.pts)
+    if backwards and not stream.codec_context.has_b_frames:
+        # A decoder that does not reorder shows frames in decode order, whatever their timestamps say (two frames'
+        # timestamps swapped by a muxer): sorted timestamps would name other frames.
+        raise SparseUnsupported("timestamps go back in a stream that does not reorder its frames", timing=True)
     pts.sort()
     keys.sort()
     if len(set(pts)) != len(pts):
         raise SparseUnsupported("two packets share a presentation timestamp")
     if pts and (not keys or pts[0] < keys[0]):  # open-GOP leading frames of a cut stream are never output
         raise SparseUnsupported("frames are shown before the first keyframe", timing=True)
-    return pts, keys
+    return pts, keys, offsets
 
 
 class _Decoder:
@@ -108,6 +120,7 @@ class _Decoder:
         self.size: tuple[int, int] | None = None
         self.rotation = 0
         self.restart: int | None = None  # pts of the keyframe decoding restarted at, until it is seen
+        self.shown: int | None = None  # pts of the last frame out of the decoder since the restart
         self.skipping = self.stream.codec_context.name not in NO_SKIPPING
 
     def restart_at(self, keyframe_pts: int) -> Iterator[av.Packet]:
@@ -125,7 +138,7 @@ class _Decoder:
                 raise SparseUnsupported("reading on did not reach a keyframe of the index", timing=True)
             packets = itertools.chain([packet], self._forward)
         self.stream.codec_context.flush_buffers()
-        self.restart = keyframe_pts
+        self.restart, self.shown = keyframe_pts, None
         return packets
 
     def feed(self, packet: av.Packet | None) -> None:
@@ -133,12 +146,23 @@ class _Decoder:
         ctx = self.stream.codec_context
         skip = self.skipping and packet is not None and packet.pts not in self.wanted
         ctx.skip_frame = "NONREF" if skip else "DEFAULT"
-        for frame in ctx.decode(packet):
+        frames = ctx.decode(packet)
+        if self.in_order and (len(frames) > 1 or (not skip and packet is not None and len(frames) != 1)):
+            # Held back or dropped: the stream reorders (or shows no frame for a packet), so the packets don't
+            # number the frames a full decode shows.
+            raise SparseUnsupported("a packet did not decode to its own frame at once", timing=True)
+        for frame in frames:
             self._check(frame)
             if frame.pts is None:
                 raise SparseUnsupported("a decoded frame has no presentation timestamp")
             if self.in_order and (packet is None or frame.pts != packet.pts):  # held back: the stream reorders
                 raise SparseUnsupported("a frame came out of another packet than its own", timing=True)
+            if self.shown is not None and frame.pts <= self.shown:  # timestamps out of display order
+                raise SparseUnsupported("the decoder showed frames in another order than their timestamps",
+                                        timing=True)
+            self.shown = frame.pts
+            if frame.is_corrupt:  # a cut or damaged packet: a full decode conceals it from earlier frames
+                raise SparseUnsupported("a decoded frame is flagged corrupt", timing=True)
             if self.restart is not None and frame.pts >= self.restart:
                 # The first frame at or after the restart point must be that keyframe, whole: otherwise the
                 # container's timestamps moved with the seek, or its "keyframe" was only a recovery point.
@@ -209,6 +233,8 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
     except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
         raise
     except Exception as exc:
+        if not seekable:  # as every refusal outside MP4 and Matroska: PyAV's full decode first, not decord's
+            raise SparseUnsupported(f"the video could not be decoded ({why(exc, path)})", timing=True) from exc
         raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
     return frames, info, indices
 
@@ -220,7 +246,10 @@ def _read_sparse(path: Path, container: av.container.InputContainer, pick: Index
     stream = container.streams.video[0]
     if stream.codec_context.name not in SPARSE_CODECS:
         raise SparseUnsupported(f"codec {stream.codec_context.name}")
-    pts, keys = _index(container, stream)
+    pts, keys, offsets = _index(container, stream)
+    # Timestamps without composition offsets claim decode order is display order: hold the decoder to it (a
+    # B-frame stream whose muxer wrote pts = dts, as some RTMP pushers do, would be numbered in decode order).
+    in_order = in_order or not offsets
     if not pts:
         raise SparseUnsupported("no frames in the packet index")
     rate = rate_of(pts, stream.time_base, declared_rate(stream))

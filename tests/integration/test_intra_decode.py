@@ -113,11 +113,12 @@ def test_the_pixel_limit_holds_on_the_intra_path(files: dict[str, Path]) -> None
     assert read_frames(files["mjpeg_avi"], lambda n: [0], max_pixels=96 * 64)[1].backend == "pyav-intra"
 
 
-@pytest.mark.parametrize("case", ["baseline_avi", "simple_profile_avi"])
-def test_avi_without_b_frames_reads_on_to_the_wanted_stretches(files: dict[str, Path], case: str,
+def test_avi_without_b_frames_reads_on_to_the_wanted_stretches(files: dict[str, Path],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A camera's Baseline H.264 or a DivX Simple Profile AVI: decode order is presentation order."""
-    path = files[case]
+    """A camera's Baseline H.264 AVI: decode order is presentation order. (Not MPEG-4 Simple Profile: DivX marks a
+    dropped frame with a packet that shows none, so its packets don't count the frames; it is decoded in full.)"""
+    assert read_frames(files["simple_profile_avi"], lambda n: [0])[1].backend == "pyav"
+    path, case = files["baseline_avi"], "baseline_avi"
     count = read_frames_pyav(path, lambda n: [0])[1].num_frames
     for pick in _picks(count):
         frames, info, idx = read_frames(path, pick)
