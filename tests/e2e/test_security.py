@@ -118,8 +118,14 @@ def test_client_filename_never_becomes_a_path(strict_server: LiveServer, videos:
     assert r.status_code == 200 and not target.exists()
 
 
+# The one child process the service starts itself: the TensorRT conversion, ``[sys.executable, "-m",
+# "service.trt_convert", <cache folder>]`` with no shell (tests/integration/test_trt_convert.py pins that argv).
+CHILD_PROCESS = {"trt_convert.py"}
+
+
 def test_nothing_reaches_a_shell_or_eval() -> None:
-    """No eval/exec/compile, shell, os.system/popen or subprocess anywhere in the service code."""
+    """No eval/exec/compile, shell, os.system/popen or subprocess anywhere in the service code, but the TensorRT
+    conversion's child."""
     banned_calls = {"eval", "exec", "compile", "__import__", "system", "popen", "Popen", "run", "call",
                     "check_output", "check_call", "getoutput", "getstatusoutput"}
     offenders = []
@@ -128,7 +134,9 @@ def test_nothing_reaches_a_shell_or_eval() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                if any(n and n.split(".")[0] in ("subprocess", "pickle", "shlex", "pty") for n in names):
+                banned = ("pickle", "shlex", "pty") if file.name in CHILD_PROCESS else ("subprocess", "pickle",
+                                                                                          "shlex", "pty")
+                if any(n and n.split(".")[0] in banned for n in names):
                     offenders.append(f"{file.name}:{node.lineno} imports {names}")
             if isinstance(node, ast.Call):
                 func = node.func
@@ -136,6 +144,8 @@ def test_nothing_reaches_a_shell_or_eval() -> None:
                 owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
                 if name in ("eval", "exec", "compile", "__import__") and not owner:
                     offenders.append(f"{file.name}:{node.lineno} calls {name}")
+                if owner == "subprocess" and name == "run" and file.name in CHILD_PROCESS:
+                    continue
                 if owner in ("os", "subprocess") and name in banned_calls:
                     offenders.append(f"{file.name}:{node.lineno} calls {owner}.{name}")
             if isinstance(node, ast.keyword) and node.arg == "shell":

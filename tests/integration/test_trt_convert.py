@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,23 @@ def test_the_job_reaches_the_child_whole_and_on_its_only_device(tmp_path: Path) 
     assert seen["visible"] == "6" and seen["argv"] == [prefix]
     assert TrtConversion.from_json(json.dumps(seen["job"])) == TrtConversion(
         **{**JOB.__dict__, "gpu_id": 0})  # device 0 of what the child sees
+
+
+def test_the_child_is_this_python_running_our_module_without_a_shell(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's one child process (test_security allows only this): a fixed command line, no shell."""
+    import subprocess
+
+    seen: dict[str, Any] = {}
+
+    def recording(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        seen.update(argv=argv, **kwargs)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", recording)
+    convert_in_subprocess(JOB, str(tmp_path / "model"), environ={})
+    assert seen["argv"] == [sys.executable, "-m", "service.trt_convert", str(tmp_path / "model")]
+    assert "shell" not in seen and seen["env"] == {"CUDA_VISIBLE_DEVICES": "1"}
 
 
 def test_a_failed_conversion_says_what_the_child_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
