@@ -1,6 +1,7 @@
 """``make bench``: run the CPU benchmarks in turn; each writes ``tests/benchmarks/reports/<name>.md``.
 
-    python -m tests.benchmarks                 # engine, e2e, memory (defaults, ~5 min each here), training_step
+    python -m tests.benchmarks                 # engine, e2e, memory (defaults, ~5 min each here), training_step,
+                                               # containers
     python -m tests.benchmarks engine e2e      # a subset
     python -m tests.benchmarks.gpu             # GPU machine only (refuses without a GPU)
 
@@ -14,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.benchmarks import e2e, engine, memory, training_step
+from tests.benchmarks import containers, e2e, engine, memory, training_step
 
 BENCHMARKS: dict[str, Callable[[list[str]], Path]] = {"engine": engine.main, "e2e": e2e.main, "memory": memory.main,
-                                                   "training_step": training_step.main}
+                                                   "training_step": training_step.main, "containers": containers.main}
 
 
 def main(argv: list[str]) -> int:
