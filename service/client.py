@@ -21,7 +21,7 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
-MAX_RETRY_WAIT_S = 30.0  # a Retry-After beyond it is waited for this long at most
+MAX_RETRY_WAIT_S = 30.0  # a Retry-After beyond it counts as this long (then up to RETRY_JITTER more)
 # Every client refused by one full queue is told the same Retry-After: waiting up to half as long again spreads
 # their second tries, instead of sending them all back at the same instant to be refused together.
 RETRY_JITTER = 0.5

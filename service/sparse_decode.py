@@ -19,6 +19,7 @@ memory.
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ from service.intra_decode import IntraUnsupported, has_stateful_side_data, is_in
 from service.probing import declared_rate, quarter_turns, rate_of
 
 # Containers that store a timestamp per frame and seek by index (AVI's timestamps are decode order, MPEG-PS/TS
-# timestamps move after a seek: decord's seeking numbers their frames wrongly too, so they are decoded in full), and
+# timestamps move after a seek: decord's seeking numbers their frames wrongly too, so those are read forward or
+# decoded in full, below), and
 # codecs whose decoders honour skip_frame and restart cleanly at keyframes (each restart is checked all the same).
 SPARSE_CONTAINERS = ("mp4", "matroska")
 # MPEG-TS/PS and FLV store real presentation timestamps, but they move after a seek (FLV's seeking rests on an
@@ -121,7 +123,10 @@ class _Decoder:
         self.rotation = 0
         self.restart: int | None = None  # pts of the keyframe decoding restarted at, until it is seen
         self.shown: int | None = None  # pts of the last frame out of the decoder since the restart
-        self.skipping = self.stream.codec_context.name not in NO_SKIPPING
+        # In order: every packet is decoded (a dropped B-frame would hide that the stream reorders) and the frames
+        # must come out in the order their packets went in, a decoder's delay allowed.
+        self.skipping = self.stream.codec_context.name not in NO_SKIPPING and not in_order
+        self.fed: collections.deque[int] = collections.deque()  # in order: packets in, their frames not yet out
 
     def restart_at(self, keyframe_pts: int) -> Iterator[av.Packet]:
         """Go to the keyframe at ``keyframe_pts`` (a seek, or reading on to it) and return the packets from there."""
@@ -139,6 +144,7 @@ class _Decoder:
             packets = itertools.chain([packet], self._forward)
         self.stream.codec_context.flush_buffers()
         self.restart, self.shown = keyframe_pts, None
+        self.fed.clear()
         return packets
 
     def feed(self, packet: av.Packet | None) -> None:
@@ -146,17 +152,16 @@ class _Decoder:
         ctx = self.stream.codec_context
         skip = self.skipping and packet is not None and packet.pts not in self.wanted
         ctx.skip_frame = "NONREF" if skip else "DEFAULT"
-        frames = ctx.decode(packet)
-        if self.in_order and (len(frames) > 1 or (not skip and packet is not None and len(frames) != 1)):
-            # Held back or dropped: the stream reorders (or shows no frame for a packet), so the packets don't
-            # number the frames a full decode shows.
-            raise SparseUnsupported("a packet did not decode to its own frame at once", timing=True)
-        for frame in frames:
+        if self.in_order and packet is not None:
+            self.fed.append(packet.pts)
+        for frame in ctx.decode(packet):
             self._check(frame)
             if frame.pts is None:
                 raise SparseUnsupported("a decoded frame has no presentation timestamp")
-            if self.in_order and (packet is None or frame.pts != packet.pts):  # held back: the stream reorders
-                raise SparseUnsupported("a frame came out of another packet than its own", timing=True)
+            if self.in_order and (not self.fed or self.fed.popleft() != frame.pts):
+                # Out of another packet than the next one in: the stream reorders (or a packet showed no frame),
+                # so the packets don't number the frames a full decode shows.
+                raise SparseUnsupported("the frames did not come out in the order of their packets", timing=True)
             if self.shown is not None and frame.pts <= self.shown:  # timestamps out of display order
                 raise SparseUnsupported("the decoder showed frames in another order than their timestamps",
                                         timing=True)
@@ -207,7 +212,7 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
     where this path can't promise decord's pixels, :class:`DecodeError` where the file is broken. Outside MP4 and
     Matroska every refusal is a timing one: decord's seeking numbers the frames of those containers wrongly too.
     """
-    seekable = False
+    seekable: bool | None = None  # not known until the file opens
     try:
         with av.open(str(path)) as container:
             names = container.format.name.split(",")
@@ -233,7 +238,7 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
     except MemoryError:  # the worker's memory cap, not a broken file (decode_worker)
         raise
     except Exception as exc:
-        if not seekable:  # as every refusal outside MP4 and Matroska: PyAV's full decode first, not decord's
+        if seekable is False:  # as every refusal outside MP4 and Matroska: PyAV's full decode first, not decord's
             raise SparseUnsupported(f"the video could not be decoded ({why(exc, path)})", timing=True) from exc
         raise DecodeError(f"{path.name}: the video could not be decoded ({why(exc, path)})") from exc
     return frames, info, indices

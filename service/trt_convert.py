@@ -67,8 +67,10 @@ ERROR_TAIL = 4000  # characters of the child's output logged when it fails
 def visible_device(gpu_id: int, visible: str | None) -> str:
     """``CUDA_VISIBLE_DEVICES`` for a child that must see device ``gpu_id`` of this process, alone: the
     ``gpu_id``-th entry of this process's own list where it has one (indices or ``GPU-<uuid>`` names)."""
-    if not visible or not visible.strip():
+    if visible is None:
         return str(gpu_id)
+    if not visible.strip():  # set but empty: CUDA sees no device at all
+        raise ValueError(f"TSM_GPU_ID={gpu_id}, but CUDA_VISIBLE_DEVICES is empty: no device is visible")
     entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
     if gpu_id >= len(entries):
         raise ValueError(f"TSM_GPU_ID={gpu_id}, but CUDA_VISIBLE_DEVICES={visible!r} makes only {len(entries)} "
@@ -85,10 +87,13 @@ def convert_in_subprocess(job: TrtConversion, save_prefix: str, *, environ: Mapp
     child = replace(job, gpu_id=0)  # the only device the child sees
     argv = command or [sys.executable, "-m", "service.trt_convert", save_prefix]
     done = subprocess.run(argv, input=child.to_json(), env=env, capture_output=True, text=True, check=False)
-    said = (done.stderr or done.stdout).strip()
+    said = "\n".join(part.strip() for part in (done.stdout, done.stderr) if part and part.strip())
     if done.returncode != 0:
         log.error("the TensorRT conversion's child process said:\n%s", said[-ERROR_TAIL:])
-        last = said.splitlines()[-1] if said else "it printed nothing"  # the exception, under its traceback
+        lines = said.splitlines()
+        # The exception, under its traceback (Paddle may print more after it, at exit).
+        errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+        last = (errors or lines or ["it printed nothing"])[-1]
         raise RuntimeError(f"the TensorRT conversion of {job.model_prefix} failed (exit status {done.returncode}): "
                            f"{last}")
     log.debug("the TensorRT conversion's child process said:\n%s", said[-ERROR_TAIL:])

@@ -84,7 +84,7 @@ def in_run_folder(cfg: Config, resume: Path | None) -> Config:
 
 def _checkpoint_epochs(out: Path) -> dict[str, int]:
     """The run's checkpoints in ``out`` by name stem (``latest``, ``best``, ``epoch_3``) and the epoch each holds."""
-    found = [p for pattern in ("latest.pdparams", "best.pdparams", "epoch_*.pdparams") for p in out.glob(pattern)]
+    found = [p for pattern in (f"{LATEST}.pdparams", f"{BEST}.pdparams", "epoch_*.pdparams") for p in out.glob(pattern)]
     return {p.stem: int(read_meta(p).get("epoch", 0)) for p in found if p.is_file()}
 
 

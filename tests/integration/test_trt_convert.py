@@ -28,7 +28,7 @@ Path(prefix + ".seen.json").write_text(json.dumps({"argv": sys.argv[1:], "job": 
 
 
 @pytest.mark.parametrize(("gpu_id", "visible", "child"), [
-    (1, None, "1"), (0, "", "0"), (1, "2,3", "3"), (0, " 5 , 7 ", "5"), (1, "GPU-aa,GPU-bb", "GPU-bb")])
+    (1, None, "1"), (1, "2,3", "3"), (0, " 5 , 7 ", "5"), (1, "GPU-aa,GPU-bb", "GPU-bb")])
 def test_the_child_sees_the_serving_gpu_alone(gpu_id: int, visible: str | None, child: str) -> None:
     """TSM_GPU_ID counts the devices this process sees; the child must see that same physical one."""
     assert visible_device(gpu_id, visible) == child
@@ -37,6 +37,8 @@ def test_the_child_sees_the_serving_gpu_alone(gpu_id: int, visible: str | None, 
 def test_a_gpu_id_beyond_the_visible_devices_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"TSM_GPU_ID=2, but CUDA_VISIBLE_DEVICES='0,1' makes only 2"):
         visible_device(2, "0,1")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES is empty: no device is visible"):
+        visible_device(0, "")  # set but empty means none to CUDA, not 'unrestricted'
 
 
 def test_the_job_reaches_the_child_whole_and_on_its_only_device(tmp_path: Path) -> None:
