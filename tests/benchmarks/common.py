@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,21 +125,29 @@ def make_clip(path: Path, seconds: float = 10.0, width: int = 1280, height: int 
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part.mp4")
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
     with av.open(str(tmp), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "preset": "veryfast",
                           "crf": "23"}
-        for i in range(int(seconds * fps)):
-            frame = np.roll(base, (i * 3, i * 5), axis=(0, 1))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        mux_moving_noise(out, stream, int(seconds * fps), seed)
     tmp.rename(path)
     return path
+
+
+def mux_moving_noise(out: Any, stream: Any, count: int, seed: int = 0) -> None:
+    """Encode ``count`` frames of 8-pixel noise blocks sliding diagonally (detail that costs what real footage
+    costs to decode) into ``stream`` of the open container ``out``, then flush the encoder."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (stream.height // 8, stream.width // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    for i in range(count):
+        frame = np.roll(base, (i * 3, i * 5), axis=(0, 1))
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
 
 
 def clip_set(width: int = 1280, height: int = 720, seconds: float = 10.0) -> dict[str, Path]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from service.contract.sampling import test_indices
 from service.decoding import read_frames, read_frames_pyav
-from tests.benchmarks.common import CACHE, interleave, median, table, write_report
+from tests.benchmarks.common import CACHE, interleave, median, mux_moving_noise, table, write_report
 
 # name: (codec, container, pixel format, encoder options)
 FILES: dict[str, tuple[str, str, str, dict[str, str]]] = {
@@ -37,18 +37,11 @@ def make(path: Path, codec: str, fmt: str, pix_fmt: str, options: dict[str, str]
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.stem + ".part" + path.suffix)
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
     with av.open(str(part), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = {**({"preset": "veryfast"} if codec == "libx264" else {}), **options}
-        for i in range(int(seconds * fps)):
-            frame = np.roll(base, (i * 3, i * 5), axis=(0, 1))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        mux_moving_noise(out, stream, int(seconds * fps))
     part.rename(path)
     return path
 
