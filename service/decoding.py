@@ -151,14 +151,14 @@ def read_frames(path: Path, pick: IndexRule, *, max_pixels: int | None = None,
     decord's older FFmpeg converts to RGB slightly differently, and such streams take the PyAV paths. Frames come out
     upright: the container's display rotation is applied (``info.rotation``), and ``info.width``/``info.height``
     are the displayed size. ``max_pixels`` bounds every frame decoded (by PyAV as it decodes, by decord on what it
-    returns). ``rotation``: the display rotation where the caller has probed the file already (a full decode would
-    open it once more to read it).
+    returns). ``rotation``: the display rotation where the caller has probed the file already (a full decode or the
+    intra-only path would open it once more to read it).
     """
     from service.sparse_decode import SparseUnsupported, read_frames_sparse  # it builds on this module's types
 
     require_file(path)
     try:
-        frames, info, indices = read_frames_sparse(path, pick, max_pixels=max_pixels)
+        frames, info, indices = read_frames_sparse(path, pick, max_pixels=max_pixels, rotation=rotation)
         rotation = info.rotation
     except LimitExceeded:
         raise

@@ -48,9 +48,11 @@ def is_intra_only(container: av.container.InputContainer) -> bool:
 
 
 def read_frames_intra(path: Path, container: av.container.InputContainer, pick: IndexRule, *,
-                      max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+                      max_pixels: int | None = None,
+                      rotation: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """The frames ``pick(num_frames)`` of ``container`` (open on ``path``, intra-only) -> (uint8 [T, H, W, 3] RGB,
-    not yet rotated; info with the display rotation still to apply; indices)."""
+    not yet rotated; info with the display rotation still to apply; indices). ``rotation``: the first frame's, where
+    the caller has probed the file already (else it is probed here)."""
     stream = container.streams.video[0]
     pts: list[int | None] = []
     jpeg = stream.codec_context.name == "mjpeg"
@@ -72,7 +74,8 @@ def read_frames_intra(path: Path, container: av.container.InputContainer, pick: 
     if not indices or min(indices) < 0 or max(indices) >= len(pts):
         raise DecodeError(f"{path.name}: frames {indices[:8]} are not all in 0..{len(pts) - 1}", "unstable")
     kept = _decode_packets(path, set(indices), max_pixels)
-    rotation = probe_video(path).rotation  # the first frame's, as the full decode applies to every frame
+    if rotation is None:  # the first frame's, as the full decode applies to every frame
+        rotation = probe_video(path).rotation
     known = [p for p in pts if p is not None]
     rate = rate_of(known if len(known) == len(pts) else [], stream.time_base, declared_rate(stream))
     frames = np.stack([kept[i] for i in indices])

@@ -204,13 +204,15 @@ def _decode(dec: _Decoder, targets: list[int], keys: list[int]) -> None:
             raise DecodeError(f"{dec.path.name}: frame at pts {target} could not be decoded", "unstable")
 
 
-def read_frames_sparse(path: Path, pick: IndexRule, *,
-                       max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
+def read_frames_sparse(path: Path, pick: IndexRule, *, max_pixels: int | None = None,
+                       rotation: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """The frames ``pick(num_frames)`` -> (uint8 [T, H, W, 3] RGB, not yet rotated; info; indices).
 
-    ``info.rotation`` is the display rotation the caller still has to apply. Raises :class:`SparseUnsupported`
-    where this path can't promise decord's pixels, :class:`DecodeError` where the file is broken. Outside MP4 and
-    Matroska every refusal is a timing one: decord's seeking numbers the frames of those containers wrongly too.
+    ``info.rotation`` is the display rotation the caller still has to apply (``rotation``, where the caller has
+    probed it, serves the intra-only path, which would otherwise open the file once more to read it). Raises
+    :class:`SparseUnsupported` where this path can't promise decord's pixels, :class:`DecodeError` where the file is
+    broken. Outside MP4 and Matroska every refusal is a timing one: decord's seeking numbers the frames of those
+    containers wrongly too.
     """
     seekable: bool | None = None  # not known until the file opens
     try:
@@ -220,7 +222,8 @@ def read_frames_sparse(path: Path, pick: IndexRule, *,
             if seekable or any(name in names for name in FORWARD_CONTAINERS):
                 frames, info, indices = _read_sparse(path, container, pick, max_pixels, seekable)
             elif is_intra_only(container):  # e.g. a camera's MJPEG AVI: its packets number its frames
-                frames, info, indices = read_frames_intra(path, container, pick, max_pixels=max_pixels)
+                frames, info, indices = read_frames_intra(path, container, pick, max_pixels=max_pixels,
+                                                          rotation=rotation)
             elif any(name in names for name in PACKET_ORDER_CONTAINERS) and _never_reorders(container):
                 frames, info, indices = _read_sparse(path, container, pick, max_pixels, False, in_order=True)
             else:

@@ -31,8 +31,8 @@ def _autocast(plan: AmpPlan) -> contextlib.AbstractContextManager[object]:
 
 
 def train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
-                 plan: AmpPlan, scaler: paddle.amp.GradScaler | None, cfg: Config, epoch: int,
-                 log_file: Path) -> dict[str, float]:
+                plan: AmpPlan, scaler: paddle.amp.GradScaler | None, cfg: Config, epoch: int,
+                log_file: Path) -> dict[str, float]:
     """One epoch on this rank's share; returns its sums (loss over steps, hits, clips seen, clips skipped)."""
     model.train()
     losses: list[float] = []
@@ -64,7 +64,7 @@ def train_epoch(model: paddle.nn.Layer, loader: paddle.io.DataLoader, optimizer:
         bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{hits / max(seen, 1):.3f}")
         if dist.get_rank() == 0:
             log_line(log_file, {"kind": "step", "epoch": epoch + 1, "step": step, "loss": losses[-1],
-                                 "lr": optimizer.get_lr()})
+                                "lr": optimizer.get_lr()})
     if seen == 0:  # training on nothing would "succeed" with a NaN loss and random weights
         raise ValueError(f"epoch {epoch + 1}: no clip of {cfg.data.train_list} could be read ({skipped} skipped): "
                          f"{unread_list_hint(cfg)}")
