@@ -12,7 +12,7 @@ import pytest
 
 from service.predictor import BackendChoice, PredictorOptions, build_config, choose_backend
 from service.trt_convert import TrtConversion, convert_in_subprocess, visible_device
-from tests.integration.test_predictor_config import MANIFEST, RecordingConfig, RecordingConverter
+from tests.integration.predictor_fakes import MANIFEST, RecordingConfig, RecordingConverter
 
 JOB = TrtConversion("/r/m/3/model", "clips", (1, 8, 3, 96, 96), (4, 8, 3, 96, 96), (4, 8, 3, 96, 96), "FP16",
                     1 << 28, 5, gpu_id=1)
