@@ -44,7 +44,6 @@ def test_gpu_cuda_fp16(tmp_path: Path) -> None:
     assert choice == BackendChoice("paddle", "gpu:1", "fp16")
 
 
-
 def test_recorded_calls_are_bound_to_paddles_own_signatures() -> None:
     """What makes the recording honest: a keyword Paddle does not take, or a method it does not have, fails."""
     shapes = paddle_signature("set_trt_dynamic_shape_info")

@@ -92,7 +92,6 @@ def nginx_directive(text: str, name: str) -> str:
     return found[0].strip()
 
 
-
 def test_nginx_proxy_fits_the_service() -> None:
     text = re.sub(r"#.*", "", (DOCKER / "nginx" / "nginx.conf").read_text())
     defaults = ServiceSettings()

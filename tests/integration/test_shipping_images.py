@@ -27,7 +27,6 @@ from tests.integration.shipping_tools import (
 # ---------------------------------------------------------------------------------------------- Dockerfiles
 
 
-
 def dockerfile_env(path: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     for instr, args in dockerfile_instructions(path):
