@@ -8,11 +8,12 @@ from training.tsm.shift import temporal_shift
 
 
 def reference_shift(x: np.ndarray, num_seg: int, ratio: float) -> np.ndarray:
-    """Loop-by-loop definition from the TSM paper / F.temporal_shift docs, NCHW."""
+    """Loop-by-loop definition from the TSM paper / F.temporal_shift docs, NCHW; the op's shift_ratio is a float32
+    attribute, so the group ends are float32 products."""
     nt, c, h, w = x.shape
     v = x.reshape(nt // num_seg, num_seg, c, h, w)
     out = np.zeros_like(v)
-    f1, f2 = int(c * ratio), int(2 * c * ratio)
+    f1, f2 = int(np.float32(c) * np.float32(ratio)), int(np.float32(2 * c) * np.float32(ratio))
     for n in range(v.shape[0]):
         for t in range(num_seg):
             for ch in range(c):
@@ -40,6 +41,16 @@ def test_nhwc_shifts_last_axis_identically(n: int, t: int, c: int) -> None:
     nhwc = paddle.to_tensor(x.transpose(0, 2, 3, 1))
     got = temporal_shift(nhwc, t, 1.0 / t, "NHWC").numpy().transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(got, reference_shift(x, t, 1.0 / t))
+
+
+@pytest.mark.parametrize(("t", "c"), [(41, 41), (41, 82), (47, 47), (49, 49)])
+def test_cuts_where_the_fused_op_cuts_when_float32_and_double_disagree(t: int, c: int) -> None:
+    """int(41 * (1/41)) is 1 in double and 0 in float32 products: the slices cut one channel off the fused op's."""
+    assert int(c * (1.0 / t)) != int(np.float32(c) * np.float32(1.0 / t))  # such a pair, or the test proves nothing
+    x = paddle.to_tensor(np.random.default_rng(2).standard_normal((2 * t, c, 1, 2)).astype(np.float32))
+    fused = paddle.nn.functional.temporal_shift(x, seg_num=t, shift_ratio=1.0 / t)
+    np.testing.assert_array_equal(temporal_shift(x, t, 1.0 / t).numpy(), fused.numpy())
+    np.testing.assert_array_equal(temporal_shift(x, t, 1.0 / t).numpy(), reference_shift(x.numpy(), t, 1.0 / t))
 
 
 def test_equals_paddle_fused_op() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import paddle
 
 DataFormat = Literal["NCHW", "NHWC"]
@@ -21,15 +22,15 @@ def temporal_shift(
 
     x: float [N*T, C, H, W] (NCHW) or [N*T, H, W, C] (NHWC), rows ordered ``n*T + t``.
     Channels ``[0, f1)`` take frame t-1, ``[f1, f2)`` take frame t+1 (zeros past the clip
-    edges), the rest stay; ``f1 = int(C*r)``, ``f2 = int(2*C*r)``. Videos never mix.
+    edges), the rest stay; ``f1 = int(C*r)``, ``f2 = int(2*C*r)`` in float32, as the op computes them
+    (``fold``). Videos never mix.
     ``impl="fused"`` calls Paddle's own op instead (PaddleVideo's export; the speed baseline).
     """
     if impl == "fused":
         return paddle.nn.functional.temporal_shift(x, num_seg, shift_ratio, data_format=data_format)
     channel_axis = 1 if data_format == "NCHW" else 3
     channels = x.shape[channel_axis]
-    f1 = int(channels * shift_ratio)
-    f2 = int(2 * channels * shift_ratio)
+    f1, f2 = fold(channels, shift_ratio, 1), fold(channels, shift_ratio, 2)
     if f2 == 0:
         return x
     if num_seg == 1:
@@ -47,6 +48,13 @@ def temporal_shift(
     fwd = paddle.concat([fwd[:, 1:], paddle.zeros_like(fwd[:, :1])], axis=1)
     out = paddle.concat([back, fwd, chan(clips, f2, channels)], axis=axis)
     return paddle.reshape(out, [-1, *rest])
+
+
+def fold(channels: int, shift_ratio: float, groups: int) -> int:
+    """The end of the first ``groups`` shifted channel groups, ``int(groups*C*r)``. Paddle's kernel multiplies in
+    float32 (its ``shift_ratio`` attribute is a float), which for a few (C, T) pairs with r = 1/T, e.g. C = T = 41,
+    truncates one channel lower than double precision would: slices and fused op must cut at the same channel."""
+    return int(np.float32(groups * channels) * np.float32(shift_ratio))
 
 
 def _zero_shifted(x: paddle.Tensor, f2: int, channel_axis: int) -> paddle.Tensor:
