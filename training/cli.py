@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "extract-frames":
         from training.frames import extract_frames
 
-        out = extract_frames(args.list, args.out, args.prefix, args.short_side, args.workers)
+        out = extract_frames(args.list, args.out, args.prefix, args.short_side, args.workers, args.suffix)
         print(f"wrote {out}: pass it as data.train_list or data.valid_list, with -o data.format=frames "
               f"-o data.data_prefix={args.out}")
         return 0

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("list", type=Path, help="a video list file (<path> <label> per line)")
     p.add_argument("--out", type=Path, required=True, help="folder for the frame folders and the frames list")
     p.add_argument("--prefix", default="", help="joined in front of each video path (data.data_prefix)")
+    p.add_argument("--suffix", default="", help="appended to each video path (data.suffix, e.g. UCF-101's .avi); "
+                   "the frame folders are named as the list names the videos, without it")
     p.add_argument("--short-side", type=positive, help="scale every frame to this short side (default: keep the "
                    "size)")
     p.add_argument("--workers", type=positive, default=2, help="decoding processes (default: %(default)s)")

@@ -69,42 +69,36 @@ def _extract(job: _Job) -> tuple[int, str]:
     return count, ""
 
 
-def _folder_name(video: Path, data_prefix: str, index: int) -> str:
-    """The video's path under ``data_prefix`` without its suffix; ``<index>_<stem>`` if it is not under it."""
+def _folder_name(video: Path, data_prefix: str, suffix: str, index: int) -> str:
+    """The video's path as its list gives it: under ``data_prefix``, without the ``suffix`` appended to the list's
+    paths. So are PaddleVideo's frame folders named: Kinetics' ``abseiling/x.mp4`` keeps its ``.mp4``, UCF-101's
+    ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01`` is listed without the ``.avi``. ``<index>_<name>`` for a video
+    outside the prefix."""
     try:
         rel = video.relative_to(data_prefix) if data_prefix else video
     except ValueError:
         rel = video
+    listed = str(rel)[: len(str(rel)) - len(suffix)] if suffix else str(rel)
     if rel.is_absolute() or ".." in rel.parts:
-        return f"{index:06d}_{video.stem}"
-    return str(rel.with_suffix(""))
-
-
-def _folder_names(videos: list[Path], data_prefix: str) -> list[str]:
-    """Each video's folder: its path without the suffix, the suffix kept (``a_mp4``) where two different videos
-    (``a.mp4``, ``a.avi``) would share one. A video listed twice keeps one folder."""
-    names = [_folder_name(v, data_prefix, i) for i, v in enumerate(videos)]
-    owners: dict[str, set[Path]] = {}
-    for video, name in zip(videos, names, strict=True):
-        owners.setdefault(name, set()).add(video)
-    return [name if len(owners[name]) == 1 else name + video.suffix.replace(".", "_")
-            for video, name in zip(videos, names, strict=True)]
+        return f"{index:06d}_{Path(listed).name}"
+    return listed
 
 
 def extract_frames(video_list: Path, out_dir: Path, data_prefix: str = "", short_side: int | None = None,
-                   workers: int = 2) -> Path:
-    """Decode every video of ``video_list`` (``<path> <label>``) into ``out_dir/<path without suffix>/``, scaled to
-    ``short_side`` (None: native size), and write ``out_dir/<list name>`` as a frames list
-    (``<dir> <num_frames> <label>``, dirs relative to ``out_dir``); returns that list.
+                   workers: int = 2, suffix: str = "") -> Path:
+    """Decode every video of ``video_list`` (``<path> <label>``, ``suffix`` appended to each path as
+    ``data.suffix`` is) into ``out_dir/<path as listed>/``, scaled to ``short_side`` (None: native size), and write
+    ``out_dir/<list name>`` as a frames list (``<dir> <num_frames> <label>``, dirs relative to ``out_dir``);
+    returns that list.
 
     A video that can't be decoded is logged by path and left out of the list, and the extraction is then not
     marked complete, so a rerun tries again. A complete earlier extraction of the same list at the same size is
     reused as is. Raises ``ValueError`` if no video could be decoded at all.
     """
     out_dir = Path(out_dir)
-    samples = parse_list(Path(video_list), "videos", data_prefix)
+    samples = parse_list(Path(video_list), "videos", data_prefix, suffix)
     stamp = {"list_sha256": hashlib.sha256(Path(video_list).read_bytes()).hexdigest(), "data_prefix": data_prefix,
-             "short_side": short_side, "jpeg_quality": JPEG_QUALITY}
+             "suffix": suffix, "short_side": short_side, "jpeg_quality": JPEG_QUALITY}
     out_list = out_dir / Path(video_list).name
     if out_list.resolve() == Path(video_list).resolve():
         raise ValueError(f"the frames list would overwrite the video list {video_list}: choose another output folder")
@@ -112,8 +106,12 @@ def extract_frames(video_list: Path, out_dir: Path, data_prefix: str = "", short
     if out_list.is_file() and done.is_file() and json.loads(done.read_text()) == stamp:
         return out_list
     done.unlink(missing_ok=True)
-    rel_dirs = _folder_names([s.path for s in samples], data_prefix)
+    rel_dirs = [_folder_name(s.path, data_prefix, suffix, i) for i, s in enumerate(samples)]
     unique = {rel: _Job(s.path, out_dir / rel, short_side) for s, rel in zip(samples, rel_dirs, strict=True)}
+    clash = next((job.folder for job in unique.values() if job.folder.is_file()), None)
+    if clash is not None:  # out_dir is the videos' own folder: a frame folder would take a video's name
+        raise ValueError(f"the frame folder {clash} would replace the video of that name: choose another output "
+                         "folder")
     extracted = dict(zip(unique, run_tasks(_extract, list(unique.values()), workers,
                                            desc=f"frames of {Path(video_list).name}", unit="video"), strict=True))
     lines = []

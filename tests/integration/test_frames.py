@@ -35,15 +35,15 @@ def test_every_frame_is_scaled_like_the_test_pipeline_and_listed(video_set: Path
         out_list = extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=48,
                                   workers=1)
     assert out_list == tmp_path / "train.list"
-    assert out_list.read_text().splitlines() == ["videos/a 24 3", "videos/b 13 0"]
+    assert out_list.read_text().splitlines() == ["videos/a.mp4 24 3", "videos/b.mp4 13 0"]  # PaddleVideo's K400
     assert "broken.mp4" in caplog.text  # reported by path, left out of the list
     decoded, _, _ = read_frames(video_set / "videos" / "b.mp4", lambda count: range(count))
     for i in (0, 12):
-        stored = np.asarray(Image.open(tmp_path / "videos" / "b" / f"img_{i + 1:05d}.jpg"))
+        stored = np.asarray(Image.open(tmp_path / "videos" / "b.mp4" / f"img_{i + 1:05d}.jpg"))
         expected = np.asarray(scale(Image.fromarray(decoded[i]), 48))
         assert stored.shape == expected.shape == (64, 48, 3)
         assert np.abs(stored.astype(int) - expected).mean() < 2.0  # JPEG rounding only
-    assert not (tmp_path / "videos" / "b" / "img_00014.jpg").exists()
+    assert not (tmp_path / "videos" / "b.mp4" / "img_00014.jpg").exists()
 
 
 def test_test_time_clip_from_frames_matches_the_one_from_the_video(video_set: Path, tmp_path: Path) -> None:
@@ -58,14 +58,37 @@ def test_test_time_clip_from_frames_matches_the_one_from_the_video(video_set: Pa
     assert video_clip is not None and frames_clip is not None and video_clip.shape == (4, 3, 40, 40)
     assert np.abs(video_clip - frames_clip).mean() < 0.05  # normalised units: ~3 grey levels of 255 at most
     assert from_frames[1][1] == 0 and parse_list(frames_list, "frames")[1].num_frames == 13
-    reference = preprocess_clip(np.stack([np.asarray(Image.open(tmp_path / f"videos/a/img_{i:05d}.jpg"))
+    reference = preprocess_clip(np.stack([np.asarray(Image.open(tmp_path / f"videos/a.mp4/img_{i:05d}.jpg"))
                                           for i in (4, 10, 16, 22)]), from_frames.cfg.preprocessing())
     np.testing.assert_array_equal(frames_clip, reference)  # centre-of-segment frames of 24 with 4 segments
 
 
+def test_folders_are_named_as_the_list_names_the_videos_without_the_appended_suffix(video_set: Path,
+                                                                                  tmp_path: Path) -> None:
+    """UCF-101's video lists leave out the .avi that data.suffix appends, and its frame lists name the folders so;
+    a video outside the prefix gets its index and name."""
+    (tmp_path / "bare.list").write_text("videos/a 3\n")
+    out = extract_frames(tmp_path / "bare.list", tmp_path / "ucf", data_prefix=str(video_set), workers=1,
+                         suffix=".mp4")
+    assert out.read_text() == "videos/a 24 3\n" and (tmp_path / "ucf" / "videos" / "a" / "img_00024.jpg").is_file()
+    (tmp_path / "outside.list").write_text(f"{video_set / 'videos' / 'b.mp4'} 0\n")
+    out = extract_frames(tmp_path / "outside.list", tmp_path / "abs", data_prefix=str(tmp_path), workers=1)
+    assert out.read_text() == "000000_b.mp4 13 0\n"
+
+
+def test_frames_extracted_beside_their_videos_would_replace_them_and_are_refused(video_set: Path,
+                                                                                 tmp_path: Path) -> None:
+    listed = tmp_path / "good.list"
+    listed.write_text((video_set / "good.list").read_text())
+    before = sorted(p.name for p in video_set.rglob("*"))
+    with pytest.raises(ValueError, match=r"frame folder .*a\.mp4 would replace the video of that name"):
+        extract_frames(listed, video_set, data_prefix=str(video_set), workers=1)
+    assert sorted(p.name for p in video_set.rglob("*")) == before
+
+
 def test_a_complete_extraction_is_reused_and_a_changed_list_redone(video_set: Path, tmp_path: Path) -> None:
     extract_frames(video_set / "good.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
-    marker = tmp_path / "videos" / "a" / "img_00001.jpg"
+    marker = tmp_path / "videos" / "a.mp4" / "img_00001.jpg"
     marker.write_bytes(b"left alone")
     extract_frames(video_set / "good.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
     assert marker.read_bytes() == b"left alone"
@@ -76,7 +99,7 @@ def test_a_complete_extraction_is_reused_and_a_changed_list_redone(video_set: Pa
 def test_an_extraction_with_a_skipped_video_is_done_again(video_set: Path, tmp_path: Path) -> None:
     extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
     assert not (tmp_path / "train.list.json").exists()  # broken.mp4 was skipped: not complete
-    marker = tmp_path / "videos" / "a" / "img_00001.jpg"
+    marker = tmp_path / "videos" / "a.mp4" / "img_00001.jpg"
     marker.write_bytes(b"overwritten by the rerun")
     extract_frames(video_set / "train.list", tmp_path, data_prefix=str(video_set), short_side=48, workers=1)
     assert Image.open(marker).size == (64, 48)
@@ -91,7 +114,7 @@ def test_a_list_none_of_whose_videos_decode_is_an_error_and_a_rerun_extracts(
     assert not (tmp_path / "out" / "good.list").exists() and not (tmp_path / "out" / "good.list.json").exists()
     monkeypatch.chdir(video_set)
     out = extract_frames(video_set / "good.list", tmp_path / "out", workers=1)
-    assert out.read_text().splitlines() == ["videos/a 24 3", "videos/b 13 0"]
+    assert out.read_text().splitlines() == ["videos/a.mp4 24 3", "videos/b.mp4 13 0"]
 
 
 def test_the_decode_error_of_a_bare_file_name_keeps_its_dots(video_set: Path, monkeypatch: pytest.MonkeyPatch,
