@@ -35,6 +35,10 @@ def read_frame_dir(sample: Sample, indices: list[int], pattern: str = DEFAULT_FR
                 frames.append(np.asarray(img.convert("RGB")))
         except OSError as exc:
             raise DecodeError(f"frame {file.name} could not be read ({exc.strerror or exc})", "missing_frame") from exc
+        if frames[-1].shape != frames[0].shape:  # else np.stack's "all input arrays must have the same shape"
+            (h, w), (h0, w0) = frames[-1].shape[:2], frames[0].shape[:2]
+            raise DecodeError(f"frame {file.name} is {w}x{h}, frame {pattern.format(indices[0] + 1)} {w0}x{h0}: "
+                              "the frames of a folder must have one size", "frame_size")
     return np.stack(frames)
 
 

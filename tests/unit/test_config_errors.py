@@ -136,6 +136,7 @@ def test_the_cli_finds_the_shipped_label_list_from_another_directory(tmp_path: P
 
 
 def test_for_frame_folders_suffix_is_the_frame_file_pattern_as_in_paddlevideo(tmp_path: Path) -> None:
+    from service.decode_errors import DecodeError
     from training.data import read_frame_dir
     from training.listfile import Sample
 
@@ -148,6 +149,10 @@ def test_for_frame_folders_suffix_is_the_frame_file_pattern_as_in_paddlevideo(tm
         Image.fromarray(np.full((4, 6, 3), 40 * i, np.uint8)).save(folder / f"frame_{i:04}.png")
     frames = read_frame_dir(Sample(folder, 0, 2), [0, 1], cfg.data.frame_pattern)
     assert frames.shape == (2, 4, 6, 3) and frames[1].mean() == 80
+    Image.fromarray(np.zeros((6, 4, 3), np.uint8)).save(folder / "frame_0003.png")
+    with pytest.raises(DecodeError, match=r"frame frame_0003\.png is 4x6, frame frame_0001\.png 6x4: the frames of a "
+                                          r"folder must have one size"):
+        read_frame_dir(Sample(folder, 0, 3), [0, 2], cfg.data.frame_pattern)
     with pytest.raises(ValueError, match=r"data\.suffix '\.jpg' has no \{\} for the frame number"):
         load_config("tiny", ["data.format=frames", "data.suffix=.jpg"])
     assert load_config("tiny", ["data.suffix=.avi"]).data.suffix == ".avi"  # videos: appended, as before
