@@ -121,9 +121,16 @@ class DecodePool:
             slot = await self._idle.get()
         finally:
             self.waiting -= 1
-        # The thread owns the slot until it hands it back, so a cancelled request (deadline)
-        # never returns a still-busy worker to the idle queue.
-        return await self._loop.run_in_executor(self._threads, self._call_and_release, slot, args)
+        # The thread owns the slot until it hands it back, so a cancelled request (deadline, client gone) never
+        # returns a still-busy worker to the idle queue; but a job cancelled before any thread took it never runs
+        # (the previous job hands the slot back just before its thread is free), so then the slot comes back here.
+        job = self._threads.submit(self._call_and_release, slot, args)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if job.cancel():  # True only if it never started
+                self._release(slot)
+            raise
 
     def _call_and_release(self, slot: int, args: tuple[Any, ...]) -> Any:
         try:

@@ -168,3 +168,39 @@ def test_a_worker_that_dies_idle_while_none_can_start_makes_the_pool_unusable(re
         assert await asyncio.wait_for(pool.run("back"), HANG_GUARD_S) == "back" and pool.replaced == 1
 
     with_pool(1, scenario)
+
+
+def test_a_request_cancelled_before_a_thread_takes_its_job_gives_the_slot_back() -> None:
+    """The previous job hands its slot back just before its thread is free, so the next request's job may wait
+    for a thread; a request cancelled then (its client gone, its deadline) lost the slot for good: a wedged pool
+    answering every request 504 while /readyz said ready (found with 5 clients hanging up 20-80 ms in)."""
+    import threading
+
+    async def scenario(pool: DecodePool) -> None:
+        finishing = threading.Event()
+        pool._threads.submit(finishing.wait)  # the pool's only thread, still busy after the slot went back
+        request = asyncio.create_task(pool.run("hi"))
+        await until(lambda: pool._idle is not None and pool._idle.qsize() == 0, HANG_GUARD_S)  # slot taken
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        finishing.set()
+        assert await asyncio.wait_for(pool.run("back"), HANG_GUARD_S) == "back"  # hung with the slot lost
+        await until(lambda: pool._idle is not None and pool._idle.qsize() == 1, HANG_GUARD_S)
+
+    with_pool(1, scenario)
+
+
+def test_a_request_cancelled_while_its_job_runs_leaves_the_slot_to_the_job() -> None:
+    """Cancelled mid-decode, the job still owns its slot: it comes back when the worker is done, not before."""
+    async def scenario(pool: DecodePool) -> None:
+        request = asyncio.create_task(pool.run("die0.5"))  # the worker is busy for half a second, then dies
+        await until(lambda: bool(pool.busy_pids()), HANG_GUARD_S)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert pool._idle is not None and pool._idle.qsize() == 0  # not handed back while its worker is busy
+        assert await asyncio.wait_for(pool.run("after"), HANG_GUARD_S) == "after"  # on the replacement
+        assert pool.replaced == 1
+
+    with_pool(1, scenario)
