@@ -173,12 +173,13 @@ class _PartSink:
         self.file: UploadedFile | None = None
         self.fh: IO[bytes] | None = None
         self.skip = False
+        self.ended = False  # the closing boundary was read (python-multipart's finalize() checks nothing)
 
     def callbacks(self) -> dict[str, object]:
         return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
                 "on_header_value": self.header_value, "on_header_end": self.header_end,
                 "on_headers_finished": self.headers_finished, "on_part_data": self.part_data,
-                "on_part_end": self.part_end}
+                "on_part_end": self.part_end, "on_end": self.end}
 
     def part_begin(self) -> None:
         self.headers, self.value, self.name, self.file, self.fh, self.skip = {}, bytearray(), None, None, None, False
@@ -196,6 +197,9 @@ class _PartSink:
     def headers_finished(self) -> None:
         _, options = parse_options_header(self.headers.get("content-disposition", ""))
         self.name = options.get(b"name", b"").decode("utf-8", "replace")
+        if not self.name:
+            raise BadParameterError("a multipart part has no name: each part needs a Content-Disposition header "
+                                    "with name=")
         raw_name = options.get(b"filename", options.get(b"filename*"))
         if raw_name is None and self.name not in self.file_fields:
             return  # a form field (a file field's part is its file, with or without a filename)
@@ -234,7 +238,14 @@ class _PartSink:
         elif self.name and not self.skip:
             if len(self.upload.fields) >= MAX_FIELDS:
                 raise BadParameterError("too many form fields")
-            self.upload.fields[self.name] = self.value.decode("utf-8", "replace")
+            value, earlier = self.value.decode("utf-8", "replace"), self.upload.fields.get(self.name)
+            if earlier is not None and earlier.strip() != value.strip():  # the last one would win silently
+                raise BadParameterError(f"{self.name} is given twice in the form, {earlier!r} and {value!r}; give it "
+                                        "once")
+            self.upload.fields[self.name] = value
+
+    def end(self) -> None:
+        self.ended = True
 
     def close(self) -> None:
         if self.fh is not None and not self.fh.closed:
@@ -262,6 +273,9 @@ async def _receive_multipart(request: Request, settings: ServiceSettings, upload
         raise BadParameterError(f"the multipart body is malformed ({exc})") from exc
     finally:
         sink.close()
+    if not sink.ended:  # a cut body's last file would otherwise be classified as if it were whole
+        raise BadParameterError(f"the multipart body ends before its closing boundary "
+                                f"'--{boundary.decode('latin-1')}--': the upload is incomplete; send it again")
     if not upload.files:
         raise BadParameterError(f"no video found: send it in the multipart field {file_fields[0]!r}")
     if max_files == 1 and upload.files[0].size == 0:  # a batch answers an empty file on its own

@@ -163,6 +163,19 @@ def _admit(res: Resources, outcome: _Outcome, model: str | None) -> None:
         raise
 
 
+OPTIONS = ("top_k", "model", "version")
+
+
+def _refuse_repeated_options(request: Request) -> None:
+    """``?top_k=1&top_k=2``: FastAPI keeps the last value, so the client would not get what it meant half the
+    time, as with a query and a form value that differ (``_option``)."""
+    for name in OPTIONS:
+        values = request.query_params.getlist(name)
+        if len({v.strip() for v in values}) > 1:
+            raise BadParameterError(f"{name} is given {len(values)} times in the query, "
+                                    f"{', '.join(map(repr, values))}; give it once")
+
+
 def _option(name: str, query: Any, upload: Upload) -> str | None:
     """The query's value or the form's; empty is not given (``?model=`` as a form's empty field). Two different
     values are refused: whichever won silently, the client would not get what it meant half the time."""
@@ -241,6 +254,7 @@ async def classify(request: Request, res: ResourcesDep, request_id: RequestIdDep
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     outcome = _outcome(request)
+    _refuse_repeated_options(request)
     _admit(res, outcome, model)  # refuse an overloaded server's request before reading its body
     upload = await _receive(request, res, ("file",), 1, deadline)
     try:
@@ -263,6 +277,7 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     outcome = _outcome(request)
+    _refuse_repeated_options(request)
     _admit(res, outcome, model)
     upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files, deadline)
     try:

@@ -194,6 +194,52 @@ def test_an_option_given_twice_differently_is_400_and_alike_is_fine(strict_serve
     assert same.status_code == 200 and len(same.json()["predictions"]) == 2
 
 
+@pytest.mark.parametrize("path", ["/classify", "/classify/batch"])
+def test_an_option_repeated_in_the_query_or_the_form_is_400_unless_alike(strict_server: LiveServer, good: bytes,
+                                                                         path: str) -> None:
+    """FastAPI keeps a repeated query parameter's last value, the form parser its last field: silently."""
+    file = {"files" if path.endswith("batch") else "file": ("c.mp4", good, "video/mp4")}
+    with strict_server.client() as http:
+        query = http.post(f"{path}?top_k=1&top_k=2", files=file)
+        form = http.post(path, files=[*file.items(), ("top_k", (None, "1")), ("top_k", (None, "3"))])
+        model = http.post(f"{path}?model=tiny&model=nope", files=file)
+        alike = http.post(f"{path}?top_k=2&top_k=2", files=[*file.items(), ("top_k", (None, "2"))])
+    assert assert_problem(query, 400, "bad-parameter")["detail"] == \
+        "top_k is given 2 times in the query, '1', '2'; give it once"
+    assert assert_problem(form, 400, "bad-parameter")["detail"] == \
+        "top_k is given twice in the form, '1' and '3'; give it once"
+    assert "model is given 2 times in the query" in assert_problem(model, 400, "bad-parameter")["detail"]
+    assert alike.status_code == 200, alike.text
+    result = alike.json()["results"][0]["result"] if path.endswith("batch") else alike.json()
+    assert len(result["predictions"]) == 2
+
+
+def test_a_multipart_body_cut_before_its_closing_boundary_is_400_not_classified(strict_server: LiveServer,
+                                                                                 good: bytes) -> None:
+    """python-multipart's finalize() checks nothing: the cut file was decoded as far as it went and answered 200
+    (an MPEG-TS cut in half: 46 of its 100 frames classified)."""
+    head = (b'--BND\r\nContent-Disposition: form-data; name="file"; filename="c.mp4"\r\n'
+            b"Content-Type: video/mp4\r\n\r\n")
+    whole = head + good + b"\r\n--BND--\r\n"
+    headers = {"content-type": "multipart/form-data; boundary=BND"}
+    with strict_server.client() as http:
+        cut = http.post("/classify", content=whole[: len(head) + len(good) // 2], headers=headers)
+        no_end = http.post("/classify", content=head + good + b"\r\n", headers=headers)
+        complete = http.post("/classify", content=whole, headers=headers)
+    for response in (cut, no_end):
+        assert assert_problem(response, 400, "bad-parameter")["detail"] == (
+            "the multipart body ends before its closing boundary '--BND--': the upload is incomplete; send it again")
+    assert complete.status_code == 200, complete.text
+
+
+def test_a_part_without_a_name_is_named_as_such(strict_server: LiveServer) -> None:
+    body = b"--BND\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 2000 + b"\r\n--BND--\r\n"
+    with strict_server.client() as http:
+        response = http.post("/classify", content=body, headers={"content-type": "multipart/form-data; boundary=BND"})
+    assert assert_problem(response, 400, "bad-parameter")["detail"] == (
+        "a multipart part has no name: each part needs a Content-Disposition header with name=")
+
+
 @pytest.mark.parametrize("field", ["top_k", "version"])
 @pytest.mark.parametrize("value", ["\u00b2", "\u0663"])  # superscript two (int() refuses it), Arabic-Indic three
 def test_option_with_non_ascii_digits_400(strict_server: LiveServer, good: bytes, field: str, value: str) -> None:
