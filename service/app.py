@@ -18,6 +18,7 @@ from service import decode_worker
 from service.api import health, routes
 from service.api.deps import Resources
 from service.api.errors import install_error_handlers, problem_json_in_openapi
+from service.api.methods import include_routers
 from service.backends import default_factory
 from service.batcher import BatchPolicy
 from service.decode_pool import DecodePool
@@ -116,8 +117,7 @@ def create_app(settings: ServiceSettings, *, registry: CollectorRegistry | None 
     app = FastAPI(title="TSM video classification", version="0.1.0", lifespan=lifespan,
                   description="Classify videos with TSM models from a model repository, with dynamic batching.")
     install_error_handlers(app)
-    app.include_router(routes.router)
-    app.include_router(health.router)
+    include_routers(app, routes.router, health.router)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:  # outermost, so that errors and the auth's 401 carry the CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"],

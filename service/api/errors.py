@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.methods import allowed_methods
 from service.api.schemas import Problem
 from service.errors import BadParameterError, ServiceError, UnauthorizedError
 from service.logs import request_id_var
@@ -70,6 +71,17 @@ def problem_json_in_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _routing_detail(request: Request, exc: StarletteHTTPException) -> str:
+    """A sentence for the router's own 404 and 405, whose detail is only their title."""
+    path = request.url.path[:200]
+    if exc.status_code == 404:
+        return f"no route answers {path}; the API's routes are listed at /openapi.json"
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.app, request.scope)
+        return f"{request.method[:20]} is not allowed on {path}; it answers {', '.join(allowed)}"
+    return str(exc.detail)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -80,11 +92,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail, headers = _routing_detail(request, exc), dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         body = Problem(type=_HTTP_TYPES.get(exc.status_code, f"http-{exc.status_code}"), title=str(exc.detail),
-                       status=exc.status_code, detail=str(exc.detail), request_id=request_id_var.get())
+                       status=exc.status_code, detail=detail, request_id=request_id_var.get())
         return JSONResponse(body.model_dump(), status_code=exc.status_code, media_type=PROBLEM_JSON,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -20,17 +20,6 @@ async def healthz() -> Liveness:
     return Liveness(status="ok")  # alive only: what is loaded is /readyz's answer
 
 
-# HEAD too, out of the schema: some load balancers' health checks send it.
-@router.head("/healthz", include_in_schema=False, dependencies=[OperationsAuthorized])
-async def healthz_head() -> Response:
-    return Response()
-
-
-@router.head("/readyz", include_in_schema=False, dependencies=[OperationsAuthorized])
-async def readyz_head(res: ResourcesDep) -> Response:
-    return Response(status_code=(await readyz(res)).status_code)
-
-
 @router.get("/readyz", response_model=Health, tags=["operations"], dependencies=[OperationsAuthorized],
             responses={503: {"model": Health, "description": "No model loaded and warmed up yet (or not "
                                                             "TSM_DEFAULT_MODEL's, when it is set), or no decoder "

@@ -50,6 +50,31 @@ def test_unknown_model_or_version_404(server: LiveServer, videos: dict[str, Path
         assert http.get("/no/such/route").status_code == 404
 
 
+def test_the_routers_own_404_and_405_say_what_to_do_and_allow_every_method_of_the_path(server: LiveServer) -> None:
+    """Their detail was their title ("Method Not Allowed"), and a path served by a GET and a HEAD route allowed
+    only the first one's method (POST /readyz: "Allow: HEAD")."""
+    with server.client() as http:
+        missing = assert_problem(http.get("/no/such/route"), 404, "not-found")
+        readyz, healthz, classify = http.post("/readyz"), http.post("/healthz"), http.get("/classify")
+    assert missing["detail"] == "no route answers /no/such/route; the API's routes are listed at /openapi.json"
+    for response, path, allow in ((readyz, "/readyz", "GET, HEAD"), (healthz, "/healthz", "GET, HEAD"),
+                                  (classify, "/classify", "POST")):
+        body = assert_problem(response, 405, "method-not-allowed")
+        assert response.headers["allow"] == allow
+        assert body["detail"] == f"{response.request.method} is not allowed on {path}; it answers {allow}"
+
+
+def test_every_get_route_answers_head_with_its_headers_and_no_body(server: LiveServer) -> None:
+    """Monitors probe with HEAD: /metrics, /models and /models/{name} answered 405."""
+    with server.client() as http:
+        for path in ("/metrics", "/models", "/models/tiny", "/healthz", "/openapi.json"):
+            get, head = http.get(path), http.head(path)
+            assert head.status_code == get.status_code == 200, path
+            assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], path
+        assert http.head("/models/nope").status_code == 404
+        assert set(http.get("/openapi.json").json()["paths"]["/metrics"]) == {"get"}  # HEAD stays out of the schema
+
+
 def test_upload_over_limit_413(server: LiveServer) -> None:
     big = b"\0" * (server.settings.max_upload_bytes + 1)
     with server.client() as http:

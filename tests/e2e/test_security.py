@@ -38,6 +38,8 @@ def test_api_key_bearer_and_closed_probes(locked_server: LiveServer, videos: dic
             assert "X-API-Key" in missing.json()["detail"] and "Bearer" in missing.json()["detail"]
             assert_problem(http.get(path, headers={"authorization": f"Bearer {KEY}x"}), 401, "unauthorized")
             assert http.get(path, headers={"authorization": f"Bearer {KEY}"}).status_code == 200, path
+            assert http.head(path).status_code == 401, path  # the HEAD route keeps the GET's key check
+            assert http.head(path, headers={"authorization": f"Bearer {KEY}"}).status_code == 200, path
         for wrong in ("k", KEY[:-1], KEY + KEY, "Basic " + KEY, KEY.upper(), "é" * 20):
             value = wrong if wrong.startswith("Basic") else f"Bearer {wrong}"
             headers = {**mp4, "authorization": value.encode("latin-1")}  # bytes: non-ASCII keys too
