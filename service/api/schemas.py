@@ -53,6 +53,8 @@ class Problem(BaseModel):
     status: int
     detail: str
     request_id: str | None = None
+    retry_after_s: int | None = Field(None, description="Seconds to wait before sending it again, as Retry-After says; "
+                                                        "in a batch's results the only place a file's wait is given.")
 
 
 class BatchItem(BaseModel):

@@ -164,8 +164,15 @@ def test_failed_inference_is_503_not_a_refusal(tiny_repo_template: Path, videos:
                  "max_queue_delay_ms": 5}
     with LiveServer(overrides, predictor_factory=BrokenInference(ServiceSettings(**overrides))) as live, \
             live.client() as http:
-        assert_problem(http.post("/classify", content=videos["c"].read_bytes(), headers=MP4), 503, "inference-failed")
+        failed = http.post("/classify", content=videos["c"].read_bytes(), headers=MP4)
+        body = assert_problem(failed, 503, "inference-failed")
         metrics = http.get("/metrics").text
+        batch = http.post("/classify/batch", files=[("files", ("c.mp4", videos["c"].read_bytes(), "video/mp4"))])
+    assert body["retry_after_s"] == int(failed.headers["retry-after"]) >= 1  # the header's wait, in the body too
+    # A batch answers 200 whatever its files got: each file's wait is in its problem document, or nowhere.
+    item = batch.json()["results"][0]
+    assert (batch.status_code, item["status"], item["error"]["type"]) == (200, 503, "inference-failed")
+    assert item["error"]["retry_after_s"] == body["retry_after_s"]
     assert metric(metrics, 'tsm_requests_total{model="tiny",status="503",version="1"}') == 1.0
     assert "inference-failed" not in metrics  # the request was admitted: not counted as refused
     durations = [metric(metrics, f'tsm_request_duration_seconds_count{{status_class="{c}"}}') for c in ("2xx", "5xx")]
@@ -173,9 +180,9 @@ def test_failed_inference_is_503_not_a_refusal(tiny_repo_template: Path, videos:
     # The server's fault is in its own log, with the cause, not only in the client's answer.
     failed = [r for r in caplog.records if r.name == "service.batcher"]
     assert [(r.levelname, r.getMessage()) for r in failed] == [("ERROR", "tiny version 1: inference failed for a "
-                                                                         "batch of 1")]
+                                                                         "batch of 1")] * 2  # the request, the batch
     assert "the device fell over (injected)" in str(failed[0].exc_info[1])
-    answer = [r for r in caplog.records if r.name == "service.api.routes"]
+    answer = [r for r in caplog.records if r.name == "service.api.routes" and "status=503" in r.getMessage()]
     assert answer[-1].levelname == "WARNING" and re.search(
         r"status=503 type=inference-failed in [\d.]+ ms: inference failed for a batch of 1: the device fell over "
         r"\(injected\)$", answer[-1].getMessage())
