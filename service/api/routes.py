@@ -172,8 +172,8 @@ def _refuse_repeated_options(request: Request) -> None:
     for name in OPTIONS:
         values = request.query_params.getlist(name)
         if len({v.strip() for v in values}) > 1:
-            raise BadParameterError(f"{name} is given {len(values)} times in the query, "
-                                    f"{', '.join(map(repr, values))}; give it once")
+            shown = ", ".join(repr(v[:64]) for v in values[:3]) + (", ..." if len(values) > 3 else "")
+            raise BadParameterError(f"{name} is given {len(values)} times in the query, {shown}; give it once")
 
 
 def _option(name: str, query: Any, upload: Upload) -> str | None:

@@ -203,12 +203,15 @@ def test_an_option_repeated_in_the_query_or_the_form_is_400_unless_alike(strict_
         query = http.post(f"{path}?top_k=1&top_k=2", files=file)
         form = http.post(path, files=[*file.items(), ("top_k", (None, "1")), ("top_k", (None, "3"))])
         model = http.post(f"{path}?model=tiny&model=nope", files=file)
+        many = http.post(f"{path}?" + "&".join(f"top_k={k}" for k in range(1, 200)), files=file)
         alike = http.post(f"{path}?top_k=2&top_k=2", files=[*file.items(), ("top_k", (None, "2"))])
     assert assert_problem(query, 400, "bad-parameter")["detail"] == \
         "top_k is given 2 times in the query, '1', '2'; give it once"
     assert assert_problem(form, 400, "bad-parameter")["detail"] == \
         "top_k is given twice in the form, '1' and '3'; give it once"
     assert "model is given 2 times in the query" in assert_problem(model, 400, "bad-parameter")["detail"]
+    assert assert_problem(many, 400, "bad-parameter")["detail"] == \
+        "top_k is given 199 times in the query, '1', '2', '3', ...; give it once"  # not all 199 echoed
     assert alike.status_code == 200, alike.text
     result = alike.json()["results"][0]["result"] if path.endswith("batch") else alike.json()
     assert len(result["predictions"]) == 2
