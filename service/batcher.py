@@ -69,7 +69,15 @@ class DynamicBatcher:
 
     @property
     def depth(self) -> int:
+        """Clips still waiting for a batch; those whose request gave up do not count."""
+        self._drop_abandoned()
         return len(self._pending)
+
+    def _drop_abandoned(self) -> None:
+        """Forget queued clips whose request has gone (its deadline, its client): while a long batch runs they would
+        fill the queue and refuse live requests as 'queue full'."""
+        if any(item.future.done() for item in self._pending):
+            self._pending = deque(item for item in self._pending if not item.future.done())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
@@ -78,7 +86,7 @@ class DynamicBatcher:
         """Raise the refusal :meth:`submit` would now: a request checks before it spends a decoder on its clip."""
         if self._closing:
             raise NotReadyError(f"{self.name} is shutting down; retry", retry_after_s=1)
-        if len(self._pending) >= self.policy.queue_capacity:
+        if self.depth >= self.policy.queue_capacity:
             raise QueueFullError(
                 f"{counted(self.policy.queue_capacity, 'clip')} already waiting for {self.name}; retry shortly",
                 retry_after_s=1)
@@ -88,6 +96,7 @@ class DynamicBatcher:
         self.admit()
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(clip, future, time.monotonic(), deadline))
+        future.add_done_callback(lambda _: self._report_depth())  # a request that gives up leaves the gauge at once
         self._report_depth()
         self._wakeup.set()
         return future
@@ -109,8 +118,12 @@ class DynamicBatcher:
                 await self._wakeup.wait()
             await self._wait_for_batch()
             items = self._take()
-            if items:
+            if not items:
+                continue
+            try:
                 await self._run(items)
+            except Exception as exc:  # the loop must outlive any batch: when it ends, every later request hangs
+                self._fail(items, exc)
 
     async def _wait_for_batch(self) -> None:
         """Wait until the batch is full, the oldest clip's delay is spent, or we are closing."""
@@ -140,26 +153,26 @@ class DynamicBatcher:
         return items
 
     async def _run(self, items: list[_Item]) -> None:
-        batch = np.stack([item.clip for item in items])  # float32 [N, num_seg * spatial_crops, 3, crop, crop]
         start = time.monotonic()
-        try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)
-            if len(outputs) != len(items):
-                raise RuntimeError(f"the model returned {len(outputs)} rows for a batch of {len(items)}")
-        except Exception as exc:
-            log.exception("%s: inference failed for a batch of %d", self.name, len(items))  # the server's fault
-            error = InferenceFailedError(f"inference failed for a batch of {len(items)}: {exc}", retry_after_s=1)
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
+        batch = np.stack([item.clip for item in items])  # float32 [N, num_seg * spatial_crops, 3, crop, crop]
+        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)
+        if len(outputs) != len(items):
+            raise RuntimeError(f"the model returned {len(outputs)} rows for a batch of {len(items)}")
         elapsed = time.monotonic() - start
-        if self._on_batch is not None:
-            self._on_batch(len(items))
         for item, row in zip(items, outputs, strict=True):
             if not item.future.done():
                 item.future.set_result(BatchResult(row, start - item.enqueued, elapsed, len(items)))
+        if self._on_batch is not None:
+            self._on_batch(len(items))
+
+    def _fail(self, items: list[_Item], exc: Exception) -> None:
+        """Fail the batch's requests with a 503 they may retry; the cause goes to the server's log."""
+        log.exception("%s: inference failed for a batch of %d", self.name, len(items), exc_info=exc)
+        error = InferenceFailedError(f"inference failed for a batch of {len(items)}: {exc}", retry_after_s=1)
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _report_depth(self) -> None:
         if self._on_depth is not None:
-            self._on_depth(len(self._pending))
+            self._on_depth(self.depth)

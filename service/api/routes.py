@@ -237,11 +237,14 @@ async def _unless_disconnected(request: Request, res: Resources, work: Awaitable
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        gone = watcher.done() and not watcher.cancelled()
         watcher.cancel()
         if not task.done():
             task.cancel()
             await asyncio.wait({task})
-    if task.cancelled():
+    # From the watcher, not task.cancelled(): a cancelled gather() ends with CancelledError as its exception, not
+    # as cancelled, and its re-raise would be taken for the server's own shutdown (a 503).
+    if gone and (task.cancelled() or isinstance(task.exception(), asyncio.CancelledError)):
         raise ClientClosedError("the client disconnected before the answer; the request was cancelled",
                                 stage="processing")
     return task.result()

@@ -65,16 +65,25 @@ def patient_server(tiny_repo_template: Path) -> Iterator[LiveServer]:
         yield live
 
 
-def test_client_disconnect_cancels_work(patient_server: LiveServer, videos: dict[str, Path], tmp_path: Path) -> None:
-    """A client that leaves while its request waits for the (busy) decoder is never decoded for."""
+@pytest.mark.parametrize("path", ["/classify", "/classify/batch"])
+def test_client_disconnect_cancels_work(patient_server: LiveServer, videos: dict[str, Path], tmp_path: Path,
+                                        path: str) -> None:
+    """A client that leaves while its request waits for the (busy) decoder is never decoded for, and is counted
+    as gone (499): a batch's was counted as a 503 'the server shut down' (its gather ends with CancelledError as
+    its exception, not as cancelled)."""
     live, good = patient_server, videos["c"].read_bytes()
     pool = live.resources.pool
     decodes = 'tsm_stage_duration_seconds_count{stage="decode"}'
     cancelled = 'tsm_cancelled_requests_total{stage="processing"}'
     closed = 'tsm_requests_total{model="tiny",status="499",version="1"}'
     port = int(live.url.rsplit(":", 1)[1])
-    request = (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: video/mp4\r\n"
-               f"Content-Length: {len(good)}\r\n\r\n").encode() + good
+    body, content_type = good, "video/mp4"
+    if path.endswith("batch"):
+        body = (b'--B\r\nContent-Disposition: form-data; name="files"; filename="c.mp4"\r\nContent-Type: video/mp4'
+                b"\r\n\r\n" + good + b"\r\n--B--\r\n")
+        content_type = "multipart/form-data; boundary=B"
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     with live.client() as http, live.client(timeout=2 * HOLD_MAX_S) as holder, ThreadPoolExecutor(1) as threads:
         before = {name: metric(http.get("/metrics").text, name) for name in (decodes, cancelled, closed)}
 
