@@ -64,6 +64,8 @@ class ModelRepository:
     async def close(self) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task  # its load in flight, if any, is marked and its thread let go first
         for task in list(self._background):
             await task
         for mv in list(self.serving.values()):
@@ -169,6 +171,10 @@ class ModelRepository:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tsm-infer-{name}-{version}")
         try:
             predictor = await asyncio.get_running_loop().run_in_executor(executor, self._load, mv)
+        except asyncio.CancelledError:  # shutting down mid-load: nothing will serve it, nor wait for its thread
+            executor.shutdown(wait=False, cancel_futures=True)
+            mv.state, mv.error = State.FAILED, "the server shut down while it loaded"
+            raise
         except Exception as exc:
             if self._after_load is not None:
                 self._after_load()

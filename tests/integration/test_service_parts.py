@@ -370,3 +370,41 @@ def test_a_spent_deadline_starts_nothing_more(deadline_s: float, busy_s: float, 
     depth, decodes = run(main())
     assert depth == 0 and batches == []
     assert decodes == (1 if stage == "inference" else 0)
+
+
+def test_a_repository_closed_mid_load_marks_the_version_and_returns(tiny_repo_template: Path, tmp_path: Path) -> None:
+    """Shutting down while a new version loads (a long warm-up, a TensorRT build) left it 'loading' and its poll
+    task unawaited; the load's thread is let go (tsm-serve's re-raised SIGTERM ends the process without it)."""
+    import shutil
+    import threading
+
+    from service.batcher import BatchPolicy
+    from service.metrics import Metrics
+    from service.repository import ModelRepository
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_factory(*_: object) -> None:
+        started.set()
+        release.wait(10)
+        raise RuntimeError("only reached if the test failed to stop it")
+
+    async def scenario() -> tuple[list[tuple[int, str, str]], float]:
+        repo = ModelRepository(tmp_path / "repo", Metrics(process=False), slow_factory, BatchPolicy(2, 5, 8),
+                               warmup_runs=1, poll_interval_s=0.05)
+        (tmp_path / "repo").mkdir()
+        await repo.start()
+        shutil.copytree(tiny_repo_template / "tiny", tmp_path / "repo" / "tiny")
+        while not started.is_set():
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        await repo.close()
+        took = time.monotonic() - t0
+        return [(m["version"], m["state"], m["error"]) for m in repo.describe()], took
+
+    try:
+        versions, took = run(scenario())
+    finally:
+        release.set()
+    assert versions == [(1, "failed", "the server shut down while it loaded")]
+    assert took < 1.0
