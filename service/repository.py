@@ -189,6 +189,8 @@ class ModelRepository:
             return False
         if self._after_load is not None:
             self._after_load()
+        c = mv.choice
+        assert c is not None, "a loaded predictor states its backend"  # before the swap: never half swapped
         mv.batcher = DynamicBatcher(predictor.run, self.policy, f"{name} version {version}",
                                     on_batch=self.metrics.batch_size.observe,
                                     on_depth=lambda _depth: self._report_depth(name), executor=executor)
@@ -198,8 +200,6 @@ class ModelRepository:
         del self.others[(name, version)]
         old, self.serving[name] = self.serving.get(name), mv  # the atomic switch for new requests
         self.metrics.model_loads.labels(name, "ok").inc()
-        c = mv.choice
-        assert c is not None
         self.metrics.model_info.labels(name, str(version), c.backend, c.device, c.precision).set(1)
         log.info("serving %s version %d on %s (%s, %s)", name, version, c.device, c.backend, c.precision)
         if old is not None:
