@@ -37,6 +37,7 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+MAX_BOUNDARY = 70  # RFC 2046's limit on a multipart boundary
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 32
 MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers on top of the files themselves
@@ -56,7 +57,7 @@ class UploadedFile:
 @dataclass
 class Upload:
     files: list[UploadedFile] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, list[str]] = field(default_factory=dict)  # every value of each form field, in order
     seconds: float = 0.0
 
     def cleanup(self) -> None:
@@ -236,13 +237,9 @@ class _PartSink:
         if self.fh is not None:
             self.fh.close()
         elif self.name and not self.skip:
-            if len(self.upload.fields) >= MAX_FIELDS:
+            if sum(map(len, self.upload.fields.values())) >= MAX_FIELDS:
                 raise BadParameterError("too many form fields")
-            value, earlier = self.value.decode("utf-8", "replace"), self.upload.fields.get(self.name)
-            if earlier is not None and earlier.strip() != value.strip():  # the last one would win silently
-                raise BadParameterError(f"{self.name} is given twice in the form, {earlier!r} and {value!r}; give it "
-                                        "once")
-            self.upload.fields[self.name] = value
+            self.upload.fields.setdefault(self.name, []).append(self.value.decode("utf-8", "replace"))
 
     def end(self) -> None:
         self.ended = True
@@ -258,6 +255,9 @@ async def _receive_multipart(request: Request, settings: ServiceSettings, upload
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadParameterError("the multipart content type has no boundary")
+    if len(boundary) > MAX_BOUNDARY:  # python-multipart's own refusal of a longer one was an internal error
+        raise BadParameterError(f"the multipart boundary is {len(boundary)} characters long; at most {MAX_BOUNDARY} "
+                                "(RFC 2046)")
     sink = _PartSink(settings, upload, file_fields, max_files)
     parser = MultipartParser(boundary, sink.callbacks())  # type: ignore[arg-type]
     # Each file is capped as it arrives, but parts we skip are not: without a Content-Length only this bounds them.

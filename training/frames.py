@@ -78,7 +78,7 @@ def _folder_name(video: Path, data_prefix: str, suffix: str, index: int) -> str:
         rel = video.relative_to(data_prefix) if data_prefix else video
     except ValueError:
         rel = video
-    listed = str(rel)[: len(str(rel)) - len(suffix)] if suffix else str(rel)
+    listed = str(rel).removesuffix(suffix)
     if rel.is_absolute() or ".." in rel.parts:
         return f"{index:06d}_{Path(listed).name}"
     return listed

@@ -29,8 +29,8 @@ def problem_response(error: ServiceError) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else {}
     if isinstance(error, UnauthorizedError):  # RFC 9110: a 401 names the scheme that would be accepted
         headers["WWW-Authenticate"] = 'Bearer realm="tsm"'
-    body = problem(error).model_dump(exclude={"retry_after_s"} if error.retry_after_s is None else set())
-    return JSONResponse(body, status_code=error.status, headers=headers, media_type=PROBLEM_JSON)
+    return JSONResponse(problem(error).model_dump(), status_code=error.status, headers=headers,
+                        media_type=PROBLEM_JSON)
 
 
 def validation_error(exc: RequestValidationError) -> BadParameterError:
@@ -98,8 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         body = Problem(type=_HTTP_TYPES.get(exc.status_code, f"http-{exc.status_code}"), title=str(exc.detail),
                        status=exc.status_code, detail=detail, request_id=request_id_var.get())
-        return JSONResponse(body.model_dump(exclude={"retry_after_s"}), status_code=exc.status_code,
-                            media_type=PROBLEM_JSON, headers=headers)
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, media_type=PROBLEM_JSON,
+                            headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

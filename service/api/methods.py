@@ -30,9 +30,9 @@ def _add_head_routes(router: APIRouter) -> None:
     with_head = {r.path for r in routes if "HEAD" in r.methods}
     for route in routes:
         if "GET" in route.methods and route.path not in with_head:
+            own = route.dependencies[len(router.dependencies):]  # add_api_route puts the router's in front again
             router.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False,
-                                 dependencies=route.dependencies, response_class=route.response_class,
-                                 name=f"{route.name}_head")
+                                 dependencies=own, response_class=route.response_class, name=f"{route.name}_head")
 
 
 def _routes(app: FastAPI) -> Iterator[BaseRoute]:

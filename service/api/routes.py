@@ -8,15 +8,15 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BeforeValidator
 
 from service.api.deps import Authorized, RequestIdDep, Resources, ResourcesDep
 from service.api.errors import problem, problem_response, validation_error
+from service.api.options import ModelName, TopK, Version, int_option, option, refuse_repeated_options
 from service.api.schemas import BatchItem, BatchResponse, ClassifyResponse, Problem
 from service.errors import BadParameterError, ClientClosedError, NotReadyError, ServiceError, UnauthorizedError
 from service.metrics import Metrics
@@ -46,24 +46,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         408: "The upload arrived too slowly", 413: "Upload over the limit", 415: "Not a video",
         422: "Video cannot be decoded",
         503: "Overloaded or not ready", 504: "Deadline passed"}.items()}
-
-
-DIGITS_ONLY = "must be a positive integer written in the digits 0-9"  # query and form integers alike
-
-
-def _digits_only(value: Any) -> Any:
-    """Query integers as strictly as form fields: int() alone would also read '1_0', ' 2', '+2' and '٣'."""
-    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-        raise ValueError(DIGITS_ONLY)
-    return value
-
-
-Digits = BeforeValidator(_digits_only)
-TopK = Annotated[int | None, Query(ge=1, le=10_000, description="How many classes to return (default 5)."), Digits]
-ModelName = Annotated[str | None, Query(max_length=64, description="Model name (default: TSM_DEFAULT_MODEL, or the "
-                                                                    "repository's only model; empty is not given).")]
-Version = Annotated[int | None, Query(ge=1, description="The version the answer must come from: 404 unless it is the "
-                                                        "one serving (a check; TSM_MODEL_VERSIONS pins one)."), Digits]
 
 
 @dataclass
@@ -163,41 +145,6 @@ def _admit(res: Resources, outcome: _Outcome, model: str | None) -> None:
         raise
 
 
-OPTIONS = ("top_k", "model", "version")
-
-
-def _refuse_repeated_options(request: Request) -> None:
-    """``?top_k=1&top_k=2``: FastAPI keeps the last value, so the client would not get what it meant half the
-    time, as with a query and a form value that differ (``_option``)."""
-    for name in OPTIONS:
-        values = request.query_params.getlist(name)
-        if len({v.strip() for v in values}) > 1:
-            shown = ", ".join(repr(v[:64]) for v in values[:3]) + (", ..." if len(values) > 3 else "")
-            raise BadParameterError(f"{name} is given {len(values)} times in the query, {shown}; give it once")
-
-
-def _option(name: str, query: Any, upload: Upload) -> str | None:
-    """The query's value or the form's; empty is not given (``?model=`` as a form's empty field). Two different
-    values are refused: whichever won silently, the client would not get what it meant half the time."""
-    given = str(query) if query is not None and query != "" else None
-    form = upload.fields.get(name) or None
-    if given is not None and form is not None and form.strip() != given:
-        raise BadParameterError(f"{name} is given twice, {given!r} in the query and {form!r} in the form; give it "
-                                "once")
-    return given or form
-
-
-def _int_option(name: str, query: int | None, upload: Upload) -> int | None:
-    raw = _option(name, query, upload)
-    if raw is None:
-        return None
-    digits = raw.strip()
-    # ASCII only: str.isdigit() also passes '²' (int() refuses it) and other scripts' digits (int() reads them).
-    if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
-        raise BadParameterError(f"{name} {DIGITS_ONLY}, got {raw!r}")
-    return int(digits)
-
-
 def _top_k(value: int | None, num_labels: int) -> int:
     if value is None:
         return min(5, num_labels)
@@ -257,13 +204,13 @@ async def classify(request: Request, res: ResourcesDep, request_id: RequestIdDep
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     outcome = _outcome(request)
-    _refuse_repeated_options(request)
+    refuse_repeated_options(request)
     _admit(res, outcome, model)  # refuse an overloaded server's request before reading its body
     upload = await _receive(request, res, ("file",), 1, deadline)
     try:
-        k = _int_option("top_k", top_k, upload)
-        want_version = _int_option("version", version, upload)
-        async with res.repository.lease(_option("model", model, upload), want_version) as mv:
+        k = int_option("top_k", top_k, upload)
+        want_version = int_option("version", version, upload)
+        async with res.repository.lease(option("model", model, upload), want_version) as mv:
             outcome.model, outcome.version = mv.name, str(mv.version)
             assert mv.manifest is not None
             work = classify_file(upload.files[0], mv, res.pool, res.limits, res.metrics, deadline,
@@ -280,13 +227,13 @@ async def classify_batch(request: Request, res: ResourcesDep, request_id: Reques
     started = time.perf_counter()
     deadline = Deadline(time.monotonic() + res.settings.request_deadline_ms / 1000)
     outcome = _outcome(request)
-    _refuse_repeated_options(request)
+    refuse_repeated_options(request)
     _admit(res, outcome, model)
     upload = await _receive(request, res, ("files", "file"), res.settings.max_batch_files, deadline)
     try:
-        k = _int_option("top_k", top_k, upload)
-        async with res.repository.lease(_option("model", model, upload),
-                                        _int_option("version", version, upload)) as mv:
+        k = int_option("top_k", top_k, upload)
+        async with res.repository.lease(option("model", model, upload),
+                                        int_option("version", version, upload)) as mv:
             outcome.model, outcome.version = mv.name, str(mv.version)
             assert mv.manifest is not None
             k = _top_k(k, mv.manifest.num_classes)

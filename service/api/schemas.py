@@ -53,8 +53,10 @@ class Problem(BaseModel):
     status: int
     detail: str
     request_id: str | None = None
-    retry_after_s: int | None = Field(None, description="Seconds to wait before sending it again, as Retry-After says; "
-                                                        "in a batch's results the only place a file's wait is given.")
+    retry_after_s: int | None = Field(None, exclude_if=lambda v: v is None,
+                                      description="Seconds to wait before sending it again, as Retry-After says; in "
+                                                  "a batch's results the only place a file's wait is given. Absent "
+                                                  "where no wait is given.")
 
 
 class BatchItem(BaseModel):

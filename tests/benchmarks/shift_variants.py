@@ -26,13 +26,14 @@ from tests.benchmarks.common import (
     write_report,
 )
 from tests.benchmarks.engine import paddle_runner
+from training.tsm.shift import fold
 
 
 def shift_rows(x: paddle.Tensor, num_seg: int, shift_ratio: float, data_format: str = "NCHW",
                impl: str = "slice") -> paddle.Tensor:
     """Same result as ``temporal_shift`` for NCHW: x float [N*T, C, H, W] -> same shape."""
     channels = x.shape[1]
-    f1, f2 = int(channels * shift_ratio), int(2 * channels * shift_ratio)
+    f1, f2 = fold(channels, shift_ratio, 1), fold(channels, shift_ratio, 2)
     t = paddle.arange(paddle.shape(x)[0]) % num_seg  # [N*T] frame index within its clip
     not_first = (t != 0).astype(x.dtype).reshape([-1, 1, 1, 1])
     not_last = (t != num_seg - 1).astype(x.dtype).reshape([-1, 1, 1, 1])

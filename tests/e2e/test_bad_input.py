@@ -205,14 +205,19 @@ def test_an_option_repeated_in_the_query_or_the_form_is_400_unless_alike(strict_
         model = http.post(f"{path}?model=tiny&model=nope", files=file)
         many = http.post(f"{path}?" + "&".join(f"top_k={k}" for k in range(1, 200)), files=file)
         alike = http.post(f"{path}?top_k=2&top_k=2", files=[*file.items(), ("top_k", (None, "2"))])
+        # An empty value is no value (as ?model= alone), and fields that are no option may repeat.
+        blanks = http.post(f"{path}?model=&model=tiny&top_k=&top_k=2",
+                           files=[*file.items(), ("model", (None, "")), ("model", (None, "tiny")),
+                                  ("note", (None, "a")), ("note", (None, "b"))])
     assert assert_problem(query, 400, "bad-parameter")["detail"] == \
         "top_k is given 2 times in the query, '1', '2'; give it once"
     assert assert_problem(form, 400, "bad-parameter")["detail"] == \
-        "top_k is given twice in the form, '1' and '3'; give it once"
+        "top_k is given 2 times in the form, '1', '3'; give it once"
     assert "model is given 2 times in the query" in assert_problem(model, 400, "bad-parameter")["detail"]
     assert assert_problem(many, 400, "bad-parameter")["detail"] == \
         "top_k is given 199 times in the query, '1', '2', '3', ...; give it once"  # not all 199 echoed
     assert alike.status_code == 200, alike.text
+    assert blanks.status_code == 200, blanks.text
     result = alike.json()["results"][0]["result"] if path.endswith("batch") else alike.json()
     assert len(result["predictions"]) == 2
 
@@ -233,6 +238,18 @@ def test_a_multipart_body_cut_before_its_closing_boundary_is_400_not_classified(
         assert assert_problem(response, 400, "bad-parameter")["detail"] == (
             "the multipart body ends before its closing boundary '--BND--': the upload is incomplete; send it again")
     assert complete.status_code == 200, complete.text
+
+
+def test_a_boundary_over_rfc_2046s_70_characters_is_400_not_an_internal_error(strict_server: LiveServer,
+                                                                               good: bytes) -> None:
+    boundary = "b" * 300
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="c.mp4"\r\n'
+            f"Content-Type: video/mp4\r\n\r\n").encode() + good + f"\r\n--{boundary}--\r\n".encode()
+    with strict_server.client() as http:
+        response = http.post("/classify", content=body,
+                             headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert assert_problem(response, 400, "bad-parameter")["detail"] == (
+        "the multipart boundary is 300 characters long; at most 70 (RFC 2046)")
 
 
 def test_a_part_without_a_name_is_named_as_such(strict_server: LiveServer) -> None:

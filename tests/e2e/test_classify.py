@@ -100,6 +100,7 @@ def test_batch_endpoint_answers_each_file(server: LiveServer, videos: dict[str, 
     assert results[1]["error"]["type"] == "undecodable-video"
     assert results[1]["error"]["detail"]
     assert results[2]["error"]["type"] == "bad-parameter" and "empty" in results[2]["error"]["detail"]
+    assert "retry_after_s" not in results[1]["error"] and "retry_after_s" not in results[2]["error"]  # no wait
 
 
 def test_a_batch_larger_than_the_decoder_queue_is_answered_whole(tiny_repo_template: Path,
