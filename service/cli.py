@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from collections.abc import Collection
 from typing import Any
 
@@ -70,6 +71,19 @@ def serve(argv: list[str] | None = None) -> None:
         server.run(sockets=[sock])
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+    _exit_without_waiting_for_loads()
+
+
+def _exit_without_waiting_for_loads() -> None:
+    """Shut down with a version still loading (a long warm-up, an engine build), the interpreter's exit would wait
+    for that thread: Ctrl+C then hung for the whole load (a SIGTERM ends the process at once, re-raised)."""
+    loading = [t.name for t in threading.enumerate() if t.name.startswith("tsm-infer-") and t.is_alive()]
+    if loading:
+        log.warning("exiting without waiting for %s: a model version was still loading", ", ".join(loading))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def bind(host: str, port: int) -> socket.socket:

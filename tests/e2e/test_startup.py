@@ -36,9 +36,9 @@ class Serve:
     comes: the test learns the port from the log, as an operator would."""
 
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), new_session: bool = False,
-                 stdout: Path | None = None) -> None:
+                 stdout: Path | None = None, program: tuple[str, ...] = ("-m", "service.cli")) -> None:
         with open(stdout or os.devnull, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, text=True,
+            self.proc = subprocess.Popen([sys.executable, *program, *args], cwd=ROOT, text=True,
                                          env={**os.environ, "TSM_PORT": "0", "TSM_DECODE_WORKERS": "1", **env},
                                          stdout=out, stderr=subprocess.PIPE, start_new_session=new_session)
         self.lines: list[str] = []
@@ -219,3 +219,58 @@ def test_ctrl_c_in_a_terminal_ends_the_server_and_its_workers_quietly(tiny_repo_
     text = "\n".join(server.lines)
     assert "Application shutdown complete" in text and "Traceback" not in text and "KeyboardInterrupt" not in text, \
         text[-3000:]
+
+
+# tsm-serve whose version 2 takes two minutes to load (as a long warm-up or an engine build would)
+_SLOW_SECOND_VERSION = """
+import time
+import service.app
+
+real = service.app.default_factory
+
+
+def slow(settings):
+    make = real(settings)
+
+    def made(path, manifest):
+        if path.name == "2":
+            time.sleep(120)
+        return make(path, manifest)
+    return made
+
+
+service.app.default_factory = slow
+from service.cli import serve
+serve()
+"""
+
+
+def test_ctrl_c_while_a_version_loads_ends_the_server_without_waiting_for_the_load(tiny_repo_template: Path,
+                                                                                    tmp_path: Path) -> None:
+    """The interpreter's exit joined the loading thread: Ctrl+C waited for the whole load."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo_template, repo)
+    server = Serve({"TSM_MODEL_REPO": str(repo), "TSM_POLL_INTERVAL_S": "0.2", "TSM_LOG_FORMAT": "text"},
+                   new_session=True, program=("-c", _SLOW_SECOND_VERSION))
+    try:
+        with httpx.Client(base_url=server.url(), timeout=30) as http:
+            shutil.copytree(repo / "tiny" / "1", repo / "tiny" / ".2")
+            manifest = json.loads((repo / "tiny" / ".2" / "manifest.json").read_text())
+            (repo / "tiny" / ".2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+            (repo / "tiny" / ".2").rename(repo / "tiny" / "2")
+            deadline = time.monotonic() + 30
+            while (2, "loading") not in [(m["version"], m["state"]) for m in http.get("/models").json()["models"]]:
+                assert time.monotonic() < deadline, "version 2 never started loading"
+                time.sleep(0.1)
+        os.killpg(server.proc.pid, signal.SIGINT)
+        start = time.monotonic()
+        assert server.proc.wait(timeout=60) == 0
+        took = time.monotonic() - start
+    finally:
+        server.stop()
+    text = "\n".join(server.lines)
+    assert took < 20, took  # not the load's two minutes
+    assert "a model version was still loading" in text and "Traceback" not in text, text[-3000:]
+
