@@ -43,7 +43,12 @@ def why(exc: BaseException, path: Path) -> str:
 
 
 def reason_only(exc: BaseException, path: Path) -> str:
-    """An error's text for a report that names ``path`` itself: without the file name our messages begin with."""
+    """An error's text for a report that names ``path`` itself: without the file name our messages begin with.
+    A library's own exception (PyAV's MemoryError, PIL's DecompressionBombError) keeps its type's name, which
+    often says more than its text."""
+    if not isinstance(exc, DecodeError | OSError | ValueError):
+        text = why(exc, path)
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     text = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path.name}: ")
     return text or type(exc).__name__
 

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,17 @@ def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: in
     if optimizer is not None:
         writes.append((Path(str(prefix) + ".pdopt"), lambda tmp: paddle.save(optimizer.state_dict(), str(tmp))))
     writes.append((Path(str(prefix) + ".json"), lambda tmp: tmp.write_text(to_json(meta, indent=2) + "\n")))
-    staged = [(_write_temporary(path, write), path) for path, write in writes]
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writes:
+            staged.append((_write_temporary(path, write), path))
+    except BaseException as exc:  # a full disk, a kill: the written parts would keep a full disk full
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        previous = f"the previous {params.name} is intact" if params.exists() else f"no {params.name} was saved"
+        raise OSError(exc.errno, f"could not save checkpoint {prefix} ({exc.strerror or exc}); {previous}") from exc
     for tmp, path in staged:
         os.replace(tmp, path)
     return params
@@ -89,16 +100,29 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 def _write_temporary(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
+    try:
+        write(tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:  # a failed or interrupted write leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 
 def read_meta(params: Path) -> dict[str, Any]:
     """The JSON sidecar of a checkpoint, or {} for a foreign (e.g. PaddleVideo) checkpoint."""
     sidecar = params.with_suffix(".json")
-    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    if not sidecar.exists():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text())
+    except ValueError as exc:  # a torn or emptied sidecar: json's own text names no file
+        raise ValueError(f"{sidecar} is not a checkpoint's JSON sidecar ({exc}): it is damaged; resume from "
+                         "another checkpoint (epoch_<n>.pdparams) or delete it to load the weights alone") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{sidecar} is not a checkpoint's JSON sidecar (it holds no object)")
+    return meta
 
 
 def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = False) -> tuple[int, list[str]]:
@@ -116,7 +140,7 @@ def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = Fal
         require_pretrained(params)
     else:
         require_checkpoint(params)
-    state = paddle.load(str(params))
+    state = load_state_file(params)
     if not isinstance(state, dict):
         raise ValueError(f"{params}: not a state dict (a .pdparams file of a TSM/ResNet network)")
     if backbone_only:
@@ -125,6 +149,14 @@ def load_weights(model: paddle.nn.Layer, params: Path, backbone_only: bool = Fal
     _check_state_dict(model, params, state)
     model.set_state_dict(state)
     return len(state), []
+
+
+def load_state_file(path: Path) -> Any:
+    """``paddle.load``, with a zero-byte or cut file named: pickle's own words ("Ran out of input") name none."""
+    try:
+        return paddle.load(str(path))
+    except (EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}); use another checkpoint") from exc
 
 
 # Where the README says to download the shipped configs' pretrained weights.

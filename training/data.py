@@ -92,7 +92,8 @@ class ClipDataset(paddle.io.Dataset):
                 clip, label = self._train_transform(frames, label, index)
             else:
                 clip = preprocess_clip(frames, self.spec)
-        except (DecodeError, OSError, ValueError) as exc:
+        except Exception as exc:  # whatever one clip raises is that clip's: PyAV's MemoryError for a corrupt file,
+            # PIL's DecompressionBombError. Out of __getitem__ it would stop Paddle's loader (a hang without workers).
             return None, label, str(sample.path), reason_only(exc, sample.path)  # the report names the path
         return clip, label, str(sample.path), ""
 

@@ -64,7 +64,7 @@ def _extract(job: _Job) -> tuple[int, str]:
                     img = scale(img, job.short_side)
                 count += 1
                 img.save(job.folder / f"img_{count:05d}.jpg", quality=JPEG_QUALITY, subsampling=0)
-    except (DecodeError, OSError) as exc:
+    except Exception as exc:  # one video's failure, whatever it is (PyAV's MemoryError for a corrupt file), is its own
         return 0, reason_only(exc, job.video)  # the report names the video
     return count, ""
 

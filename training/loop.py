@@ -13,7 +13,15 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from training.checkpoint import build_model, labels_of, load_weights, read_meta, save_checkpoint, to_json
+from training.checkpoint import (
+    build_model,
+    labels_of,
+    load_state_file,
+    load_weights,
+    read_meta,
+    save_checkpoint,
+    to_json,
+)
 from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
 from training.epoch import log_line, summed, train_epoch, train_figures
@@ -114,7 +122,7 @@ def _prepare(cfg: Config, resume: Path | None, distributed: bool) -> _Run:
     if resume is not None:
         load_weights(model, resume)
         if resume.with_suffix(".pdopt").exists():
-            optimizer.set_state_dict(paddle.load(str(resume.with_suffix(".pdopt"))))
+            optimizer.set_state_dict(load_state_file(resume.with_suffix(".pdopt")))
         else:  # best/epoch_N checkpoints hold weights only: say so, the first steps differ from a true resume
             log.warning("%s has no optimiser state (%s): the optimiser starts afresh; resume from latest.pdparams "
                         "to continue exactly", resume, resume.with_suffix(".pdopt").name)

@@ -151,6 +151,45 @@ def test_a_kill_while_saving_the_optimizer_keeps_the_previous_weights_too(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "latest", model, cfg, 2, {}, optimizer)
     assert len(calls) == 2 and {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert not list(tmp_path.glob("*.tmp"))  # the weights written before the kill went with it
+
+
+def test_a_full_disk_while_saving_names_the_checkpoint_and_leaves_no_partial_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """740 KB of latest.*.tmp stayed behind, keeping the disk full, and the error named no file."""
+    import errno
+
+    cfg = _tiny()
+    model = build_model(cfg)
+    optimizer = paddle.optimizer.Momentum(parameters=model.parameters())
+    save_checkpoint(tmp_path / "latest", model, cfg, 1, {}, optimizer)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_save = paddle.save
+
+    def disk_full_on_the_optimizer(obj: object, path: str) -> None:
+        if path.endswith(".pdopt.tmp"):
+            Path(path).write_bytes(b"part of it")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(paddle, "save", disk_full_on_the_optimizer)
+    with pytest.raises(OSError, match=re.escape(f"could not save checkpoint {tmp_path / 'latest'} (No space left on "
+                                                "device); the previous latest.pdparams is intact")):
+        save_checkpoint(tmp_path / "latest", model, cfg, 2, {}, optimizer)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_damaged_checkpoint_or_sidecar_is_named_not_a_pickle_or_json_error(tmp_path: Path) -> None:
+    cfg = _tiny()
+    params = _saved(tmp_path)
+    params.write_bytes(b"")
+    with pytest.raises(ValueError, match=re.escape(f"{params} is damaged (EOFError: Ran out of input); use another "
+                                                   "checkpoint")):
+        load_weights(build_model(cfg), params)
+    params.with_suffix(".json").write_text('{"epoch": ')
+    with pytest.raises(ValueError, match=re.escape(f"{params.with_suffix('.json')} is not a checkpoint's JSON "
+                                                   "sidecar (Expecting value")):
+        read_meta(params)
 
 
 def test_a_finished_write_leaves_only_the_checkpoint_files(tmp_path: Path) -> None:
