@@ -41,7 +41,12 @@ def parse_list(list_file: Path, fmt: ListFormat, data_prefix: str = "", suffix: 
     """
     fields = 2 if fmt == "videos" else 3
     samples: list[Sample] = []
-    for lineno, raw in enumerate(list_file.read_text().splitlines(), start=1):
+    try:  # utf-8-sig: a BOM (Windows editors write one) would otherwise become part of the first path
+        text = list_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ListFileError(f"{list_file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the list as "
+                            "UTF-8") from exc
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -39,3 +39,15 @@ def test_frame_list(tmp_path: Path) -> None:
 def test_errors_name_the_line(tmp_path: Path, fmt: str, text: str, message: str) -> None:
     with pytest.raises(ListFileError, match=message):
         parse_list(_write(tmp_path, text), fmt, num_classes=4)  # type: ignore[arg-type]
+
+
+def test_a_bom_is_not_part_of_the_first_path_and_another_encoding_names_the_list(tmp_path: Path) -> None:
+    """A Windows editor's BOM made the first clip 'not found' every epoch, invisibly; a Latin-1 list failed with a
+    bare codec error naming no file."""
+    path = tmp_path / "train.list"
+    path.write_bytes("\ufeffclip_0.mp4 0\nclip_1.mp4 1\n".encode())
+    assert [str(s.path) for s in parse_list(path, "videos")] == ["clip_0.mp4", "clip_1.mp4"]
+    path.write_bytes("caf\u00e9.mp4 0\n".encode("latin-1"))
+    with pytest.raises(ListFileError, match=r"train\.list: not UTF-8 text \(invalid continuation byte at byte 3\); "
+                                            r"save the list as UTF-8"):
+        parse_list(path, "videos")
