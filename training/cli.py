@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service.contract.manifest import Preprocessing, read_label_list
 from service.logs import ignore_paddle_build_warnings
 from training.cli_args import PADDLEVIDEO_PIPELINES, build_parser
-from training.interrupts import Terminated, TrainingInterrupted, on_sigterm
+from training.interrupts import DataLoaderDiedError, Terminated, TrainingInterrupted, on_sigterm
 from training.recipes import RECIPES
 
 if TYPE_CHECKING:
@@ -139,12 +139,17 @@ def _resume_command(argv: list[str], checkpoint: Path) -> str:
     return shlex.join(["python", "-m", "training", *kept, "--resume", str(checkpoint)])
 
 
-def interrupted_message(stop: TrainingInterrupted, argv: list[str]) -> str:
-    """What an interrupted run says: the epoch it was in, the checkpoint it left and how to resume from it."""
+def interrupted_message(stop: TrainingInterrupted | DataLoaderDiedError, argv: list[str]) -> str:
+    """What a stopped run says: why, the epoch it was in, the checkpoint it left and how to resume from it."""
+    what = f"interrupted during epoch {stop.epoch}"
+    if isinstance(stop, DataLoaderDiedError):  # SIGKILL is most often the OOM killer's
+        killed = "Killed" in stop.reason or "queue" in stop.reason
+        hint = "; out of memory? lower data.num_workers or data.batch_size" if killed else ""
+        what = f"a data-loading worker process died during epoch {stop.epoch} ({stop.reason}{hint})"
     if stop.saved is None:
-        return f"interrupted during epoch {stop.epoch}: no epoch had finished, so nothing was saved"
-    return (f"interrupted during epoch {stop.epoch}: the last saved checkpoint is {stop.saved} "
-            f"(epoch {stop.saved_epoch}); resume with:\n  {_resume_command(argv, stop.saved)}")
+        return f"{what}: no epoch had finished, so nothing was saved"
+    return (f"{what}: the last saved checkpoint is {stop.saved} (epoch {stop.saved_epoch}); resume with:\n  "
+            f"{_resume_command(argv, stop.saved)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM while training: a message, not an 81-line traceback
         return _interrupted(exc, argv)
+    except DataLoaderDiedError as exc:
+        logging.getLogger("training").error("%s", interrupted_message(exc, argv))
+        return 1
     except yaml.YAMLError as exc:  # config.py parses text, so the file's name is not in the error
         logging.getLogger("training").error("invalid YAML in config %s or an -o override: %s",
                                             getattr(args, "config", "?"), exc)

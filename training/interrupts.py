@@ -1,8 +1,10 @@
-"""A training run stopped by Ctrl+C or SIGTERM: what it says, and the checkpoint it can resume from."""
+"""A training run stopped by Ctrl+C, SIGTERM or a data-loading worker's death: what it says, and the checkpoint it
+can resume from."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +31,28 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.epoch, self.saved, self.saved_epoch, self.signum = epoch, saved, saved_epoch, signum
 
 
+class DataLoaderDiedError(RuntimeError):
+    """A DataLoader worker process died (the OOM killer, a decoder's segfault): Paddle's error, a 30-60 line
+    traceback, named neither the likely cause nor the checkpoint to resume from."""
+
+    def __init__(self, epoch: int, saved: Path | None, saved_epoch: int, reason: str) -> None:
+        super().__init__(f"a data-loading worker died during epoch {epoch}: {reason}")
+        self.epoch, self.saved, self.saved_epoch, self.reason = epoch, saved, saved_epoch, reason
+
+
+def loader_death(exc: BaseException) -> str | None:
+    """What Paddle's error says when its DataLoader lost a worker, else None. Which of two errors comes depends on
+    the moment of the death: the watcher's, naming the process and the signal, or the closed queue's."""
+    if not isinstance(exc, SystemError):
+        return None
+    text = str(exc)
+    if found := re.search(r"DataLoader process \(pid \d+\) exited[^(\n]*", text):
+        return found.group(0).strip()
+    if "Blocking queue is killed" in text:
+        return "a worker process ended and Paddle closed the loader's queue"
+    return None
+
+
 @dataclass
 class Progress:
     """The last checkpoint a run can resume from (None: none yet) and its epoch; rank 0 keeps it current.
@@ -42,10 +66,17 @@ class Progress:
 
     def interrupted(self, exc: KeyboardInterrupt) -> TrainingInterrupted:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        saved, epoch = self.saved, self.saved_epoch
-        if self.latest is not None and (on_disk := _epoch_of(self.latest)) > epoch:
-            saved, epoch = self.latest, on_disk
+        saved, epoch = self._last_saved()
         return TrainingInterrupted(epoch + 1, saved, epoch, signum)
+
+    def loader_died(self, reason: str) -> DataLoaderDiedError:
+        saved, epoch = self._last_saved()
+        return DataLoaderDiedError(epoch + 1, saved, epoch, reason)
+
+    def _last_saved(self) -> tuple[Path | None, int]:
+        if self.latest is not None and (on_disk := _epoch_of(self.latest)) > self.saved_epoch:
+            return self.latest, on_disk
+        return self.saved, self.saved_epoch
 
 
 def _epoch_of(checkpoint: Path) -> int:

@@ -26,7 +26,7 @@ from training.config import Config
 from training.data import ClipDataset, make_loader, unread_list_hint
 from training.epoch import log_line, summed, train_epoch, train_figures
 from training.evaluate import EvalResult, evaluate, merge_ranks
-from training.interrupts import Progress
+from training.interrupts import Progress, loader_death
 from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
 from training.plots import plot_curves
 from training.run_dir import (
@@ -162,6 +162,10 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
         return _run(cfg, validate, resume, progress)
     except KeyboardInterrupt as exc:
         raise progress.interrupted(exc) from exc
+    except SystemError as exc:
+        if (reason := loader_death(exc)) is None:
+            raise
+        raise progress.loader_died(reason) from exc
 
 
 def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -> TrainResult:

@@ -96,3 +96,53 @@ def test_a_signalled_training_process_says_where_to_resume_without_a_traceback(
     assert f"--resume {latest}" in err
 
 
+
+
+def _forked_children(pid: int) -> list[int]:
+    """``pid``'s children that run its own command line: the DataLoader's forked workers (Linux's /proc)."""
+    own = Path(f"/proc/{pid}/cmdline").read_bytes()
+    kids = [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
+    alive = []
+    for kid in kids:
+        try:
+            if Path(f"/proc/{kid}/cmdline").read_bytes() == own:
+                alive.append(kid)
+        except FileNotFoundError:
+            continue
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_a_killed_data_loading_worker_ends_the_run_saying_why_and_where_to_resume(tiny_set: Path,
+                                                                                   tmp_path: Path) -> None:
+    """The OOM killer's SIGKILL to a DataLoader worker ended the run with a 30-60 line traceback naming neither the
+    likely cause nor the checkpoint to resume from."""
+    import os
+    import signal
+
+    many = tmp_path / "many.list"
+    many.write_text((tiny_set / "train.list").read_text() * 60)  # 720 clips: an epoch lasts long enough
+    out = tmp_path / "run"
+    argv = train_argv(tiny_set, out, f"data.train_list={many}", "data.num_workers=2", "data.batch_size=2",
+                      "data.valid_list=", "train.epochs=3")
+    run = subprocess.Popen([sys.executable, "-m", "training", *argv], cwd=Path(__file__).parents[2],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "latest.json").exists() or not (workers := _forked_children(run.pid)):
+            assert run.poll() is None and time.monotonic() < deadline, "no second epoch with workers"
+            time.sleep(0.1)
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    saved = json.loads((out / "latest.json").read_text())["epoch"]
+    assert run.returncode == 1, err[-3000:]
+    assert f"a data-loading worker process died during epoch {saved + 1} (" in err, err[-3000:]
+    assert "out of memory? lower data.num_workers or data.batch_size)" in err
+    assert f"the last saved checkpoint is {out / 'latest.pdparams'} (epoch {saved}); resume with:" in err
+    assert "Traceback" not in err, err[-3000:]
