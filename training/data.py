@@ -115,6 +115,18 @@ def unread_list_hint(cfg: Config) -> str:
             "'videos' lists 'path label', 'frames' lists 'folder num_frames label')")
 
 
+def require_some_present(dataset: ClipDataset, list_file: str, cfg: Config, probes: int = 8) -> None:
+    """Before the first epoch: when not one of ``probes`` clips spread through the list exists, the paths are read
+    from the wrong place, which would otherwise show only after a whole epoch (hours, on Kinetics). Only presence
+    is checked: a list of corrupt files is still the epoch's to report clip by clip."""
+    count = len(dataset.samples)
+    picks = sorted({round(i * (count - 1) / max(1, probes - 1)) for i in range(min(probes, count))})
+    if any(dataset.samples[i].path.exists() for i in picks):
+        return
+    raise ValueError(f"none of {len(picks)} clips of {list_file} spread through it exists (e.g. "
+                     f"{dataset.samples[picks[0]].path}): {unread_list_hint(cfg)}")
+
+
 def make_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, shuffle: bool,
                 distributed: bool = False) -> paddle.io.DataLoader:
     """A DataLoader with worker processes; a DistributedBatchSampler when running data-parallel.

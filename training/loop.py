@@ -23,7 +23,7 @@ from training.checkpoint import (
     to_json,
 )
 from training.config import Config
-from training.data import ClipDataset, make_loader, unread_list_hint
+from training.data import ClipDataset, make_loader, require_some_present, unread_list_hint
 from training.epoch import log_line, summed, train_epoch, train_figures
 from training.evaluate import EvalResult, evaluate, merge_ranks
 from training.interrupts import Progress, loader_death
@@ -35,6 +35,7 @@ from training.run_dir import (
     LOG_FILE,
     RESULT_FILE,
     in_run_folder,
+    require_writable,
     set_aside_abandoned_epochs,
     set_aside_earlier_run,
     trim_log,
@@ -171,6 +172,8 @@ def _train(cfg: Config, validate: bool, resume: Path | None) -> TrainResult:
 def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -> TrainResult:
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if dist.get_rank() == 0:
+        require_writable(out)
     distributed = dist.get_world_size() > 1
     if distributed:
         dist.init_parallel_env()
@@ -212,8 +215,10 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= (merge_ranks(result) if distributed else result).as_dict()
             record["val_skipped"] = int(summed([len(result.skipped)], distributed)[0])
-            if record["val_count"] == 0:
-                raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {unread_list_hint(cfg)}")
+            if record["val_count"] == 0:  # the epoch's training is kept: fix the list, then resume
+                kept = _end_epoch(out, run, cfg, epoch, record) if dist.get_rank() == 0 else latest
+                raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {unread_list_hint(cfg)}; epoch "
+                                 f"{epoch + 1}'s training is saved in {kept}: resume with --resume {kept}")
         history.append(record)
         stop = _reached_target(cfg, record, distributed)
         if dist.get_rank() != 0:
@@ -239,10 +244,12 @@ def _loaders(cfg: Config, validate: bool, distributed: bool
              ) -> tuple[ClipDataset, paddle.io.DataLoader, paddle.io.DataLoader | None]:
     """The training set and loader, and the validation loader (None without ``validate``)."""
     train_set = ClipDataset(cfg, cfg.data.train_list, train=True)
+    require_some_present(train_set, cfg.data.train_list, cfg)
     train_loader = make_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, True, distributed)
     if not (validate and cfg.data.valid_list):
         return train_set, train_loader, None
     val_set = ClipDataset(cfg, cfg.data.valid_list, train=False)
+    require_some_present(val_set, cfg.data.valid_list, cfg)
     # Data-parallel ranks each validate every world_size-th clip; the counts are summed (merge_ranks).
     shard = val_set if not distributed else paddle.io.Subset(
         val_set, list(range(dist.get_rank(), len(val_set), dist.get_world_size())))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,18 @@ LATEST, BEST = "latest", "best"  # checkpoint stems: the last epoch's (with the 
 RUN_FILES = (LOG_FILE, RESULT_FILE, "curves.png", "config.json", "confusion_matrix.png", "evaluation.json",
              f"{BEST}.*", f"{LATEST}.*",
              "epoch_*.pdparams", "epoch_*.pdopt", "epoch_*.json")
+
+
+def require_writable(out: Path) -> None:
+    """Before the first epoch: a folder the run cannot write (read-only, another user's) failed only at the first
+    checkpoint, an epoch later."""
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(exc.errno, f"train.output_dir {out} is not writable ({exc.strerror or exc}): the run could "
+                                 "save no checkpoint; choose another folder (-o train.output_dir=...)") from exc
 
 
 def set_aside_earlier_run(out: Path) -> Path | None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.integration.tiny_training import PNG_MAGIC, overrides, records, step_losses, tiny_config
+from training.checkpoint import read_meta
 from training.loop import train
 from training.workflows import evaluate_checkpoint, export_checkpoint
 
@@ -105,19 +106,30 @@ def test_undecodable_clip_is_reported_by_path_and_skipped(tiny_set: Path, tmp_pa
 
 
 def test_a_run_or_evaluation_that_reads_no_clip_fails_naming_the_settings(tiny_set: Path, tmp_path: Path) -> None:
-    """Every clip skipped (a wrong data_prefix) would otherwise 'succeed': NaN loss, random weights, top-1 0."""
+    """Every clip skipped (a wrong data_prefix) would otherwise 'succeed': NaN loss, random weights, top-1 0. Files
+    that are not there are found before the first epoch; files that are there but unreadable by the epoch, whose
+    training is then kept (a whole epoch, on Kinetics, was lost)."""
     wrong = tiny_config(tiny_set, tmp_path / "run", f"data.data_prefix={tmp_path / 'nowhere'}")
-    with pytest.raises(ValueError, match=r"epoch 1: no clip of .*train\.list could be read \(\d+ skipped\): "
-                                         r"check data\.data_prefix"):
+    with pytest.raises(ValueError, match=r"none of 8 clips of .*train\.list spread through it exists \(e\.g\. "
+                                         r".*nowhere/clip_0\.mp4\): check data\.data_prefix"):
         train(wrong, validate=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before any epoch
+    unreadable = tmp_path / "unreadable.list"
+    unreadable.write_text("bad.mp4 0\nbad.mp4 1\n")
+    with pytest.raises(ValueError, match=r"epoch 1: no clip of .*unreadable\.list could be read \(\d+ skipped\): "
+                                         r"check data\.data_prefix"):
+        train(tiny_config(tiny_set, tmp_path / "run", f"data.train_list={unreadable}"), validate=False)
     assert not (tmp_path / "run" / "latest.pdparams").exists()
     train(tiny_config(tiny_set, tmp_path / "run", "train.epochs=1"), validate=False)
     with pytest.raises(ValueError, match=r"no clip of .*val\.list could be read \(\d+ skipped\)"):
         evaluate_checkpoint(wrong, tmp_path / "run" / "latest.pdparams")
     (tmp_path / "only_bad.list").write_text("bad.mp4 0\n")
     wrong_val = tiny_config(tiny_set, tmp_path / "v", f"data.valid_list={tmp_path / 'only_bad.list'}")
-    with pytest.raises(ValueError, match=r"no clip of .*only_bad\.list could be read"):
+    kept = tmp_path / "v" / "latest.pdparams"
+    with pytest.raises(ValueError, match=rf"no clip of .*only_bad\.list could be read: .*; epoch 1's training is "
+                                         rf"saved in {kept}: resume with --resume {kept}"):
         train(wrong_val, validate=True)
+    assert read_meta(kept)["epoch"] == 1
 
 
 def test_train_refuses_at_once_what_would_fail_or_do_nothing_later(tiny_set: Path, tmp_path: Path) -> None:
