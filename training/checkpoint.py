@@ -70,10 +70,19 @@ def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: in
         if not isinstance(exc, OSError):
             raise
         previous = f"the previous {params.name} is intact" if params.exists() else f"no {params.name} was saved"
-        raise OSError(exc.errno, f"could not save checkpoint {prefix} ({exc.strerror or exc}); {previous}") from exc
-    for tmp, path in staged:
-        os.replace(tmp, path)
+        raise _os_error(exc, f"could not save checkpoint {prefix} ({exc.strerror or exc}); {previous}") from exc
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:  # a failure between the renames: no temporary file stays behind (the sidecar, renamed last, is old)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
     return params
+
+
+def _os_error(exc: OSError, message: str) -> OSError:
+    """``message`` as an OSError of ``exc``'s errno (without one, ``[Errno None]`` would lead the text)."""
+    return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
 
 
 def to_json(obj: Any, indent: int | None = None) -> str:
@@ -119,7 +128,7 @@ def read_meta(params: Path) -> dict[str, Any]:
         meta = json.loads(sidecar.read_text())
     except ValueError as exc:  # a torn or emptied sidecar: json's own text names no file
         raise ValueError(f"{sidecar} is not a checkpoint's JSON sidecar ({exc}): it is damaged; resume from "
-                         "another checkpoint (epoch_<n>.pdparams) or delete it to load the weights alone") from exc
+                         "another checkpoint (epoch_<n>.pdparams)") from exc
     if not isinstance(meta, dict):
         raise ValueError(f"{sidecar} is not a checkpoint's JSON sidecar (it holds no object)")
     return meta
@@ -156,7 +165,8 @@ def load_state_file(path: Path) -> Any:
     try:
         return paddle.load(str(path))
     except (EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}); use another checkpoint") from exc
+        fix = "delete it to resume with a fresh optimiser" if path.suffix == ".pdopt" else "use another checkpoint"
+        raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}); {fix}") from exc
 
 
 # Where the README says to download the shipped configs' pretrained weights.

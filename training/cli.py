@@ -143,9 +143,9 @@ def interrupted_message(stop: TrainingInterrupted | DataLoaderDiedError, argv: l
     """What a stopped run says: why, the epoch it was in, the checkpoint it left and how to resume from it."""
     what = f"interrupted during epoch {stop.epoch}"
     if isinstance(stop, DataLoaderDiedError):  # SIGKILL is most often the OOM killer's
-        killed = "Killed" in stop.reason or "queue" in stop.reason
-        hint = "; out of memory? lower data.num_workers or data.batch_size" if killed else ""
-        what = f"a data-loading worker process died during epoch {stop.epoch} ({stop.reason}{hint})"
+        hint = "; out of memory? lower data.num_workers or data.batch_size" if "Killed" in stop.reason else \
+            "; if it was killed: out of memory? lower data.num_workers or data.batch_size"
+        what = f"data loading failed during epoch {stop.epoch} ({stop.reason}{hint})"
     if stop.saved is None:
         return f"{what}: no epoch had finished, so nothing was saved"
     return (f"{what}: the last saved checkpoint is {stop.saved} (epoch {stop.saved_epoch}); resume with:\n  "

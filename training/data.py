@@ -6,6 +6,7 @@ drops it and the batch carries its path and error in ``skipped`` for the loop to
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from training.config import DEFAULT_FRAME_PATTERN, Config
 from training.listfile import Sample, parse_list
 from training.transforms import flip_with_label, multi_scale_crop, reverse_with_label
 
+log = logging.getLogger(__name__)
 Item = tuple[np.ndarray | None, int, str, str]  # (clip float32 [T,3,H,W] or None, label, path, error)
 
 
@@ -94,8 +96,21 @@ class ClipDataset(paddle.io.Dataset):
                 clip = preprocess_clip(frames, self.spec)
         except Exception as exc:  # whatever one clip raises is that clip's: PyAV's MemoryError for a corrupt file,
             # PIL's DecompressionBombError. Out of __getitem__ it would stop Paddle's loader (a hang without workers).
+            _note_unexpected(exc)
             return None, label, str(sample.path), reason_only(exc, sample.path)  # the report names the path
         return clip, label, str(sample.path), ""
+
+
+_EXPECTED = (DecodeError, OSError, ValueError, MemoryError, Image.DecompressionBombError)
+_traced: set[type[BaseException]] = set()
+
+
+def _note_unexpected(exc: Exception) -> None:
+    """An exception no decoder is known to raise may be a bug of ours: its traceback, once per type and process."""
+    if not isinstance(exc, _EXPECTED) and type(exc) not in _traced:
+        _traced.add(type(exc))
+        log.warning("a clip failed with %s, which no decoder is known to raise (skipped like any unreadable clip; "
+                    "a bug?)", type(exc).__name__, exc_info=exc)
 
 
 def collate_clips(items: list[Item]) -> dict[str, Any]:
@@ -120,7 +135,8 @@ def require_some_present(dataset: ClipDataset, list_file: str, cfg: Config, prob
     from the wrong place, which would otherwise show only after a whole epoch (hours, on Kinetics). Only presence
     is checked: a list of corrupt files is still the epoch's to report clip by clip."""
     count = len(dataset.samples)
-    picks = sorted({round(i * (count - 1) / max(1, probes - 1)) for i in range(min(probes, count))})
+    tries = min(probes, count)
+    picks = sorted({round(i * (count - 1) / max(1, tries - 1)) for i in range(tries)})
     if any(dataset.samples[i].path.exists() for i in picks):
         return
     raise ValueError(f"none of {len(picks)} clips of {list_file} spread through it exists (e.g. "

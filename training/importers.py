@@ -19,7 +19,7 @@ from pathlib import Path
 import paddle
 
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
-from training.checkpoint import read_meta
+from training.checkpoint import load_state_file, read_meta
 from training.export import check_name, export_to_repo, onnx_available, probe_inference_model, publish, sha256_file
 from training.tsm import build_tsm
 
@@ -96,7 +96,7 @@ def import_checkpoint(params: Path, labels: list[str], repo: Path, name: str, sp
         raise ValueError(f"{params} is a checkpoint of this project's training ({params.with_suffix('.json').name} "
                          f"records its config): publish it with python -m training export -c <its config> "
                          f"--checkpoint {params}, which keeps its preprocessing and class names")
-    state = paddle.load(str(params))
+    state = load_state_file(params)
     depth, num_classes, base_width = infer_architecture(state)
     if num_classes != len(labels):
         raise ValueError(f"{params.name} has {num_classes} classes but the label list has {len(labels)}")

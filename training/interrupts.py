@@ -48,8 +48,8 @@ def loader_death(exc: BaseException) -> str | None:
     text = str(exc)
     if found := re.search(r"DataLoader process \(pid \d+\) exited[^(\n]*", text):
         return found.group(0).strip()
-    if "Blocking queue is killed" in text:
-        return "a worker process ended and Paddle closed the loader's queue"
+    if "Blocking queue is killed" in text:  # also a worker's own exception, printed above it: not always a death
+        return "Paddle closed the loader's queue: a worker died, or raised the error printed above"
     return None
 
 

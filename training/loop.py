@@ -193,7 +193,7 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
         # Rank 0's alone, after the set-aside: another rank's copy could land first and be moved away as an
         # earlier run's (seen in a fresh demo folder).
         (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
-        progress.latest = out / f"{LATEST}.pdparams"
+    progress.latest = out / f"{LATEST}.pdparams"  # every rank's: any of them may be the one a failure stops
     history: list[dict[str, float]] = []
     # A resumed run competes with the best checkpoint it already has, not with nothing.
     kept = out / f"{BEST}.pdparams"
@@ -216,9 +216,12 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
             record |= (merge_ranks(result) if distributed else result).as_dict()
             record["val_skipped"] = int(summed([len(result.skipped)], distributed)[0])
             if record["val_count"] == 0:  # the epoch's training is kept: fix the list, then resume
-                kept = _end_epoch(out, run, cfg, epoch, record) if dist.get_rank() == 0 else latest
+                trained = {k: v for k, v in record.items() if not k.startswith("val_") or k == "val_skipped"}
+                saved = _end_epoch(out, run, cfg, epoch, trained) if dist.get_rank() == 0 else latest
+                if distributed:  # a rank raising first would have the run killed while rank 0 saves
+                    dist.barrier()
                 raise ValueError(f"no clip of {cfg.data.valid_list} could be read: {unread_list_hint(cfg)}; epoch "
-                                 f"{epoch + 1}'s training is saved in {kept}: resume with --resume {kept}")
+                                 f"{epoch + 1}'s training is saved in {saved}: resume with --resume {saved}")
         history.append(record)
         stop = _reached_target(cfg, record, distributed)
         if dist.get_rank() != 0:

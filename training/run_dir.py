@@ -37,10 +37,12 @@ def require_writable(out: Path) -> None:
     probe = out / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
-        raise OSError(exc.errno, f"train.output_dir {out} is not writable ({exc.strerror or exc}): the run could "
-                                 "save no checkpoint; choose another folder (-o train.output_dir=...)") from exc
+        message = (f"train.output_dir {out} is not writable ({exc.strerror or exc}): the run could save no "
+                   "checkpoint; choose another folder (-o train.output_dir=...)")
+        raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from exc
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def set_aside_earlier_run(out: Path) -> Path | None:

@@ -227,7 +227,7 @@ def read_label_list(path: Path) -> list[str]:
     """
     labels: list[str] = []
     first_id = 0  # 1 once the first label's id is 1
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # a BOM is no label
         line = raw.strip()
         if not line:
             continue

@@ -179,6 +179,27 @@ def test_a_full_disk_while_saving_names_the_checkpoint_and_leaves_no_partial_fil
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_failure_between_the_renames_leaves_no_temporary_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    cfg = _tiny()
+    model = build_model(cfg)
+    real, calls = os.replace, []
+
+    def fails_second(src: str, dst: str) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    optimizer = paddle.optimizer.Momentum(parameters=model.parameters())
+    monkeypatch.setattr(os, "replace", fails_second)
+    with pytest.raises(OSError, match="Input/output error"):
+        save_checkpoint(tmp_path / "latest", model, cfg, 1, {}, optimizer)
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "latest.json").exists()  # the sidecar goes last
+
+
 def test_a_damaged_checkpoint_or_sidecar_is_named_not_a_pickle_or_json_error(tmp_path: Path) -> None:
     cfg = _tiny()
     params = _saved(tmp_path)

@@ -63,3 +63,31 @@ def test_a_video_ffmpeg_runs_out_of_memory_on_is_skipped_in_training_and_extract
     monkeypatch.setattr("training.frames.decoded_chunks", ffmpeg_out_of_memory)
     with pytest.raises(ValueError, match="none of the 1 videos"):  # reported and left out: none was left
         extract_frames(tmp_path / "videos.list", tmp_path / "frames", data_prefix=str(tmp_path), workers=1)
+
+
+def test_an_exception_no_decoder_raises_is_skipped_but_traced_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Skipping every exception would hide a bug of ours as 'unreadable clips': its traceback shows, once."""
+    write_mp4(tmp_path / "clip.mp4", np.zeros((8, 24, 32, 3), np.uint8), 10.0)
+    (tmp_path / "videos.list").write_text("clip.mp4 0\nclip.mp4 1\n")
+
+    def buggy(*_: object) -> None:
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr("training.data.read_frames", buggy)
+    dataset = ClipDataset(load_config("tiny", [f"data.data_prefix={tmp_path}"]), str(tmp_path / "videos.list"), True)
+    assert [dataset[i][3] for i in (0, 1)] == ["IndexError: list index out of range"] * 2
+    traced = [r for r in caplog.records if "which no decoder is known to raise" in r.getMessage()]
+    assert len(traced) == 1 and traced[0].exc_info is not None and "a bug?" in traced[0].getMessage()
+
+
+def test_the_presence_probe_reaches_the_end_of_a_short_list(tmp_path: Path) -> None:
+    from training.data import require_some_present
+
+    write_mp4(tmp_path / "last.mp4", np.zeros((8, 24, 32, 3), np.uint8), 10.0)
+    (tmp_path / "videos.list").write_text("a.mp4 0\nb.mp4 0\nc.mp4 0\nd.mp4 0\nlast.mp4 0\n")
+    cfg = load_config("tiny", [f"data.data_prefix={tmp_path}"])
+    require_some_present(ClipDataset(cfg, str(tmp_path / "videos.list"), True), "videos.list", cfg)  # no raise
+    (tmp_path / "videos.list").write_text("a.mp4 0\nb.mp4 0\n")
+    with pytest.raises(ValueError, match=r"none of 2 clips of videos\.list spread through it exists"):
+        require_some_present(ClipDataset(cfg, str(tmp_path / "videos.list"), True), "videos.list", cfg)

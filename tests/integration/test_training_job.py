@@ -130,6 +130,7 @@ def test_a_run_or_evaluation_that_reads_no_clip_fails_naming_the_settings(tiny_s
                                          rf"saved in {kept}: resume with --resume {kept}"):
         train(wrong_val, validate=True)
     assert read_meta(kept)["epoch"] == 1
+    assert "val_top1" not in read_meta(kept)["metrics"]  # a 0 would have read as a measured validation
 
 
 def test_train_refuses_at_once_what_would_fail_or_do_nothing_later(tiny_set: Path, tmp_path: Path) -> None:
