@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from paddle import inference
-from paddle.inference import PrecisionType
 
 from service.contract.manifest import Manifest, ModelIO, Preprocessing
 from service.predictor import (
@@ -67,26 +66,6 @@ def build(tmp_path: Path, options: PredictorOptions, has_gpu: bool) -> tuple[lis
     choice = choose_backend(options, has_gpu)
     config = build_config(version_dir, MANIFEST, options, choice, config_cls=RecordingConfig)
     return config.calls, choice
-
-
-def test_cpu_onednn(tmp_path: Path) -> None:
-    calls, choice = build(tmp_path, PredictorOptions(device="cpu", cpu_threads=3), has_gpu=True)
-    d = tmp_path / "m" / "3"
-    assert calls == [
-        ("__init__", (str(d / "model.json"), str(d / "model.pdiparams")), {}),
-        ("disable_gpu", (), {}), ("set_cpu_math_library_num_threads", (3,), {}),
-        ("enable_onednn", (), {}), ("set_onednn_cache_capacity", (10,), {}),
-        ("switch_ir_optim", (True,), {}), ("disable_glog_info", (), {})]
-    assert choice == BackendChoice("paddle", "cpu", "fp32")
-    assert "enable_memory_optim" not in [c[0] for c in calls]
-
-
-def test_gpu_cuda_fp16(tmp_path: Path) -> None:
-    calls, choice = build(tmp_path, PredictorOptions(device="gpu", precision="fp16", gpu_id=1, gpu_memory_mb=500),
-                          has_gpu=True)
-    assert calls[1:] == [("enable_use_gpu", (500, 1, PrecisionType.Half), {}),
-                         ("switch_ir_optim", (True,), {}), ("disable_glog_info", (), {})]
-    assert choice == BackendChoice("paddle", "gpu:1", "fp16")
 
 
 class RecordingConverter:
