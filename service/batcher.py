@@ -96,7 +96,8 @@ class DynamicBatcher:
         self.admit()
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(clip, future, time.monotonic(), deadline))
-        future.add_done_callback(lambda _: self._report_depth())  # a request that gives up leaves the gauge at once
+        # A request that gives up (its future cancelled) leaves the gauge at once; answered ones left it in _take.
+        future.add_done_callback(lambda done: done.cancelled() and self._report_depth())
         self._report_depth()
         self._wakeup.set()
         return future

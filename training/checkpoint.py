@@ -62,25 +62,21 @@ def save_checkpoint(prefix: Path, model: paddle.nn.Layer, cfg: Config, epoch: in
     writes.append((Path(str(prefix) + ".json"), lambda tmp: tmp.write_text(to_json(meta, indent=2) + "\n")))
     staged: list[tuple[Path, Path]] = []
     try:
-        for path, write in writes:
-            staged.append((_write_temporary(path, write), path))
-    except BaseException as exc:  # a full disk, a kill: the written parts would keep a full disk full
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        if not isinstance(exc, OSError):
-            raise
-        previous = f"the previous {params.name} is intact" if params.exists() else f"no {params.name} was saved"
-        raise _os_error(exc, f"could not save checkpoint {prefix} ({exc.strerror or exc}); {previous}") from exc
-    try:
+        try:
+            for path, write in writes:
+                staged.append((_write_temporary(path, write), path))
+        except OSError as exc:  # e.g. a full disk: nothing was renamed yet
+            previous = f"the previous {params.name} is intact" if params.exists() else f"no {params.name} was saved"
+            raise os_error(exc, f"could not save checkpoint {prefix} ({exc.strerror or exc}); {previous}") from exc
         for tmp, path in staged:
             os.replace(tmp, path)
-    finally:  # a failure between the renames: no temporary file stays behind (the sidecar, renamed last, is old)
+    finally:  # a full disk, a kill, a failed rename: the written parts would keep a full disk full
         for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # gone already where renamed (the sidecar, renamed last, stays old)
     return params
 
 
-def _os_error(exc: OSError, message: str) -> OSError:
+def os_error(exc: OSError, message: str) -> OSError:
     """``message`` as an OSError of ``exc``'s errno (without one, ``[Errno None]`` would lead the text)."""
     return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
 

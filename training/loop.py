@@ -193,13 +193,12 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
         # Rank 0's alone, after the set-aside: another rank's copy could land first and be moved away as an
         # earlier run's (seen in a fresh demo folder).
         (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
-    progress.latest = out / f"{LATEST}.pdparams"  # every rank's: any of them may be the one a failure stops
+    latest = progress.latest = out / f"{LATEST}.pdparams"  # every rank's: any of them may be the one a failure stops
     history: list[dict[str, float]] = []
     # A resumed run competes with the best checkpoint it already has, not with nothing.
     kept = out / f"{BEST}.pdparams"
     best_path: Path | None = kept if resume is not None and kept.exists() else None
     best: dict[str, float] = read_meta(best_path).get("metrics", {}) if best_path else {}
-    latest = out / f"{LATEST}.pdparams"
     for epoch in range(run.start_epoch, cfg.train.epochs):
         train_set.epoch = epoch
         np.random.seed([cfg.train.seed, epoch])  # the single-process BatchSampler shuffles with numpy's global RNG

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.checkpoint import read_meta, write_atomically
+from training.checkpoint import os_error, read_meta, write_atomically
 
 if TYPE_CHECKING:
     from training.config import Config
@@ -38,9 +38,8 @@ def require_writable(out: Path) -> None:
     try:
         probe.write_bytes(b"")
     except OSError as exc:
-        message = (f"train.output_dir {out} is not writable ({exc.strerror or exc}): the run could save no "
-                   "checkpoint; choose another folder (-o train.output_dir=...)")
-        raise (OSError(exc.errno, message) if exc.errno is not None else OSError(message)) from exc
+        raise os_error(exc, f"train.output_dir {out} is not writable ({exc.strerror or exc}): the run could save "
+                            "no checkpoint; choose another folder (-o train.output_dir=...)") from exc
     finally:
         probe.unlink(missing_ok=True)
 
