@@ -71,14 +71,14 @@ def problem_json_in_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _routing_detail(request: Request, exc: StarletteHTTPException) -> str:
-    """A sentence for the router's own 404 and 405, whose detail is only their title."""
+def _routing_detail(request: Request, exc: StarletteHTTPException, allowed: str) -> str:
+    """A sentence for the router's own 404 and 405 (``allowed``: the path's methods), whose detail is only their
+    title."""
     path = request.url.path[:200]
     if exc.status_code == 404:
         return f"no route answers {path}; the API's routes are listed at /openapi.json"
     if exc.status_code == 405:
-        allowed = allowed_methods(request.app, request.scope)
-        return f"{request.method[:20]} is not allowed on {path}; it answers {', '.join(allowed)}"
+        return f"{request.method[:20]} is not allowed on {path}; it answers {allowed}"
     return str(exc.detail)
 
 
@@ -93,9 +93,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail, headers = _routing_detail(request, exc), dict(getattr(exc, "headers", None) or {})
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        detail = _routing_detail(request, exc, headers.get("Allow", ""))
         body = Problem(type=_HTTP_TYPES.get(exc.status_code, f"http-{exc.status_code}"), title=str(exc.detail),
                        status=exc.status_code, detail=detail, request_id=request_id_var.get())
         return JSONResponse(body.model_dump(), status_code=exc.status_code, media_type=PROBLEM_JSON,
