@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -66,24 +67,41 @@ def serve(argv: list[str] | None = None) -> None:
     config.load()
     config.lifespan_class = functools.partial(_ListenOnceStarted, sockets=[sock])
     server = _Server(config)
-    # As uvicorn.run: once shut down, uvicorn re-raises the SIGINT it handled; Ctrl+C is no crash.
+    # Once shut down, uvicorn re-raises the signal it handled, with the handler it found in place. Ctrl+C's
+    # KeyboardInterrupt is no crash. SIGTERM's default action killed the process before its exit handlers ran,
+    # leaving multiprocessing's folder ($TMPDIR/pymp-*) behind at every stop: it raises _Terminated instead.
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    terminated = False
     with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
-    if not server.started:
+        try:
+            server.run(sockets=[sock])
+        except _Terminated:
+            terminated = True
+    if not (server.started or terminated):
         sys.exit(STARTUP_FAILURE)
-    _exit_without_waiting_for_loads()
+    code = 128 + signal.SIGTERM if terminated else 0  # the status a shell (and Kubernetes) reports for SIGTERM
+    _exit_without_waiting_for_loads(code)
+    sys.exit(code)
 
 
-def _exit_without_waiting_for_loads() -> None:
+class _Terminated(BaseException):
+    """SIGTERM, once uvicorn's graceful shutdown is done: a BaseException, as Ctrl+C's KeyboardInterrupt is."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _exit_without_waiting_for_loads(code: int) -> None:
     """Shut down with a version still loading (a long warm-up, an engine build), the interpreter's exit would wait
-    for that thread: Ctrl+C then hung for the whole load (a SIGTERM ends the process at once, re-raised)."""
+    for that thread: Ctrl+C or SIGTERM then hung for the whole load."""
     loading = [t.name for t in threading.enumerate() if t.name.startswith("tsm-infer-") and t.is_alive()]
     if loading:
         log.warning("exiting without waiting for %s: a model version was still loading", ", ".join(loading))
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
 
 
 def bind(host: str, port: int) -> socket.socket:

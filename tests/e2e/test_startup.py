@@ -245,9 +245,11 @@ serve()
 """
 
 
-def test_ctrl_c_while_a_version_loads_ends_the_server_without_waiting_for_the_load(tiny_repo_template: Path,
-                                                                                    tmp_path: Path) -> None:
-    """The interpreter's exit joined the loading thread: Ctrl+C waited for the whole load."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl+C", "SIGTERM"])
+def test_a_stop_while_a_version_loads_ends_the_server_without_waiting_for_the_load(tiny_repo_template: Path,
+                                                                                   tmp_path: Path,
+                                                                                   signum: int) -> None:
+    """The interpreter's exit joined the loading thread: Ctrl+C waited for the whole load. SIGTERM exits 143."""
     import shutil
 
     repo = tmp_path / "repo"
@@ -264,9 +266,9 @@ def test_ctrl_c_while_a_version_loads_ends_the_server_without_waiting_for_the_lo
             while (2, "loading") not in [(m["version"], m["state"]) for m in http.get("/models").json()["models"]]:
                 assert time.monotonic() < deadline, "version 2 never started loading"
                 time.sleep(0.1)
-        os.killpg(server.proc.pid, signal.SIGINT)
+        os.killpg(server.proc.pid, signum)
         start = time.monotonic()
-        assert server.proc.wait(timeout=60) == 0
+        assert server.proc.wait(timeout=60) == (0 if signum == signal.SIGINT else 128 + signal.SIGTERM)
         took = time.monotonic() - start
     finally:
         server.stop()
