@@ -18,6 +18,7 @@ milliseconds). Blocking pipe calls run in a thread per worker, off the event loo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -124,7 +125,8 @@ class DecodePool:
         # The thread owns the slot until it hands it back, so a cancelled request (deadline, client gone) never
         # returns a still-busy worker to the idle queue; but a job cancelled before any thread took it never runs
         # (the previous job hands the slot back just before its thread is free), so then the slot comes back here.
-        job = self._threads.submit(self._call_and_release, slot, args)
+        # In the request's context: what the job logs carries its request id.
+        job = self._threads.submit(contextvars.copy_context().run, self._call_and_release, slot, args)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:

@@ -7,6 +7,7 @@ milliseconds, and nothing is ever forked from the server process after Paddle (w
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from service.errors import DecoderCrashedError, DecodeTimeoutError, UndecodableV
 
 CONTEXT = mp.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["service.decode_worker"])
+log = logging.getLogger(__name__)
 
 
 class DecoderProcess:
@@ -55,7 +57,9 @@ class DecoderProcess:
                 reason="worker_crashed") from exc
         if reply[0] == "ok":
             return reply[1]
-        _, kind, reason, text = reply
+        _, kind, reason, text, *trace = reply
+        if trace:  # in the server's log, in its format and with the request's id
+            log.warning("a decoder failed in a way no decoder is known to (%s):\n%s", text, trace[0].rstrip())
         if reason == "out_of_memory":  # the worker exits after this answer; wait, so it is replaced
             self.failure = reason
             self.process.join(timeout=5)

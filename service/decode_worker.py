@@ -6,9 +6,9 @@ multi-threaded runtime we never want in a decoder) and of anything from the web 
 
 from __future__ import annotations
 
-import logging
 import resource
 import signal
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -22,8 +22,6 @@ from service.contract.preprocess import preprocess_clip
 from service.decode_errors import DecodeError, LimitExceeded
 from service.decoding import VideoInfo, read_clip
 from service.probing import measured_duration_s, probe_video
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,8 @@ def warm_imports() -> None:
 
 
 def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> None:
-    """Serve tasks from ``conn`` until it closes: reply ``("ok", result)`` or ``("error", kind, reason, text)``.
+    """Serve tasks from ``conn`` until it closes: reply ``("ok", result)`` or ``("error", kind, reason, text)``,
+    plus the traceback of an exception no decoder is known to raise.
 
     The address-space limit turns a runaway allocation into a MemoryError here (the worker
     answers, then exits) or, inside native code, a dead process; either way the pool replaces
@@ -108,9 +107,10 @@ def worker_main(conn: Connection, task: Callable[..., Any], memory_mb: int) -> N
             reply = ("error", "decode", "out_of_memory", "decoding needed more memory than a worker may use")
             retire = True
         except Exception as exc:  # any other decoder failure is still the file's, not the server's
-            # ...most likely; the traceback goes to the worker's stderr so that a bug of ours does not pass unseen.
-            log.warning("decode task failed with %s", type(exc).__name__, exc_info=True)
-            reply = ("error", "decode", "undecodable", f"the video could not be decoded ({type(exc).__name__})")
+            # ...most likely; its traceback goes to the server's log, so that a bug of ours does not pass unseen
+            # (logged here, it was bare text on stderr among the JSON records).
+            reply = ("error", "decode", "undecodable", f"the video could not be decoded ({type(exc).__name__})",
+                     traceback.format_exc())
         conn.send(reply)
         if retire:
             return

@@ -118,7 +118,15 @@ _MP4_BOXES = frozenset({*_FIRST_MP4_BOXES, b"moof", b"mfra", b"sidx", b"styp", b
 
 def mp4_cut_short(path: Path) -> str | None:
     """How an MP4/MOV file ends inside one of its top-level boxes (its ``mdat`` when an upload stopped early), or
-    None: the file is whole, or not a box structure this can follow."""
+    None: the file is whole, not a box structure this can follow, or unreadable (an upload whose request was
+    cancelled is removed while its decode may still start: the decoders' own error says so)."""
+    try:
+        return _box_cut_short(path)
+    except OSError:
+        return None
+
+
+def _box_cut_short(path: Path) -> str | None:
     size = path.stat().st_size
     with path.open("rb") as f:
         offset = 0

@@ -18,7 +18,7 @@ import pytest
 
 from service import decode_process
 from service.decode_pool import DecodePool
-from service.errors import DecoderCrashedError, DecoderUnavailableError
+from service.errors import DecoderCrashedError, DecoderUnavailableError, UndecodableVideoError
 
 BACKOFF_S = 0.3
 WATCH_S = 0.2
@@ -26,7 +26,10 @@ HANG_GUARD_S = 10.0  # far above any answer the pool should give; reaching it me
 
 
 def echo_or_die(word: str) -> str:
-    """Runs in a decoder worker: ``die<seconds>`` kills the worker (as a decoder segfault would) after a pause."""
+    """Runs in a decoder worker: ``die<seconds>`` kills the worker (as a decoder segfault would) after a pause,
+    ``bug`` raises an exception no decoder raises."""
+    if word == "bug":
+        raise KeyError(word)
     if word.startswith("die"):
         time.sleep(float(word[3:] or 0))
         os.kill(os.getpid(), signal.SIGKILL)
@@ -204,3 +207,36 @@ def test_a_request_cancelled_while_its_job_runs_leaves_the_slot_to_the_job() -> 
         assert pool.replaced == 1
 
     with_pool(1, scenario)
+
+
+def test_an_unexpected_error_in_a_worker_is_logged_by_the_server_with_its_traceback_and_request_id(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The worker logged it itself: bare text on its stderr among the server's JSON records, with no request id."""
+    import logging
+
+    from service.logs import request_id_var
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), request_id_var.get()))
+
+    async def scenario(pool: DecodePool) -> None:
+        request_id_var.set("req-7")
+        with pytest.raises(UndecodableVideoError) as failed:
+            await asyncio.wait_for(pool.run("bug"), HANG_GUARD_S)
+        assert failed.value.reason == "undecodable" and "(KeyError)" in str(failed.value)
+        assert await asyncio.wait_for(pool.run("after"), HANG_GUARD_S) == "after"  # the worker serves on
+
+    keep = Keep()
+    logging.getLogger("service.decode_process").addHandler(keep)
+    try:
+        with caplog.at_level(logging.WARNING, "service.decode_process"):
+            with_pool(1, scenario)
+    finally:
+        logging.getLogger("service.decode_process").removeHandler(keep)
+    assert len(seen) == 1, seen
+    message, request_id = seen[0]
+    assert request_id == "req-7"
+    assert "Traceback (most recent call last)" in message and "KeyError: 'bug'" in message, message

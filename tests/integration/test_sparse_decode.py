@@ -325,3 +325,20 @@ def test_mpeg_ts_whose_timestamps_jump_back_or_repeat_is_decoded_as_shown(tmp_pa
             frames, info, idx = read_frames(path, pick)
             assert info.backend == "pyav" and info.num_frames == len(every), (path.name, info)
             assert np.array_equal(frames, every[idx]), path.name
+
+
+def test_an_upload_removed_mid_decode_is_a_decode_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request cancelled while its decode starts has its upload removed: the cut-short check after the decoders'
+    failure opened the missing file, and its FileNotFoundError reached the worker as a bug of ours (a traceback)."""
+    from service.decode_errors import DecodeError
+
+    clip = write_video(tmp_path / "clip.mp4", pattern_frames(16, 64, 48))
+    sparse_read = sparse.read_frames_sparse
+
+    def remove_then_read(path: Path, *args: object, **kwargs: object) -> object:
+        path.unlink()
+        return sparse_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(sparse, "read_frames_sparse", remove_then_read)
+    with pytest.raises(DecodeError, match="No such file or directory"):
+        read_frames(clip, lambda count: sampling.test_indices(count, 4))
