@@ -23,6 +23,7 @@ from service.backends import check_listed_files, check_outputs
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.contract.manifest import Manifest, repository_problem, scan_repository
 from service.errors import BadParameterError, ModelNotFoundError, NotReadyError, ServiceError, VersionNotFoundError
+from service.heap import release_free_memory
 from service.metrics import Metrics
 from service.model_version import ModelVersion, PredictorFactory, PredictorLike, State, folder_files
 from service.repository_notices import RepositoryNotices
@@ -228,6 +229,7 @@ class ModelRepository:
             await mv.idle.wait()
         if mv.batcher is not None:
             await mv.batcher.close()
+            mv.batcher = None  # its predictor's last reference: freed now, so that the trim below returns it
         c = mv.choice
         if c is not None:
             self.metrics.model_info.remove(mv.name, str(mv.version), c.backend, c.device, c.precision)
@@ -236,6 +238,7 @@ class ModelRepository:
             with contextlib.suppress(KeyError):  # a model no longer in the repository: its gauge goes too
                 self.metrics.queue_depth.remove(mv.name)
         log.info("unloaded %s version %d", mv.name, mv.version)
+        await asyncio.to_thread(release_free_memory)  # off the loop: a trim walks every heap
 
     def _report_depth(self, name: str) -> None:
         versions = [self.serving.get(name), *(mv for (n, _), mv in self.others.items() if n == name)]
