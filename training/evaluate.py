@@ -99,6 +99,20 @@ def write_evaluation(result: EvalResult, out: Path, labels: list[str], title: st
     (out / EVALUATION_FILE).write_text(to_json(figures, indent=1) + "\n")
 
 
+def share_rank0_statistics(model: paddle.nn.Layer) -> None:
+    """Give every data-parallel rank rank 0's BatchNorm running statistics, before they validate their shards.
+
+    DataParallel averages the gradients only: each rank's running means and variances follow its own batches, so
+    a rank validated its shard with a network no checkpoint holds (rank 0's is the one saved). Measured on the
+    tiny set: a validation loss of 5.36 recorded for a checkpoint whose own is 5.05. Training is unchanged: it
+    normalises with each batch's statistics."""
+    import paddle.distributed as dist
+
+    for value in model.parameters():
+        if value.stop_gradient:  # the running statistics: parameters that no optimiser updates
+            dist.broadcast(value, src=0)
+
+
 def merge_ranks(result: EvalResult) -> EvalResult:
     """Every data-parallel rank evaluated its own shard: the sum over all of them, on every rank."""
     import paddle.distributed as dist

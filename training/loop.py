@@ -25,7 +25,7 @@ from training.checkpoint import (
 from training.config import Config
 from training.data import ClipDataset, make_loader, require_some_present, unread_list_hint
 from training.epoch import log_line, summed, train_epoch, train_figures
-from training.evaluate import EvalResult, evaluate, merge_ranks
+from training.evaluate import EvalResult, evaluate, merge_ranks, share_rank0_statistics
 from training.interrupts import Progress, loader_death
 from training.optim import AmpPlan, amp_plan, make_optimizer, make_scaler
 from training.plots import plot_curves
@@ -211,6 +211,8 @@ def _run(cfg: Config, validate: bool, resume: Path | None, progress: Progress) -
         run.schedule.step()
         record["seconds"] = time.perf_counter() - started
         if val_loader is not None:
+            if distributed:
+                share_rank0_statistics(run.model)
             result: EvalResult = evaluate(run.model, val_loader, cfg.model.num_classes, desc="validate")
             record |= (merge_ranks(result) if distributed else result).as_dict()
             record["val_skipped"] = int(summed([len(result.skipped)], distributed)[0])

@@ -52,6 +52,7 @@ def test_two_process_data_parallel_launch(tiny_set: Path, tmp_path: Path, how: s
 @pytest.mark.slow
 def test_spawned_data_parallel_run_returns_what_rank_0_trained(tiny_set: Path, tmp_path: Path) -> None:
     from training.parallel import train_data_parallel
+    from training.workflows import evaluate_checkpoint
 
     result = train_data_parallel(tiny_config(tiny_set, tmp_path, "train.epochs=2"), nprocs=2)
     assert [r["epoch"] for r in result.history] == [1, 2]
@@ -66,6 +67,10 @@ def test_spawned_data_parallel_run_returns_what_rank_0_trained(tiny_set: Path, t
     assert first["train_top1"] * 8 == pytest.approx(round(first["train_top1"] * 8))
     assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 2
     assert not list(tmp_path.glob("earlier_run.*"))  # a fresh folder: nothing of this run set aside as earlier
+    # The ranks' shards are the whole validation list: its figures are one process's on the same checkpoint.
+    alone = evaluate_checkpoint(tiny_config(tiny_set, tmp_path), tmp_path / "latest.pdparams", out_dir=tmp_path / "ev")
+    second = result.history[1]
+    assert (second["val_top1"], second["val_loss"]) == (pytest.approx(alone.top1), pytest.approx(alone.loss, rel=1e-5))
     # Resumed with the config naming another folder: the ranks continue in the checkpoint's, and so does the result.
     elsewhere = tmp_path / "elsewhere"
     again = train_data_parallel(tiny_config(tiny_set, elsewhere, "train.epochs=3"), nprocs=2,
