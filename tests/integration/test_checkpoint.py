@@ -94,6 +94,19 @@ def test_a_pretrained_backbone_init_still_takes_what_fits(tmp_path: Path) -> Non
     assert loaded == len([k for k in model.state_dict() if k.startswith("backbone.")]) and missing == []
 
 
+def test_an_imagenet_style_file_without_the_backbone_prefix_initialises_every_backbone_tensor(
+        tmp_path: Path) -> None:
+    """ResNet50_pretrain.pdparams names its tensors ``conv1...``, not ``backbone.conv1...``."""
+    source = build_tsm(18, num_classes=3, num_seg=4, base_width=8)
+    bare = {k.removeprefix("backbone."): v for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    model = build_model(_tiny())
+    loaded, missing = load_weights(model, _bare(tmp_path, source, bare), backbone_only=True)
+    own = model.state_dict()
+    assert loaded == len(bare) == len([k for k in own if k.startswith("backbone.")]) and missing == []
+    for key, value in bare.items():
+        np.testing.assert_array_equal(own[f"backbone.{key}"].numpy(), value.numpy())
+
+
 def test_export_of_a_checkpoint_with_another_class_count_fails_before_publishing(tmp_path: Path) -> None:
     params = _saved(tmp_path, "model.num_classes=3")
     with pytest.raises(ValueError, match=r"model\.num_classes=3"):
@@ -232,11 +245,14 @@ def test_export_leaves_non_finite_metrics_out_of_a_manifest_the_service_reads(tm
     assert manifest.metrics == {"val_top1": 0.5}
 
 
-def test_export_refuses_a_diverged_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["everywhere", "one weight"])
+def test_export_refuses_a_diverged_checkpoint(tmp_path: Path, where: str) -> None:
     cfg = _tiny()
     model = build_model(cfg)
     fc = model.state_dict()["head.fc.weight"]
-    fc.set_value(np.full(fc.shape, np.nan, np.float32))
+    values = np.full(fc.shape, np.nan, np.float32) if where == "everywhere" else fc.numpy().copy()
+    values[0, 0] = np.nan
+    fc.set_value(values)
     params = save_checkpoint(tmp_path / "ckpt", model, cfg, 2, {"val_top1": 0.25})
     with pytest.raises(ValueError, match=r"non-finite weights \(head\.fc\.weight\): the run diverged"):
         export_checkpoint(cfg, params, tmp_path / "repo", with_onnx=False)
@@ -268,6 +284,10 @@ def test_export_and_evaluate_refuse_other_class_names_than_trained_with(tmp_path
         export_checkpoint(_tiny(f"data.labels={other}"), params, tmp_path / "repo", with_onnx=False)
     with pytest.raises(ValueError, match=re.escape("than no data.labels (class_<i>) gives (class 0: 'action_0'")):
         evaluate_checkpoint(_tiny("data.valid_list=unused.list"), params)
+    reordered = tmp_path / "reordered.txt"  # the same names in another order: every class would be misnamed
+    reordered.write_text("\n".join([classes[1], classes[0], *classes[2:]]) + "\n")
+    with pytest.raises(ValueError, match=re.escape("(class 0: 'action_0' against 'action_1')")):
+        export_checkpoint(_tiny(f"data.labels={reordered}"), params, tmp_path / "repo", with_onnx=False)
     published = export_checkpoint(_tiny(f"data.labels={trained}"), params, tmp_path / "repo", with_onnx=False)
     assert (published / "labels.txt").read_text().splitlines() == classes
 

@@ -67,6 +67,26 @@ def test_publish_numbers_versions_and_leaves_no_temporaries(tmp_path: Path) -> N
     assert [p.name for p in (tmp_path / "net").iterdir() if p.name.startswith(".")] == [".issued-versions"]
     assert sorted(p.name for p in second.iterdir()) == ["labels.txt", "manifest.json", "model.json",
                                                         "model.pdiparams"]
+    assert Manifest.read(second).paddle_version == paddle.__version__  # which Paddle wrote the model file
+
+
+def test_a_publish_whose_rename_fails_leaves_no_hidden_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the whole model under a dot name, for every failed publish (a read-only repository, a full disk)."""
+    import errno
+    import os
+
+    import training.export
+
+    def refused(*_: object) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    model = build_tsm(18, num_classes=5, num_seg=4, base_width=8)
+    monkeypatch.setattr(training.export.os, "rename", refused)
+    with pytest.raises(PermissionError):
+        export_to_repo(model, tmp_path / "repo", _manifest())
+    monkeypatch.setattr(training.export.os, "rename", os.rename)
+    left = [p.name for p in (tmp_path / "repo" / "net").iterdir()]
+    assert [name for name in left if name != ".issued-versions"] == [], left
 
 
 def test_failed_export_publishes_nothing(tmp_path: Path) -> None:

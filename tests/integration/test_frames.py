@@ -76,6 +76,28 @@ def test_folders_are_named_as_the_list_names_the_videos_without_the_appended_suf
     assert out.read_text() == "000000_b.mp4 13 0\n"
 
 
+def test_a_listed_path_that_climbs_out_of_the_prefix_is_extracted_inside_the_output(video_set: Path,
+                                                                                    tmp_path: Path) -> None:
+    """``../videos/b.mp4`` named as listed would write its frames outside the output folder."""
+    (tmp_path / "up.list").write_text("../videos/b.mp4 0\n")
+    out = extract_frames(tmp_path / "up.list", tmp_path / "out" / "frames", data_prefix=str(video_set / "videos"),
+                         workers=1)
+    assert out.read_text() == "000000_b.mp4 13 0\n"
+    assert (tmp_path / "out" / "frames" / "000000_b.mp4" / "img_00013.jpg").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frames"]
+
+
+def test_a_video_is_decoded_in_chunks_to_its_last_frame(video_set: Path) -> None:
+    """Frames are decoded a chunk at a time (long videos never sit in memory whole): every chunk, the last too."""
+    from training.frames import decoded_chunks
+
+    video = video_set / "videos" / "a.mp4"  # 24 frames
+    with_chunks = list(decoded_chunks(video, chunk=5))
+    assert [len(c) for c in with_chunks] == [5, 5, 5, 5, 4]
+    whole, _, _ = read_frames(video, lambda count: range(count))
+    np.testing.assert_array_equal(np.concatenate(with_chunks), whole)
+
+
 def test_frames_extracted_beside_their_videos_would_replace_them_and_are_refused(video_set: Path,
                                                                                  tmp_path: Path) -> None:
     listed = tmp_path / "good.list"

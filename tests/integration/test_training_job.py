@@ -94,6 +94,79 @@ def test_resume_continues_at_the_next_epoch(tiny_set: Path, tmp_path: Path) -> N
     assert json.loads((tmp_path / "latest.json").read_text())["epoch"] == 2
 
 
+def test_a_resumed_schedule_steps_down_on_time_and_every_nth_epoch_is_kept(tiny_set: Path, tmp_path: Path) -> None:
+    """From latest (with the optimiser's state) and from a weights-only epoch_N alike, the step-down comes at its
+    boundary; epoch_N every save_interval epochs; the epoch's train_loss is the mean of its steps' losses."""
+    extra = ("optimizer.boundaries=[2]", "train.save_interval=2")
+    train(tiny_config(tiny_set, tmp_path, "train.epochs=1", *extra), validate=False)
+    train(tiny_config(tiny_set, tmp_path, "train.epochs=3", *extra), validate=False,
+          resume=tmp_path / "latest.pdparams")
+    logged = records(tmp_path / "metrics.jsonl")
+    epochs = [r for r in logged if r["kind"] == "epoch"]
+    assert [r["lr"] for r in epochs] == pytest.approx([0.05, 0.05, 0.005])
+    for record in epochs:
+        losses = [float(r["loss"]) for r in logged if r["kind"] == "step" and r["epoch"] == record["epoch"]]
+        assert len(losses) == 3 and record["train_loss"] == pytest.approx(np.mean(losses))
+    assert sorted(p.name for p in tmp_path.glob("epoch_*")) == ["epoch_2.json", "epoch_2.pdparams"]
+    assert not list(tmp_path.glob(".write-test-*"))  # the writability probe is gone
+    weights_only = train(tiny_config(tiny_set, tmp_path, "train.epochs=3", *extra), validate=False,
+                         resume=tmp_path / "epoch_2.pdparams")
+    assert [r["lr"] for r in weights_only.history] == pytest.approx([0.005])
+
+
+def test_gradients_do_not_add_up_from_step_to_step(tmp_path: Path) -> None:
+    """The same batch twice at learning rate 0 (the weights stay put): both steps see the same gradient."""
+    import paddle
+
+    from training.checkpoint import build_model
+    from training.config import load_config
+    from training.epoch import train_epoch
+    from training.optim import amp_plan, make_optimizer
+
+    cfg = load_config("tiny", ["optimizer.values=[0.0, 0.0]"])
+    model = build_model(cfg)
+    optimizer, _ = make_optimizer(cfg, model)
+    crop = cfg.data.crop_size
+    clips = np.random.default_rng(0).standard_normal((2, cfg.model.num_seg, 3, crop, crop)).astype(np.float32)
+    batch = {"clips": paddle.to_tensor(clips), "labels": paddle.to_tensor([[0], [1]]), "skipped": []}
+    grads: list[np.ndarray] = []
+    step = optimizer.step
+
+    def recording() -> None:
+        grads.append(model.head.fc.weight.grad.numpy().copy())
+        step()
+
+    optimizer.step = recording  # type: ignore[method-assign]
+    train_epoch(model, [batch, batch], optimizer, amp_plan(cfg), None, cfg, 0, tmp_path / "log.jsonl")  # type: ignore[arg-type]
+    assert len(grads) == 2 and np.abs(grads[0]).max() > 0
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+
+
+def test_training_clips_sample_other_frames_each_epoch_and_the_same_again(tiny_set: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A random offset per segment, drawn anew each epoch (else every epoch sees the same frames), reproducibly."""
+    import training.data
+    from training.data import ClipDataset
+
+    drawn: list[list[int]] = []
+    real = training.data.train_indices
+
+    def recording(*args: object) -> list[int]:
+        drawn.append(list(real(*args)))  # type: ignore[arg-type]
+        return drawn[-1]
+
+    monkeypatch.setattr(training.data, "train_indices", recording)
+    dataset = ClipDataset(tiny_config(tiny_set, tmp_path), str(tiny_set / "train.list"), train=True)
+    by_epoch = []
+    for epoch in (0, 1, 0):
+        dataset.epoch = epoch
+        drawn.clear()
+        for i in range(len(dataset)):
+            assert dataset[i][0] is not None
+        by_epoch.append(list(drawn))
+    assert by_epoch[0] == by_epoch[2] and by_epoch[0] != by_epoch[1]
+
+
 def test_undecodable_clip_is_reported_by_path_and_skipped(tiny_set: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_set, tmp_path, "train.epochs=1")
     train(cfg, validate=False)

@@ -146,3 +146,21 @@ def test_a_killed_data_loading_worker_ends_the_run_saying_why_and_where_to_resum
     assert "out of memory? lower data.num_workers or data.batch_size)" in err
     assert f"the last saved checkpoint is {out / 'latest.pdparams'} (epoch {saved}); resume with:" in err
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_the_sigterm_handler_is_put_back_after_the_work() -> None:
+    """The demo runs several stages in one process: a stage's handler outliving it would stop the next wrongly."""
+    import signal
+
+    from training.interrupts import on_sigterm
+
+    def ours(signum: int, frame: object) -> None:
+        raise AssertionError("not reached")
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        with on_sigterm(lambda signum: None):
+            assert signal.getsignal(signal.SIGTERM) is not ours
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

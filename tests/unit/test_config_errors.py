@@ -149,6 +149,12 @@ def test_for_frame_folders_suffix_is_the_frame_file_pattern_as_in_paddlevideo(tm
         Image.fromarray(np.full((4, 6, 3), 40 * i, np.uint8)).save(folder / f"frame_{i:04}.png")
     frames = read_frame_dir(Sample(folder, 0, 2), [0, 1], cfg.data.frame_pattern)
     assert frames.shape == (2, 4, 6, 3) and frames[1].mean() == 80
+    from training.data import ClipDataset  # the pattern is not appended to a frame list's folders
+
+    (tmp_path / "frames.list").write_text("clip.mp4 2 0\n")
+    listed = load_config("tiny", ["data.format=frames", "data.suffix=frame_{:04}.png", f"data.data_prefix={tmp_path}"])
+    dataset = ClipDataset(listed, str(tmp_path / "frames.list"), train=False)
+    assert dataset.samples[0].path == folder and dataset[0][3] == "" and dataset[0][0] is not None
     Image.fromarray(np.zeros((6, 4, 3), np.uint8)).save(folder / "frame_0003.png")
     with pytest.raises(DecodeError, match=r"frame frame_0003\.png is 4x6, frame frame_0001\.png 6x4: the frames of a "
                                           r"folder must have one size"):

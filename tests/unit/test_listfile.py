@@ -33,6 +33,7 @@ def test_frame_list(tmp_path: Path) -> None:
         ("frames", "dir 30 1\ndir 3x 1\n", r"train.list:2: num_frames must be an integer"),
         ("videos", "a.mp4 -1\n", r"train.list:1: label must be >= 0"),
         ("videos", "a.mp4 9\n", r"train.list:1: label 9 is outside 0..3"),
+        ("videos", "a.mp4 3\nb.mp4 4\n", r"train.list:2: label 4 is outside 0..3"),
         ("videos", "\n# only a comment\n", r"train.list: the list has no samples"),
     ],
 )

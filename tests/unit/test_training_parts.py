@@ -93,6 +93,29 @@ def test_optimizer_follows_paddlevideo_param_attrs() -> None:
     assert schedule() == 0.005
 
 
+def test_weight_decay_reaches_the_conv_and_fc_weights_only() -> None:
+    """One step with zero gradients moves a parameter only by its L2 decay: PaddleVideo decays every weight but
+    the BatchNorm scales and shifts and the fc bias (whose values are set to 1 here, so that decay would show)."""
+    cfg = load_config("tiny")
+    model = build_model(cfg)
+    optimizer, _ = make_optimizer(cfg, model)
+    bn = model.backbone.conv._batch_norm
+    watched = {"conv weight": model.backbone.conv._conv.weight, "fc weight": model.head.fc.weight,
+               "bn scale": bn.weight, "bn shift": bn.bias, "fc bias": model.head.fc.bias}
+    for name in ("bn shift", "fc bias"):
+        watched[name].set_value(np.ones(watched[name].shape, np.float32))
+    before = {name: p.numpy().copy() for name, p in watched.items()}
+    crop = cfg.data.crop_size
+    (model(paddle.zeros([1, cfg.model.num_seg, 3, crop, crop])).sum() * 0).backward()
+    optimizer.step()
+    moved = {name: not np.array_equal(before[name], p.numpy()) for name, p in watched.items()}
+    assert moved == {"conv weight": True, "fc weight": True, "bn scale": False, "bn shift": False, "fc bias": False}
+    weight = before["conv weight"]
+    shrunk = weight - watched["conv weight"].numpy()  # lr * decay * w, to float32 rounding of w
+    np.testing.assert_allclose(shrunk, cfg.optimizer.values[0] * cfg.optimizer.weight_decay * weight, rtol=0,
+                               atol=float(np.spacing(np.abs(weight).max())))
+
+
 def test_adam_takes_the_recipe_and_moves_the_backbone_where_momentum_stalls() -> None:
     """From scratch the fc's Normal(0, 0.001) init scales every backbone gradient down: Momentum's first step
     barely moves the backbone, Adam's step size does not depend on the gradient's scale (~90x here)."""
