@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import threading
@@ -14,6 +15,19 @@ import httpx
 import pytest
 
 from tests.videos import make_video
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_on_a_closed_stream() -> Iterator[None]:
+    """create_app puts a stderr handler on the root logger, holding the stderr of the test that made it: pytest's
+    capture, closed once that test ends. A later test's log records (httpx's) then printed "--- Logging error ---"
+    tracebacks into its own captured output (seen running test_service_parts with test_client_cli)."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            root.removeHandler(handler)
+
 
 TINY_LABELS = ["archery", "bowling", "cooking", "dancing", "surfing"]
 TINY_NAME = "tiny"

@@ -212,6 +212,7 @@ def test_no_model_not_ready(tmp_path: Path, videos: dict[str, Path]) -> None:
         not_ready = http.get("/readyz")
         assert not_ready.status_code == 503 and not_ready.json()["detail"] == (
             "no model is loaded yet: the model repository holds no <name>/<version>/ folder")  # why, as /classify
+        assert int(not_ready.headers["retry-after"]) > 0  # a load balancer's or client's back-off
         assert http.get("/healthz").status_code == 200
         r = http.post("/classify", content=videos["a"].read_bytes(), headers={"content-type": "video/mp4"})
         assert r.status_code == 503 and r.json()["type"] == "not-ready" and r.headers["retry-after"]

@@ -49,13 +49,15 @@ def test_api_key_bearer_and_closed_probes(locked_server: LiveServer, videos: dic
         assert leftover_uploads(locked_server) == []
 
 
-def test_refused_key_counted_once(locked_server: LiveServer, videos: dict[str, Path]) -> None:
-    """A 401 on /classify (answered before the route runs) is one request with status 401 and one refusal."""
+@pytest.mark.parametrize("given", ["no key", "a wrong key"])
+def test_refused_key_counted_once(locked_server: LiveServer, videos: dict[str, Path], given: str) -> None:
+    """A 401 on /classify (answered before the route runs) is one request with status 401 and one refusal: a wrong
+    key too, or guessing would not show on a dashboard."""
     key = {"authorization": f"Bearer {KEY}"}
+    sent = {"content-type": "video/mp4", **({"x-api-key": "wrong"} if given == "a wrong key" else {})}
     with locked_server.client() as http:
         before = http.get("/metrics", headers=key).text
-        assert_problem(http.post("/classify", content=videos["c"].read_bytes(), headers={"content-type": "video/mp4"}),
-                       401, "unauthorized")
+        assert_problem(http.post("/classify", content=videos["c"].read_bytes(), headers=sent), 401, "unauthorized")
         after = http.get("/metrics", headers=key).text
     for name, labels in (("tsm_requests_total", {"model": "", "version": "", "status": "401"}),
                          ("tsm_rejected_requests_total", {"reason": "unauthorized"})):

@@ -55,7 +55,7 @@ class _NotOurService(BaseHTTPRequestHandler):
             server.busy -= busy
         if self.path.startswith("/together"):
             time.sleep(0.3)
-        status, body = (503, {"type": "queue-full", "detail": "busy"}) if busy else \
+        status, body = (server.busy_status, {"type": "queue-full", "detail": "busy"}) if busy else \
             (200, {"model": "m", "version": 1, "predictions": [{"label": self.path, "score": 1.0}]})
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -77,7 +77,8 @@ class _OtherServer(ThreadingHTTPServer):
     arrived = threading.Event()  # a request reached /slow
     lock = threading.Lock()
     in_flight = most_in_flight = 0  # requests being answered, and the most at once
-    busy = 0  # /busy answers this many more requests 503
+    busy = 0  # /busy answers this many more requests busy_status
+    busy_status = 503  # 429 is a rate limiter's (a proxy's) way of saying it
     retry_after = "0"  # with this Retry-After
 
     @property
@@ -183,20 +184,23 @@ def test_concurrency_keeps_that_many_in_flight_and_the_order(other: _OtherServer
         assert other.most_in_flight == 2
 
 
+@pytest.mark.parametrize("status", [503, 429])
 def test_a_busy_server_is_asked_again_after_its_retry_after(other: _OtherServer, videos: dict[str, Path],
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    monkeypatch.setattr(other, "busy_status", status)
     other.busy = 2
     assert main([str(videos["a"]), "--url", other.url + "/busy", "--json"]) == 0  # the default: 2 retries
     assert json.loads(capsys.readouterr().out)["predictions"] and other.busy == 0
     other.busy = 1
     assert main([str(videos["a"]), "--url", other.url + "/busy", "--json", "--retries", "0"]) == 1
-    assert json.loads(capsys.readouterr().out)["error"] == {"status": 503, "type": "queue-full", "detail": "busy"}
+    assert json.loads(capsys.readouterr().out)["error"] == {"status": status, "type": "queue-full", "detail": "busy"}
     other.busy = 3
     waits: list[float] = []
     with Client(other.url + "/busy", retries=2, sleep=waits.append) as client, \
             pytest.raises(ClassifyError) as refused:
         client.classify(videos["a"])
-    assert refused.value.status == 503 and refused.value.retry_after_s == 0 and waits == [0, 0]
+    assert refused.value.status == status and refused.value.retry_after_s == 0 and waits == [0, 0]
     with pytest.raises(ValueError, match="retries must be 0 or more"):
         Client(other.url, retries=-1)
 

@@ -27,9 +27,11 @@ HANG_GUARD_S = 10.0  # far above any answer the pool should give; reaching it me
 
 def echo_or_die(word: str) -> str:
     """Runs in a decoder worker: ``die<seconds>`` kills the worker (as a decoder segfault would) after a pause,
-    ``bug`` raises an exception no decoder raises."""
+    ``bug`` raises an exception no decoder raises, ``sleep<seconds>`` hangs that long."""
     if word == "bug":
         raise KeyError(word)
+    if word.startswith("sleep"):
+        time.sleep(float(word[5:]))
     if word.startswith("die"):
         time.sleep(float(word[3:] or 0))
         os.kill(os.getpid(), signal.SIGKILL)
@@ -240,3 +242,27 @@ def test_an_unexpected_error_in_a_worker_is_logged_by_the_server_with_its_traceb
     message, request_id = seen[0]
     assert request_id == "req-7"
     assert "Traceback (most recent call last)" in message and "KeyError: 'bug'" in message, message
+
+
+def test_a_hung_decode_is_stopped_at_its_timeout_and_its_worker_replaced() -> None:
+    """TSM_DECODE_TIMEOUT_S bounds how long a video holds a decoder: a hang is cut there, not at some multiple, and
+    the worker is replaced."""
+    from service.errors import DecodeTimeoutError
+
+    async def main() -> float:
+        pool = DecodePool(1, timeout_s=5, memory_mb=1024, task=echo_or_die)
+        pool.start()
+        try:
+            await asyncio.wait_for(pool.run("warm"), HANG_GUARD_S)  # the worker is up and has imported its modules
+            pool.timeout_s = 0.3  # (a worker's start, its imports, would count against so short a timeout)
+            start = time.monotonic()
+            with pytest.raises(DecodeTimeoutError):
+                await asyncio.wait_for(pool.run("sleep30"), HANG_GUARD_S)
+            took = time.monotonic() - start
+            await until(lambda: pool.replaced == 1, HANG_GUARD_S)
+            return took
+        finally:
+            pool.close()
+
+    took = asyncio.run(main())
+    assert 0.3 <= took < 1.0, took

@@ -68,6 +68,7 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = ServiceSettings()
     assert s.max_batch_size == 16 and s.model_versions == {"tiny": 2}
     assert s.content_type_allowed("video/mp4; codecs=avc1") and not s.content_type_allowed("text/plain")
+    assert s.content_type_allowed("Video/MP4")  # media types are case-insensitive (RFC 9110)
     assert all(f.description for f in ServiceSettings.model_fields.values())
 
 
@@ -234,3 +235,14 @@ def test_a_repository_closed_mid_load_marks_the_version_and_returns(tiny_repo_te
         release.set()
     assert versions == [(1, "failed", "the server shut down while it loaded")]
     assert took < 1.0
+
+
+def test_scores_of_large_logits_are_finite_probabilities() -> None:
+    """exp() of a logit above ~89 overflows float32: unshifted, such a clip's scores were NaN (a 500)."""
+    import numpy as np
+
+    from service.predictor import softmax
+
+    scores = softmax(np.array([[1000.0, 0.0, 999.0], [0.0, 0.0, 0.0]], np.float32))
+    np.testing.assert_allclose(scores, [[1 / (1 + np.exp(-1)), 0.0, np.exp(-1) / (1 + np.exp(-1))], [1 / 3] * 3],
+                               rtol=1e-6)

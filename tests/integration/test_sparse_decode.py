@@ -342,3 +342,15 @@ def test_an_upload_removed_mid_decode_is_a_decode_error(tmp_path: Path, monkeypa
     monkeypatch.setattr(sparse, "read_frames_sparse", remove_then_read)
     with pytest.raises(DecodeError, match="No such file or directory"):
         read_frames(clip, lambda count: sampling.test_indices(count, 4))
+
+
+def test_a_video_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """TSM_MAX_VIDEO_PIXELS, through the worker's task as the server runs it (the header, then every frame)."""
+    from service.contract.manifest import Preprocessing
+    from service.decode_worker import DecodeLimits, decode_task
+
+    clip = write_video(tmp_path / "big.mp4", pattern_frames(8, 96, 64))
+    spec = Preprocessing(num_seg=4, short_side=48, crop_size=32)
+    assert decode_task(str(clip), spec, DecodeLimits(600, 96 * 64)).info.width == 96  # at the limit
+    with pytest.raises(LimitExceeded, match=r"frames of 96x64 exceed the limit of 6143 pixels"):
+        decode_task(str(clip), spec, DecodeLimits(600, 96 * 64 - 1))

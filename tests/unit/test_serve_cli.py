@@ -35,8 +35,13 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch, name
 def test_a_refusal_names_the_flag_or_the_variables_involved(monkeypatch: pytest.MonkeyPatch, argv: list[str],
                                                            env: dict[str, str], line: str) -> None:
     """A check across settings named no variable (``TSM_SETTINGS``); a refused flag was named as its variable."""
+    import service.cli
     from service.cli import serve
 
+    def accepted(*_: object) -> None:  # else a missing check would start a server here, never to return
+        raise AssertionError("the settings were accepted")
+
+    monkeypatch.setattr(service.cli, "create_app", accepted)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as exit_info:
