@@ -81,7 +81,8 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
 
     ``num_frames`` is first taken from the packets (read, not decoded) and one decoding pass keeps the frames picked
     by it; only where the decoder shows another number of frames than there are packets (packed B-frames, a stream
-    cut mid-GOP) does a second pass pick by the real count. Memory holds only the picked frames, not the whole
+    cut mid-GOP, a damaged packet, which is skipped as a player skips it) does a second pass pick by the real
+    count. A stream of which most packets fail to decode is refused. Memory holds only the picked frames, not the whole
     video. Every decoded frame's size is checked: a stream that grows mid-way past ``max_pixels`` (a decompression
     bomb behind a small header) or changes size is refused.
     """
@@ -92,12 +93,23 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
         shown: list[int | None] = []
         kept: dict[int, np.ndarray] = {}
         size: tuple[int, int] | None = None
+        damaged = read = 0
         with av.open(str(path)) as container:
-            for i, frame in enumerate(container.decode(container.streams.video[0])):
-                size = check_frame_size(path, frame.width, frame.height, size, max_pixels)
-                shown.append(frame.pts)
-                if i in wanted:
-                    kept[i] = _to_rgb(frame)
+            for packet in container.demux(container.streams.video[0]):
+                read += packet.size > 0
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:  # a damaged packet: skipped, as players and ffmpeg do
+                    damaged += 1
+                    continue
+                for frame in frames:
+                    size = check_frame_size(path, frame.width, frame.height, size, max_pixels)
+                    if len(shown) in wanted:
+                        kept[len(shown)] = _to_rgb(frame)
+                    shown.append(frame.pts)
+        if damaged * 2 > read:  # not a damaged packet or two: a broken stream
+            raise DecodeError(f"{path.name}: {damaged} of its {read} video packets could not be decoded",
+                              "damaged")
         return shown, kept
 
     with failures_as(path, "the video could not be decoded"):
@@ -169,14 +181,20 @@ def read_frames(path: Path, pick: IndexRule, *, max_pixels: int | None = None,
         except LimitExceeded:
             raise
         except DecodeError as failed:
-            if (cut := mp4_cut_short(path)) is not None:  # a file cut short, where the clip needs what is missing
-                raise Truncated(f"{path.name}: the file is cut short ({cut}): an upload or a copy that did not "
-                                "finish?", "truncated") from failed
+            _refuse_if_cut_short(path, failed)
             raise
+        _refuse_if_cut_short(path, exc)  # the full decode skips a damaged packet: of a cut file, half a video
         rotation = probe_video(path).rotation if rotation is None else rotation
     if rotation and info.backend != "decord":  # decord 0.6 applies the display matrix itself
         frames = rotate_frames(frames, rotation)
     return frames, replace(info, width=int(frames.shape[2]), height=int(frames.shape[1]), rotation=rotation), indices
+
+
+def _refuse_if_cut_short(path: Path, cause: Exception) -> None:
+    """A file cut short, where the clip needs what is missing, is an upload or a copy that did not finish."""
+    if (cut := mp4_cut_short(path)) is not None:
+        raise Truncated(f"{path.name}: the file is cut short ({cut}): an upload or a copy that did not finish?",
+                        "truncated") from cause
 
 
 def _read_frames_full(path: Path, pick: IndexRule, max_pixels: int | None,

@@ -170,3 +170,44 @@ def test_a_decoder_that_holds_frames_back_without_reordering_stays_on_the_forwar
     frames, info, _ = read_frames(path, pick)
     assert info.backend == "pyav-sparse"
     assert np.array_equal(frames, read_frames_pyav(path, pick)[0])
+
+
+def _cut_to_a_quarter(which: Callable[[int], bool]) -> Callable[[int, av.Packet], tuple[bytes, int, int]]:
+    def edit(i: int, packet: av.Packet) -> tuple[bytes, int, int]:
+        data = bytes(packet)
+        return (data[:len(data) // 4] if which(i) else data), packet.pts, packet.dts
+    return edit
+
+
+def test_a_damaged_packet_is_skipped_as_a_player_skips_it(tmp_path: Path) -> None:
+    """Every decoder refused a whole video for one damaged packet (FFmpeg's 'Invalid data found'); most of them
+    damaged, it is still refused, saying so."""
+    from service.decode_errors import DecodeError
+
+    src = write_video(tmp_path / "src.mkv", pattern_frames(60, 96, 64), fmt="matroska")
+    original, _, _ = read_frames_pyav(src, lambda count: range(count))
+    cut = _rewrite(src, tmp_path / "cut.mkv", "matroska", _cut_to_a_quarter(lambda i: i == 20))
+    frames, info, _ = read_frames(cut, lambda count: range(count))
+    assert (info.num_frames, info.backend) == (59, "pyav")
+    np.testing.assert_array_equal(frames[:15], original[:15])
+    broken = _rewrite(src, tmp_path / "broken.mkv", "matroska", _cut_to_a_quarter(lambda i: i % 30 != 0))
+    with pytest.raises(DecodeError, match=r"broken\.mkv: \d+ of its 60 video packets could not be decoded"):
+        read_frames(broken, lambda count: range(count))
+
+
+def test_a_frame_the_decoder_flags_corrupt_is_left_to_the_full_decode(tmp_path: Path) -> None:
+    """A packet whose payload is zeroed decodes, concealed from earlier frames, flagged corrupt: the sparse path,
+    which seeks past those earlier frames, declines it."""
+    import service.sparse_decode as sparse
+
+    src = write_video(tmp_path / "src.mkv", pattern_frames(60, 96, 64), fmt="matroska")
+
+    def zeroed(i: int, packet: av.Packet) -> tuple[bytes, int, int]:
+        data = bytes(packet)
+        return (data[:len(data) // 3] + bytes(len(data) - len(data) // 3) if i == 40 else data), packet.pts, packet.dts
+
+    damaged = _rewrite(src, tmp_path / "zeroed.mkv", "matroska", zeroed)
+    with pytest.raises(sparse.SparseUnsupported, match="flagged corrupt"):
+        sparse.read_frames_sparse(damaged, lambda count: range(0, count, 3))
+    frames = read_frames(damaged, lambda count: range(0, count, 3))[0]
+    np.testing.assert_array_equal(frames, read_frames_pyav(damaged, lambda count: range(0, count, 3))[0])
