@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import errno
 import functools
@@ -69,35 +70,25 @@ def serve(argv: list[str] | None = None) -> None:
     server = _Server(config)
     # Once shut down, uvicorn re-raises the signal it handled, with the handler it found in place. Ctrl+C's
     # KeyboardInterrupt is no crash. SIGTERM's default action killed the process before its exit handlers ran,
-    # leaving multiprocessing's folder ($TMPDIR/pymp-*) behind at every stop: it raises _Terminated instead.
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    terminated = False
+    # leaving multiprocessing's folder ($TMPDIR/pymp-*) behind at every stop: it only notes the signal instead.
+    signal.signal(signal.SIGTERM, server.note_sigterm)
     with contextlib.suppress(KeyboardInterrupt):
-        try:
-            server.run(sockets=[sock])
-        except _Terminated:
-            terminated = True
-    if not (server.started or terminated):
+        server.run(sockets=[sock])
+    if not (server.started or server.terminated):
         sys.exit(STARTUP_FAILURE)
-    code = 128 + signal.SIGTERM if terminated else 0  # the status a shell (and Kubernetes) reports for SIGTERM
+    code = 128 + signal.SIGTERM if server.terminated else 0  # what a shell (and Kubernetes) reports for SIGTERM
     _exit_without_waiting_for_loads(code)
     sys.exit(code)
 
 
-class _Terminated(BaseException):
-    """SIGTERM, once uvicorn's graceful shutdown is done: a BaseException, as Ctrl+C's KeyboardInterrupt is."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 def _exit_without_waiting_for_loads(code: int) -> None:
     """Shut down with a version still loading (a long warm-up, an engine build), the interpreter's exit would wait
-    for that thread: Ctrl+C or SIGTERM then hung for the whole load."""
+    for that thread: Ctrl+C or SIGTERM then hung for the whole load. The exit handlers still run (they join no
+    thread; multiprocessing's removes its folder)."""
     loading = [t.name for t in threading.enumerate() if t.name.startswith("tsm-infer-") and t.is_alive()]
     if loading:
         log.warning("exiting without waiting for %s: a model version was still loading", ", ".join(loading))
+        atexit._run_exitfuncs()  # os._exit skips them
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -156,9 +147,20 @@ class _ListenOnceStarted(LifespanOn):
 
 class _Server(uvicorn.Server):
     """uvicorn names the address it listens on only for a socket it bound itself: say it here (the port too when
-    TSM_PORT=0 picked one), once the models are loaded and the server accepts connections."""
+    TSM_PORT=0 picked one), once the models are loaded and the server accepts connections. ``terminated``: a
+    SIGTERM reached tsm-serve's own handler (re-raised by uvicorn after its graceful shutdown, or come before
+    uvicorn's handler was in place)."""
+
+    terminated = False
+
+    def note_sigterm(self, signum: int, frame: object) -> None:
+        """Raises nothing: an exception from a signal handler can land in the event loop's own code (uvloop logs
+        it there and drops it) or in the exit handlers."""
+        self.terminated = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.terminated:  # before uvicorn's handler was in place: shut down as it would
+            self.should_exit = True
         await super().startup(sockets)
         if self.started and sockets:
             url = f"http://{host_port(self.config.host, sockets[0].getsockname()[1])}"

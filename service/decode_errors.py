@@ -24,8 +24,9 @@ class LimitExceeded(DecodeError):  # noqa: N818 - a DecodeError kind, named for 
 
 
 class Truncated(DecodeError):  # noqa: N818 - a DecodeError kind, named for what happened
-    """No decoder could read the file, and it ends inside one of its MP4 boxes (an upload or a copy cut short):
-    said instead of the last decoder's "Invalid data found when processing input"."""
+    """The file ends inside one of its MP4 boxes (an upload or a copy cut short), found when the sparse path could
+    not read it: said instead of the last decoder's "Invalid data found when processing input", or instead of
+    classifying the part there is (the full decode skips what it cannot decode)."""
 
 
 def why(exc: BaseException, path: Path) -> str:

@@ -75,6 +75,33 @@ def check_frame_size(path: Path, width: int, height: int, previous: tuple[int, i
     return width, height
 
 
+def _shown_frames(path: Path, wanted: set[int],
+                  max_pixels: int | None) -> tuple[list[int | None], dict[int, np.ndarray]]:
+    """One sequential PyAV decode: every shown frame's pts, and the ``wanted`` ones (by position) as RGB."""
+    import av
+
+    shown: list[int | None] = []
+    kept: dict[int, np.ndarray] = {}
+    size: tuple[int, int] | None = None
+    damaged = read = 0
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            read += packet.size > 0
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:  # a damaged packet: skipped, as players and ffmpeg do
+                damaged += 1
+                continue
+            for frame in frames:
+                size = check_frame_size(path, frame.width, frame.height, size, max_pixels)
+                if len(shown) in wanted:
+                    kept[len(shown)] = _to_rgb(frame)
+                shown.append(frame.pts)
+    if damaged * 2 > read:  # not a damaged packet or two: a broken stream
+        raise DecodeError(f"{path.name}: {damaged} of its {read} video packets could not be decoded", "damaged")
+    return shown, kept
+
+
 def read_frames_pyav(path: Path, pick: IndexRule, *,
                      max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo, list[int]]:
     """Decode sequentially with PyAV, keeping the frames at ``pick(num_frames)`` -> uint8 [T, H, W, 3] RGB.
@@ -82,35 +109,11 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
     ``num_frames`` is first taken from the packets (read, not decoded) and one decoding pass keeps the frames picked
     by it; only where the decoder shows another number of frames than there are packets (packed B-frames, a stream
     cut mid-GOP, a damaged packet, which is skipped as a player skips it) does a second pass pick by the real
-    count. A stream of which most packets fail to decode is refused. Memory holds only the picked frames, not the whole
-    video. Every decoded frame's size is checked: a stream that grows mid-way past ``max_pixels`` (a decompression
-    bomb behind a small header) or changes size is refused.
+    count. A stream of which most packets fail to decode is refused. Memory holds only the picked frames, not the
+    whole video. Every decoded frame's size is checked: a stream that grows mid-way past ``max_pixels`` (a
+    decompression bomb behind a small header) or changes size is refused.
     """
     import av
-
-    def decode(wanted: set[int]) -> tuple[list[int | None], dict[int, np.ndarray]]:
-        """Every shown frame's pts, and the wanted ones (by position) as RGB."""
-        shown: list[int | None] = []
-        kept: dict[int, np.ndarray] = {}
-        size: tuple[int, int] | None = None
-        damaged = read = 0
-        with av.open(str(path)) as container:
-            for packet in container.demux(container.streams.video[0]):
-                read += packet.size > 0
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError:  # a damaged packet: skipped, as players and ffmpeg do
-                    damaged += 1
-                    continue
-                for frame in frames:
-                    size = check_frame_size(path, frame.width, frame.height, size, max_pixels)
-                    if len(shown) in wanted:
-                        kept[len(shown)] = _to_rgb(frame)
-                    shown.append(frame.pts)
-        if damaged * 2 > read:  # not a damaged packet or two: a broken stream
-            raise DecodeError(f"{path.name}: {damaged} of its {read} video packets could not be decoded",
-                              "damaged")
-        return shown, kept
 
     with failures_as(path, "the video could not be decoded"):
         with av.open(str(path)) as container:
@@ -120,14 +123,14 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
             time_base, nominal = stream.time_base, declared_rate(stream)
             packets = sum(1 for packet in container.demux(stream) if packet.size)
         indices = [int(i) for i in pick(packets)] if packets else []
-        shown, kept = decode(set(indices))
+        shown, kept = _shown_frames(path, set(indices), max_pixels)
         count = len(shown)
         if count < 1:
             raise DecodeError(f"{path.name}: the video stream has no frames", "no_frames")
         if count != packets:
             indices = [int(i) for i in pick(count)]
             if not set(indices) <= kept.keys():
-                again, kept = decode(set(indices))
+                again, kept = _shown_frames(path, set(indices), max_pixels)
                 if len(again) != count:
                     raise DecodeError(f"{path.name}: a second decoding showed {len(again)} frames, not {count}",
                                       "unstable")
@@ -191,7 +194,8 @@ def read_frames(path: Path, pick: IndexRule, *, max_pixels: int | None = None,
 
 
 def _refuse_if_cut_short(path: Path, cause: Exception) -> None:
-    """A file cut short, where the clip needs what is missing, is an upload or a copy that did not finish."""
+    """A file cut short is an upload or a copy that did not finish. Checked where the sparse path failed (its seeks
+    reach the clip's last frames, which a cut file lacks), so a whole file never pays for the box walk."""
     if (cut := mp4_cut_short(path)) is not None:
         raise Truncated(f"{path.name}: the file is cut short ({cut}): an upload or a copy that did not finish?",
                         "truncated") from cause

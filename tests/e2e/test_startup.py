@@ -249,13 +249,16 @@ serve()
 def test_a_stop_while_a_version_loads_ends_the_server_without_waiting_for_the_load(tiny_repo_template: Path,
                                                                                    tmp_path: Path,
                                                                                    signum: int) -> None:
-    """The interpreter's exit joined the loading thread: Ctrl+C waited for the whole load. SIGTERM exits 143."""
+    """The interpreter's exit joined the loading thread: Ctrl+C waited for the whole load. SIGTERM exits 143; both
+    leave no multiprocessing folder behind."""
     import shutil
 
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo_template, repo)
-    server = Serve({"TSM_MODEL_REPO": str(repo), "TSM_POLL_INTERVAL_S": "0.2", "TSM_LOG_FORMAT": "text"},
-                   new_session=True, program=("-c", _SLOW_SECOND_VERSION))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    server = Serve({"TSM_MODEL_REPO": str(repo), "TSM_POLL_INTERVAL_S": "0.2", "TSM_LOG_FORMAT": "text",
+                    "TMPDIR": str(temporary)}, new_session=True, program=("-c", _SLOW_SECOND_VERSION))
     try:
         with httpx.Client(base_url=server.url(), timeout=30) as http:
             shutil.copytree(repo / "tiny" / "1", repo / "tiny" / ".2")
@@ -275,4 +278,5 @@ def test_a_stop_while_a_version_loads_ends_the_server_without_waiting_for_the_lo
     text = "\n".join(server.lines)
     assert took < 20, took  # not the load's two minutes
     assert "a model version was still loading" in text and "Traceback" not in text, text[-3000:]
+    assert list(temporary.iterdir()) == []  # the exit handlers ran: multiprocessing's folder is gone
 

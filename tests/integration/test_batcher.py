@@ -46,14 +46,14 @@ def test_a_lone_clip_waits_the_batching_delay_and_no_longer() -> None:
     """TSM_MAX_QUEUE_DELAY_MS bounds the wait for company: a lone clip runs when it is spent (each, of two in turn)."""
     async def main() -> list[BatchResult]:
         b = DynamicBatcher(lambda batch: batch.reshape(len(batch), -1), BatchPolicy(max_batch_size=4,
-                                                                                    max_queue_delay_ms=200))
+                                                                                    max_queue_delay_ms=1000))
         b.start()
         results = [await b.submit(np.zeros((1, 2), np.float32), time.monotonic() + 5) for _ in range(2)]
         await b.close()
         return results
 
     for result in run(main()):
-        assert result.batch_size == 1 and 0.19 <= result.queue_s < 0.35, result.queue_s
+        assert result.batch_size == 1 and 0.99 <= result.queue_s < 1.8, result.queue_s  # twice would not pass
 
 
 def test_batcher_failed_batch_fails_every_future_and_queue_bound() -> None:

@@ -73,7 +73,6 @@ def test_publish_numbers_versions_and_leaves_no_temporaries(tmp_path: Path) -> N
 def test_a_publish_whose_rename_fails_leaves_no_hidden_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A copy of the whole model under a dot name, for every failed publish (a read-only repository, a full disk)."""
     import errno
-    import os
 
     import training.export
 
@@ -81,10 +80,10 @@ def test_a_publish_whose_rename_fails_leaves_no_hidden_copy(tmp_path: Path, monk
         raise OSError(errno.EACCES, "Permission denied")
 
     model = build_tsm(18, num_classes=5, num_seg=4, base_width=8)
-    monkeypatch.setattr(training.export.os, "rename", refused)
-    with pytest.raises(PermissionError):
-        export_to_repo(model, tmp_path / "repo", _manifest())
-    monkeypatch.setattr(training.export.os, "rename", os.rename)
+    with monkeypatch.context() as patched:  # os.rename everywhere, for the publish's rename alone
+        patched.setattr(training.export.os, "rename", refused)
+        with pytest.raises(PermissionError):
+            export_to_repo(model, tmp_path / "repo", _manifest())
     left = [p.name for p in (tmp_path / "repo" / "net").iterdir()]
     assert [name for name in left if name != ".issued-versions"] == [], left
 
