@@ -153,9 +153,11 @@ def test_ctrl_c_ends_the_client_without_a_traceback(other: _OtherServer, videos:
     arrived, other_server = other.arrived, other.url
     arrived.clear()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # SIGINT as a terminal sends it: a test run started in the background (`cmd &`) ignores it, and so would the
+    # client it starts
     proc = subprocess.Popen([sys.executable, "-m", "service.client", str(videos["a"]), str(videos["c"]), "--url",
                              other_server + "/slow", "--concurrency", concurrency], stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert arrived.wait(30), "the client never reached the server"
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
