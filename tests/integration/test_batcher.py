@@ -16,6 +16,8 @@ from service.decode_worker import DecodedClip
 from service.decoding import VideoInfo
 from service.errors import DeadlineExceededError, InferenceFailedError, QueueFullError
 
+HANG_S = 10  # far above any answer here: a batcher whose loop died fails the test in seconds, not at pytest's 900
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -32,8 +34,8 @@ def test_batcher_batches_and_answers_each_future() -> None:
         b = DynamicBatcher(model, BatchPolicy(max_batch_size=3, max_queue_delay_ms=200, queue_capacity=10))
         b.start()
         futures = [b.submit(np.full((2, 2), i, np.float32), time.monotonic() + 5) for i in range(5)]
-        results = await asyncio.gather(*futures)
-        await b.close()
+        results = await asyncio.wait_for(asyncio.gather(*futures), HANG_S)
+        await asyncio.wait_for(b.close(), HANG_S)
         return results
 
     results = run(main())
@@ -48,8 +50,9 @@ def test_a_lone_clip_waits_the_batching_delay_and_no_longer() -> None:
         b = DynamicBatcher(lambda batch: batch.reshape(len(batch), -1), BatchPolicy(max_batch_size=4,
                                                                                     max_queue_delay_ms=1000))
         b.start()
-        results = [await b.submit(np.zeros((1, 2), np.float32), time.monotonic() + 5) for _ in range(2)]
-        await b.close()
+        results = [await asyncio.wait_for(b.submit(np.zeros((1, 2), np.float32), time.monotonic() + 5), HANG_S)
+                   for _ in range(2)]
+        await asyncio.wait_for(b.close(), HANG_S)
         return results
 
     for result in run(main()):
@@ -68,11 +71,11 @@ def test_batcher_failed_batch_fails_every_future_and_queue_bound() -> None:
             b.submit(np.zeros(1, np.float32), time.monotonic() + 5)
         for f in futures:
             with pytest.raises(InferenceFailedError, match="device lost"):
-                await f
+                await asyncio.wait_for(f, HANG_S)
         expired = b.submit(np.zeros(1, np.float32), time.monotonic() - 1)
         with pytest.raises(DeadlineExceededError):
-            await expired
-        await b.close()
+            await asyncio.wait_for(expired, HANG_S)
+        await asyncio.wait_for(b.close(), HANG_S)
 
     run(main())
 
@@ -96,7 +99,7 @@ def test_batcher_wrong_row_count_fails_the_batch_and_keeps_going() -> None:
         results = await asyncio.wait_for(asyncio.gather(*second), 5)
         assert b._task is not None
         alive = not b._task.done()
-        await b.close()
+        await asyncio.wait_for(b.close(), HANG_S)
         return failed, results, alive
 
     failed, results, alive = run(main())
@@ -120,7 +123,7 @@ def test_a_batch_that_fails_before_inference_fails_its_requests_and_the_loop_goe
         bad = [b.submit(np.zeros(shape, np.float32), far) for shape in ((2, 3), (3, 3))]
         failed = await asyncio.wait_for(asyncio.gather(*bad, return_exceptions=True), 5)
         later = await asyncio.wait_for(b.submit(np.ones((2, 3), np.float32), far), 5)
-        await b.close()  # raised the loop's ValueError before
+        await asyncio.wait_for(b.close(), HANG_S)  # raised the loop's ValueError before
         return failed, later
 
     failed, later = run(main())
@@ -155,7 +158,7 @@ def test_requests_that_gave_up_neither_fill_the_queue_nor_the_depth_gauge() -> N
         b.admit()
         live = b.submit(np.ones(1, np.float32), far)
         assert (await asyncio.wait_for(live, 5)).output.tolist() == [1.0] and (await running).batch_size == 1
-        await b.close()
+        await asyncio.wait_for(b.close(), HANG_S)
 
     run(main())
 
@@ -197,7 +200,7 @@ def test_a_spent_deadline_starts_nothing_more(deadline_s: float, busy_s: float, 
             await classify_file(UploadedFile(Path("/nonexistent"), "x.mp4", "video/mp4"), mv, pool, None,
                                 Metrics(process=False), Deadline(time.monotonic() + deadline_s), 1, "r", 0.0, 0.0)
         depth = b.depth
-        await b.close()
+        await asyncio.wait_for(b.close(), HANG_S)
         return depth, pool.calls
 
     with warnings.catch_warnings(record=True) as caught:
