@@ -130,8 +130,8 @@ def test_a_full_decoder_queue_refuses_at_once_under_the_model_it_was_for(tiny_re
             wait_until(lambda: bool(pool.busy_pids()), 60)
             waiting = threads.submit(http.post, "/classify", content=good, headers=MP4)
             wait_until(lambda: pool.waiting == 1, 60)
-            refused = http.post("/classify", content=good, headers=MP4)
-        finally:
+            refused = http.post("/classify", content=good, headers=MP4, timeout=15)  # at once; queued, it waits
+        finally:                                                                   # for the held decoder
             (tmp_path / "go").touch()
         assert waiting.result(timeout=60).status_code == 200 and held.result(timeout=60).status_code == 422
         metrics = http.get("/metrics").text
