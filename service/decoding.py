@@ -76,17 +76,17 @@ def check_frame_size(path: Path, width: int, height: int, previous: tuple[int, i
 
 
 def _shown_frames(path: Path, wanted: set[int],
-                  max_pixels: int | None) -> tuple[list[int | None], dict[int, np.ndarray]]:
-    """One sequential PyAV decode: every shown frame's pts, and the ``wanted`` ones (by position) as RGB."""
+                  max_pixels: int | None) -> tuple[list[int | None], dict[int, np.ndarray], int]:
+    """One sequential PyAV decode: every shown frame's pts, the ``wanted`` ones (by position) as RGB, and how many
+    packets could not be decoded."""
     import av
 
     shown: list[int | None] = []
     kept: dict[int, np.ndarray] = {}
     size: tuple[int, int] | None = None
-    damaged = read = 0
+    damaged = 0
     with av.open(str(path)) as container:
         for packet in container.demux(container.streams.video[0]):
-            read += packet.size > 0
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:  # a damaged packet: skipped, as players and ffmpeg do
@@ -97,9 +97,7 @@ def _shown_frames(path: Path, wanted: set[int],
                 if len(shown) in wanted:
                     kept[len(shown)] = _to_rgb(frame)
                 shown.append(frame.pts)
-    if damaged * 2 > read:  # not a damaged packet or two: a broken stream
-        raise DecodeError(f"{path.name}: {damaged} of its {read} video packets could not be decoded", "damaged")
-    return shown, kept
+    return shown, kept, damaged
 
 
 def read_frames_pyav(path: Path, pick: IndexRule, *,
@@ -123,14 +121,17 @@ def read_frames_pyav(path: Path, pick: IndexRule, *,
             time_base, nominal = stream.time_base, declared_rate(stream)
             packets = sum(1 for packet in container.demux(stream) if packet.size)
         indices = [int(i) for i in pick(packets)] if packets else []
-        shown, kept = _shown_frames(path, set(indices), max_pixels)
+        shown, kept, damaged = _shown_frames(path, set(indices), max_pixels)
+        if damaged * 2 > packets:  # not a damaged packet or two: a broken stream
+            raise DecodeError(f"{path.name}: {damaged} of its {packets} video packets could not be decoded",
+                              "damaged")
         count = len(shown)
         if count < 1:
             raise DecodeError(f"{path.name}: the video stream has no frames", "no_frames")
         if count != packets:
             indices = [int(i) for i in pick(count)]
             if not set(indices) <= kept.keys():
-                again, kept = _shown_frames(path, set(indices), max_pixels)
+                again, kept, _ = _shown_frames(path, set(indices), max_pixels)
                 if len(again) != count:
                     raise DecodeError(f"{path.name}: a second decoding showed {len(again)} frames, not {count}",
                                       "unstable")
