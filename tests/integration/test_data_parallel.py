@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.tiny_training import overrides, step_losses, tiny_config
+from tests.integration.tiny_training import child_pids, overrides, step_losses, tiny_config
 
 
 def _free_port() -> int:
@@ -88,11 +88,6 @@ train_data_parallel(load_config("tiny", sys.argv[1:]), nprocs=2, validate=False)
 """
 
 
-def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started and has not reaped (Linux's /proc)."""
-    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
-
-
 def _running(pid: int) -> bool:
     """Whether ``pid`` still runs: a zombie does not (PID 1 in a container may never reap it)."""
     try:
@@ -109,7 +104,7 @@ def _wait_for_training_ranks(run: subprocess.Popen[bytes], out: Path, log: Path)
         assert run.poll() is None, log.read_text()[-3000:]
         metrics = out / "metrics.jsonl"
         if metrics.is_file() and '"kind": "step"' in metrics.read_text():
-            children = _children(run.pid)
+            children = child_pids(run.pid)
             assert sum("spawn_main" in Path(f"/proc/{c}/cmdline").read_text() for c in children) == 2, children
             return children
         time.sleep(0.1)

@@ -120,8 +120,6 @@ def test_resuming_an_older_epoch_sets_the_later_epochs_and_their_best_aside(tiny
     assert [r["epoch"] for r in records(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"] == [1, 2]
 
 
-
-
 def test_an_output_folder_the_run_cannot_write_is_refused_before_the_first_epoch(
         tiny_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read-only folder (here its writes refused: the tests may run as root) failed at the first checkpoint."""

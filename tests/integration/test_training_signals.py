@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.tiny_training import tiny_config, train_argv
+from tests.integration.tiny_training import child_pids, tiny_config, train_argv
 from training.loop import train
 
 
@@ -96,14 +96,11 @@ def test_a_signalled_training_process_says_where_to_resume_without_a_traceback(
     assert f"--resume {latest}" in err
 
 
-
-
 def _forked_children(pid: int) -> list[int]:
-    """``pid``'s children that run its own command line: the DataLoader's forked workers (Linux's /proc)."""
+    """``pid``'s children that run its own command line: the DataLoader's forked workers."""
     own = Path(f"/proc/{pid}/cmdline").read_bytes()
-    kids = [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
     alive = []
-    for kid in kids:
+    for kid in child_pids(pid):
         try:
             if Path(f"/proc/{kid}/cmdline").read_bytes() == own:
                 alive.append(kid)

@@ -56,3 +56,8 @@ def step_losses(out: Path) -> list[float]:
 
 def train_argv(root: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "-c", "tiny", *(a for key in overrides(root, out, *extra) for a in ("-o", key))]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started and has not reaped (Linux's /proc): a run's ranks or loader workers."""
+    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
